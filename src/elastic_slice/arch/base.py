@@ -1,0 +1,67 @@
+"""The small interface every architecture module implements; nothing outside `arch/` names a model's tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..selection import Selection
+
+#: module kinds whose weight matrices are linear layers that FP8/NVFP4 may quantize
+LINEAR_KINDS = frozenset({"mamba_linear", "attention_linear", "expert_linear", "shared_expert_linear", "mlp_linear"})
+
+
+@dataclass(frozen=True)
+class TensorCut:
+    """How one parent tensor becomes one child tensor."""
+
+    out_name: str
+    selection: Selection
+    #: multiply by this factor (folded RMSNorm weights under norm_semantics "full"); None leaves values as stored
+    scale: float | None = None
+    #: keep the parent's dtype even when --dtype asks for another (router tensors run in fp32)
+    keep_dtype: bool = False
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int
+    active: int
+
+
+class Architecture(Protocol):
+    """Per-architecture knowledge: axes, rules, tensor cuts, child config and parameter counting."""
+
+    model_type: str
+    axes: tuple[str, ...]
+
+    def parent_sizes(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Every axis at the parent's size, read from config.json."""
+        ...
+
+    def resolve(self, config: Mapping[str, Any], budget: str, requested: Mapping[str, Any]) -> dict[str, Any]:
+        """Every axis size of a budget; raises BudgetError naming the budget, axis and rule."""
+        ...
+
+    def cut(
+        self, name: str, shape: tuple[int, ...], config: Mapping[str, Any], sizes: Mapping[str, Any], norm: str
+    ) -> TensorCut | None:
+        """The cut of parent tensor `name` for a budget, or None when the budget drops it."""
+        ...
+
+    def required_tensors(self, config: Mapping[str, Any]) -> list[str]:
+        """Tensor names the parent must hold for its config to be complete."""
+        ...
+
+    def child_config(self, config: Mapping[str, Any], sizes: Mapping[str, Any]) -> dict[str, Any]:
+        """The child's config.json content."""
+        ...
+
+    def count_parameters(self, shapes: Mapping[str, tuple[int, ...]], child_config: Mapping[str, Any]) -> ParamCounts:
+        """Total and active (per-token) parameters of a model with these tensor shapes."""
+        ...
+
+    def module_kind(self, name: str) -> str:
+        """The kind of module a tensor belongs to (embedding, norm, router, expert_linear, ...)."""
+        ...

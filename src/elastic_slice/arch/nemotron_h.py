@@ -1,0 +1,457 @@
+"""Nemotron-H (`model_type` "nemotron_h"): hybrid Mamba-2 / attention / MoE / MLP layers, Hugging Face hub layout.
+
+Tensor names follow the hub checkpoints (`backbone.layers.{i}.mixer...`, one tensor per routed expert). Layer kinds
+come from `layers_block_type` (new or legacy spellings) or `hybrid_override_pattern` (M = Mamba, E = MoE,
+* = attention, - = dense MLP).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InputError
+from ..nesting import BudgetError
+from ..selection import Selection, concat, full, grouped_prefix, prefix, shift
+from .base import ParamCounts, TensorCut
+
+MAMBA, MOE, ATTENTION, MLP = "M", "E", "*", "-"
+_LETTER_OF_BLOCK = {
+    "linear_attention": MAMBA, "mamba": MAMBA,
+    "moe": MOE,
+    "full_attention": ATTENTION, "attention": ATTENTION,
+    "mlp": MLP,
+}
+_KIND_NAMES = {MAMBA: "Mamba", MOE: "MoE", ATTENTION: "attention", MLP: "MLP"}
+
+AXES = (
+    "hidden_size",
+    "mamba_num_heads",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "n_routed_experts",
+    "moe_intermediate_size",
+    "moe_shared_expert_intermediate_size",
+    "intermediate_size",
+    "layers",
+)
+_INT_FIELDS = (
+    "vocab_size", "hidden_size", "mamba_num_heads", "mamba_head_dim", "n_groups", "ssm_state_size",
+    "num_attention_heads", "num_key_value_heads", "n_routed_experts", "num_experts_per_tok",
+    "moe_intermediate_size", "moe_shared_expert_intermediate_size", "intermediate_size",
+)
+
+_LAYER_NAME = re.compile(r"^backbone\.layers\.(\d+)\.(.+)$")
+_EXPERT_NAME = re.compile(r"^mixer\.experts\.(\d+)\.(up_proj|down_proj)\.weight$")
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """The model's dimensions, for the parent (from config.json) or a child (from a budget)."""
+
+    vocab: int
+    hidden: int
+    mamba_heads: int
+    mamba_head_dim: int
+    groups: int
+    state: int
+    conv_kernel: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    experts: int
+    moe_ffn: int
+    shared_ffn: int
+    dense_ffn: int
+    latent: int | None
+
+    def with_sizes(self, sizes: Mapping[str, Any]) -> _Shape:
+        return _Shape(
+            vocab=self.vocab,
+            hidden=sizes["hidden_size"],
+            mamba_heads=sizes["mamba_num_heads"],
+            mamba_head_dim=self.mamba_head_dim,
+            groups=self.groups,
+            state=self.state,
+            conv_kernel=self.conv_kernel,
+            q_heads=sizes["num_attention_heads"],
+            kv_heads=sizes["num_key_value_heads"],
+            head_dim=self.head_dim,
+            experts=sizes["n_routed_experts"],
+            moe_ffn=sizes["moe_intermediate_size"],
+            shared_ffn=sizes["moe_shared_expert_intermediate_size"],
+            dense_ffn=sizes["intermediate_size"],
+            latent=self.latent,
+        )
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A tensor's expected parent shape and the selection that cuts it."""
+
+    expected: tuple[int, ...]
+    selection: Selection
+    scale: float | None = None
+    keep_dtype: bool = False
+
+
+class NemotronH:
+    """Axis rules and tensor cuts for Nemotron-H and its elastic releases."""
+
+    model_type = "nemotron_h"
+    axes = AXES
+
+    # ----- config -----------------------------------------------------------------------------------------------
+    def parent_sizes(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        shape = _parent_shape(config)
+        return {
+            "hidden_size": shape.hidden,
+            "mamba_num_heads": shape.mamba_heads,
+            "num_attention_heads": shape.q_heads,
+            "num_key_value_heads": shape.kv_heads,
+            "n_routed_experts": shape.experts,
+            "moe_intermediate_size": shape.moe_ffn,
+            "moe_shared_expert_intermediate_size": shape.shared_ffn,
+            "intermediate_size": shape.dense_ffn,
+            "layers": list(range(len(layer_pattern(config)))),
+        }
+
+    def resolve(self, config: Mapping[str, Any], budget: str, requested: Mapping[str, Any]) -> dict[str, Any]:
+        parent = self.parent_sizes(config)
+        for axis in requested:
+            if axis not in AXES:
+                raise BudgetError(budget, axis, f"unknown axis; nemotron_h axes are {', '.join(AXES)}")
+        sizes = dict(parent)
+        for axis, value in requested.items():
+            if axis == "layers":
+                sizes["layers"] = _check_layers(budget, value, len(parent["layers"]))
+                continue
+            if isinstance(value, list):
+                raise BudgetError(
+                    budget, axis,
+                    "per-layer (heterogeneous) sizes are not supported by this version of elastic-slice; "
+                    "give one integer for every layer",
+                )
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise BudgetError(budget, axis, f"the size must be a positive integer, not {value!r}")
+            if value > parent[axis]:
+                raise BudgetError(budget, axis, f"{value} is larger than the parent's {parent[axis]}")
+            sizes[axis] = value
+        if "num_key_value_heads" in requested and "num_attention_heads" not in requested:
+            # dropping KV groups drops their query heads too
+            sizes["num_attention_heads"] = sizes["num_key_value_heads"] * (
+                parent["num_attention_heads"] // parent["num_key_value_heads"]
+            )
+        _check_structure(budget, config, parent, sizes)
+        return sizes
+
+    def child_config(self, config: Mapping[str, Any], sizes: Mapping[str, Any]) -> dict[str, Any]:
+        child = copy.deepcopy(dict(config))
+        child.pop("nesting_index", None)
+        for axis in AXES:
+            if axis != "layers":
+                child[axis] = sizes[axis]
+        kept = list(sizes["layers"])
+        if kept != list(range(len(layer_pattern(config)))):
+            if isinstance(child.get("layers_block_type"), list):
+                child["layers_block_type"] = [child["layers_block_type"][i] for i in kept]
+            if isinstance(child.get("hybrid_override_pattern"), str):
+                child["hybrid_override_pattern"] = "".join(child["hybrid_override_pattern"][i] for i in kept)
+            if "num_hidden_layers" in child:
+                child["num_hidden_layers"] = len(kept)
+        return child
+
+    # ----- tensors ----------------------------------------------------------------------------------------------
+    def required_tensors(self, config: Mapping[str, Any]) -> list[str]:
+        shape = _parent_shape(config)
+        names = ["backbone.embeddings.weight", "backbone.norm_f.weight"]
+        if not config.get("tie_word_embeddings", False):
+            names.append("lm_head.weight")
+        per_kind = {
+            MAMBA: ["in_proj.weight", "conv1d.weight", "A_log", "D", "dt_bias", "norm.weight", "out_proj.weight"],
+            ATTENTION: ["q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"],
+            MOE: ["gate.weight", "gate.e_score_correction_bias", "shared_experts.up_proj.weight",
+                  "shared_experts.down_proj.weight"]
+            + [f"experts.{e}.{p}.weight" for e in range(shape.experts) for p in ("up_proj", "down_proj")],
+            MLP: ["up_proj.weight", "down_proj.weight"],
+        }
+        for i, letter in enumerate(layer_pattern(config)):
+            names.append(f"backbone.layers.{i}.norm.weight")
+            names.extend(f"backbone.layers.{i}.mixer.{local}" for local in per_kind[letter])
+        return names
+
+    def cut(
+        self, name: str, shape: tuple[int, ...], config: Mapping[str, Any], sizes: Mapping[str, Any], norm: str
+    ) -> TensorCut | None:
+        parent = _parent_shape(config)
+        child = parent.with_sizes(sizes)
+        out_name = name
+        if name in ("backbone.embeddings.weight", "lm_head.weight"):
+            rule = _Rule((parent.vocab, parent.hidden), (full(parent.vocab), prefix(child.hidden)))
+        elif name == "backbone.norm_f.weight":
+            rule = _norm_rule(parent.hidden, child.hidden, norm)
+        else:
+            match = _LAYER_NAME.match(name)
+            if match is None:
+                raise InputError(f"tensor {name!r} is not a known Nemotron-H tensor; elastic-slice cannot place it.")
+            layer, local = int(match.group(1)), match.group(2)
+            pattern = layer_pattern(config)
+            if layer >= len(pattern):
+                raise InputError(f"tensor {name!r} belongs to layer {layer}, but config.json has {len(pattern)} layers.")
+            kept: list[int] = list(sizes["layers"])
+            if layer not in kept:
+                return None
+            out_name = f"backbone.layers.{kept.index(layer)}.{local}"
+            if local == "norm.weight":
+                rule = _norm_rule(parent.hidden, child.hidden, norm)
+            elif local.startswith("mixer."):
+                rule = _MIXER_RULES[pattern[layer]](local, parent, child, norm, name)
+            else:
+                rule = None
+            if rule is _DROPPED:
+                return None
+            if rule is None:
+                kind = _KIND_NAMES[pattern[layer]]
+                raise InputError(f"tensor {name!r} is not a known Nemotron-H tensor of a {kind} layer.")
+        if tuple(shape) != rule.expected:
+            raise InputError(
+                f"tensor {name!r} has shape {list(shape)}, but config.json implies {list(rule.expected)}."
+            )
+        return TensorCut(out_name=out_name, selection=rule.selection, scale=rule.scale, keep_dtype=rule.keep_dtype)
+
+    def count_parameters(self, shapes: Mapping[str, tuple[int, ...]], child_config: Mapping[str, Any]) -> ParamCounts:
+        total = sum(math.prod(s) for s in shapes.values())
+        routed = sum(math.prod(s) for name, s in shapes.items() if ".mixer.experts." in name)
+        experts = int(child_config["n_routed_experts"])
+        inactive = routed * (experts - int(child_config["num_experts_per_tok"])) // experts
+        return ParamCounts(total=total, active=total - inactive)
+
+    def module_kind(self, name: str) -> str:
+        for pattern, kind in _KIND_PATTERNS:
+            if pattern.search(name):
+                return kind
+        return "other"
+
+
+_KIND_PATTERNS = [
+    (re.compile(r"embeddings\."), "embedding"),
+    (re.compile(r"^lm_head\."), "lm_head"),
+    (re.compile(r"(norm_f|\.norm)\.weight$"), "norm"),
+    (re.compile(r"\.gate\."), "router"),
+    (re.compile(r"\.conv1d\."), "conv"),
+    (re.compile(r"\.(A_log|D|dt_bias)$"), "ssm_param"),
+    (re.compile(r"\.mixer\.(in_proj|out_proj)\."), "mamba_linear"),
+    (re.compile(r"\.mixer\.[qkvo]_proj\."), "attention_linear"),
+    (re.compile(r"\.mixer\.experts\.\d+\."), "expert_linear"),
+    (re.compile(r"\.mixer\.shared_experts\."), "shared_expert_linear"),
+    (re.compile(r"\.mixer\.fc[12]_latent_proj\."), "latent_linear"),
+    (re.compile(r"\.mixer\.(up_proj|down_proj)\."), "mlp_linear"),
+]
+
+
+# ----- config helpers -------------------------------------------------------------------------------------------
+def layer_pattern(config: Mapping[str, Any]) -> str:
+    """The layer kinds as a pattern string, one letter per layer (M, E, *, -)."""
+    blocks = config.get("layers_block_type")
+    if blocks is not None:
+        if not isinstance(blocks, list) or not all(isinstance(b, str) for b in blocks):
+            raise InputError("config.json field 'layers_block_type' must be a list of strings.")
+        unknown = [b for b in blocks if b not in _LETTER_OF_BLOCK]
+        if unknown:
+            raise InputError(f"config.json field 'layers_block_type' has unknown layer type {unknown[0]!r}.")
+        return "".join(_LETTER_OF_BLOCK[b] for b in blocks)
+    pattern = config.get("hybrid_override_pattern")
+    if isinstance(pattern, str) and pattern and set(pattern) <= {MAMBA, MOE, ATTENTION, MLP}:
+        return pattern
+    raise InputError(
+        "config.json needs 'layers_block_type' (a list) or 'hybrid_override_pattern' (letters M, E, *, -)."
+    )
+
+
+def _config_int(config: Mapping[str, Any], name: str) -> int:
+    value = config.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InputError(f"config.json field {name!r} must be a positive integer, not {value!r}.")
+    return value
+
+
+def _parent_shape(config: Mapping[str, Any]) -> _Shape:
+    values = {name: _config_int(config, name) for name in _INT_FIELDS}
+    head_dim = config.get("head_dim")
+    if head_dim is None:
+        head_dim = values["hidden_size"] // values["num_attention_heads"]
+    latent = config.get("moe_latent_size")
+    shape = _Shape(
+        vocab=values["vocab_size"],
+        hidden=values["hidden_size"],
+        mamba_heads=values["mamba_num_heads"],
+        mamba_head_dim=values["mamba_head_dim"],
+        groups=values["n_groups"],
+        state=values["ssm_state_size"],
+        conv_kernel=_config_int({"conv_kernel": config.get("conv_kernel", 4)}, "conv_kernel"),
+        q_heads=values["num_attention_heads"],
+        kv_heads=values["num_key_value_heads"],
+        head_dim=_config_int({"head_dim": head_dim}, "head_dim"),
+        experts=values["n_routed_experts"],
+        moe_ffn=values["moe_intermediate_size"],
+        shared_ffn=values["moe_shared_expert_intermediate_size"],
+        dense_ffn=values["intermediate_size"],
+        latent=None if latent is None else _config_int(config, "moe_latent_size"),
+    )
+    if shape.mamba_heads % shape.groups:
+        raise InputError(
+            f"config.json: mamba_num_heads ({shape.mamba_heads}) is not a multiple of n_groups ({shape.groups})."
+        )
+    if shape.q_heads % shape.kv_heads:
+        raise InputError(
+            f"config.json: num_attention_heads ({shape.q_heads}) is not a multiple of "
+            f"num_key_value_heads ({shape.kv_heads})."
+        )
+    return shape
+
+
+def _check_layers(budget: str, value: Any, parent_layers: int) -> list[int]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    ):
+        raise BudgetError(budget, "layers", "must be a non-empty list of parent layer indices")
+    if any(b <= a for a, b in zip(value, value[1:])):
+        raise BudgetError(budget, "layers", "indices must be sorted and unique")
+    if value[0] < 0 or value[-1] >= parent_layers:
+        raise BudgetError(budget, "layers", f"indices must lie in 0..{parent_layers - 1}")
+    return list(value)
+
+
+def _check_structure(budget: str, config: Mapping[str, Any], parent: Mapping[str, Any], sizes: Mapping[str, Any]) -> None:
+    groups = _config_int(config, "n_groups")
+    if sizes["mamba_num_heads"] % groups:
+        raise BudgetError(
+            budget, "mamba_num_heads",
+            f"{sizes['mamba_num_heads']} is not a multiple of n_groups ({groups}): heads are kept group by group",
+        )
+    q, kv = sizes["num_attention_heads"], sizes["num_key_value_heads"]
+    if q % kv:
+        raise BudgetError(budget, "num_attention_heads", f"{q} is not a multiple of num_key_value_heads ({kv})")
+    parent_rep = parent["num_attention_heads"] // parent["num_key_value_heads"]
+    if q // kv > parent_rep:
+        raise BudgetError(
+            budget, "num_attention_heads",
+            f"{q} heads over {kv} KV groups is {q // kv} per group, more than the parent's {parent_rep}",
+        )
+    top_k = _config_int(config, "num_experts_per_tok")
+    experts = sizes["n_routed_experts"]
+    if experts < top_k:
+        raise BudgetError(budget, "n_routed_experts", f"{experts} is fewer than num_experts_per_tok ({top_k})")
+    routing_groups = config.get("n_group", 1) or 1
+    if routing_groups > 1 and experts != parent["n_routed_experts"]:
+        raise BudgetError(
+            budget, "n_routed_experts",
+            f"experts cannot be cut when routing uses n_group={routing_groups} expert groups",
+        )
+
+
+# ----- per-tensor rules -----------------------------------------------------------------------------------------
+def _norm_scale(parent_width: int, child_width: int, norm: str) -> float | None:
+    if norm == "full" and child_width != parent_width:
+        return math.sqrt(parent_width / child_width)
+    return None
+
+
+def _norm_rule(parent_hidden: int, child_hidden: int, norm: str) -> _Rule:
+    return _Rule((parent_hidden,), (prefix(child_hidden),), _norm_scale(parent_hidden, child_hidden, norm))
+
+
+def _mamba_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str) -> _Rule | None:
+    inner = p.mamba_heads * p.mamba_head_dim
+    bc = 2 * p.groups * p.state
+    per_group, keep = p.mamba_heads // p.groups, c.mamba_heads // p.groups
+    channels = grouped_prefix(p.groups, per_group, keep, unit=p.mamba_head_dim)
+    heads = grouped_prefix(p.groups, per_group, keep)
+    in_rows = concat(channels, shift(channels, inner), ((2 * inner, 2 * inner + bc),), shift(heads, 2 * inner + bc))
+    conv_rows = concat(channels, ((inner, inner + bc),))
+    in_size = 2 * inner + bc + p.mamba_heads
+    rules = {
+        "mixer.in_proj.weight": _Rule((in_size, p.hidden), (in_rows, prefix(c.hidden))),
+        "mixer.in_proj.bias": _Rule((in_size,), (in_rows,)),
+        "mixer.conv1d.weight": _Rule((inner + bc, 1, p.conv_kernel), (conv_rows, full(1), full(p.conv_kernel))),
+        "mixer.conv1d.bias": _Rule((inner + bc,), (conv_rows,)),
+        "mixer.A_log": _Rule((p.mamba_heads,), (heads,)),
+        "mixer.D": _Rule((p.mamba_heads,), (heads,)),
+        "mixer.dt_bias": _Rule((p.mamba_heads,), (heads,)),
+        "mixer.norm.weight": _Rule((inner,), (channels,), _norm_scale(per_group, keep, norm)),
+        "mixer.out_proj.weight": _Rule((p.hidden, inner), (prefix(c.hidden), channels)),
+        "mixer.out_proj.bias": _Rule((p.hidden,), (prefix(c.hidden),)),
+    }
+    return rules.get(local)
+
+
+def _attention_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str) -> _Rule | None:
+    q_rows = grouped_prefix(c.kv_heads, p.q_heads // p.kv_heads, c.q_heads // c.kv_heads, unit=p.head_dim)
+    kv_rows = prefix(c.kv_heads * p.head_dim)
+    q_size, kv_size = p.q_heads * p.head_dim, p.kv_heads * p.head_dim
+    rules = {
+        "mixer.q_proj.weight": _Rule((q_size, p.hidden), (q_rows, prefix(c.hidden))),
+        "mixer.k_proj.weight": _Rule((kv_size, p.hidden), (kv_rows, prefix(c.hidden))),
+        "mixer.v_proj.weight": _Rule((kv_size, p.hidden), (kv_rows, prefix(c.hidden))),
+        "mixer.o_proj.weight": _Rule((p.hidden, q_size), (prefix(c.hidden), q_rows)),
+        "mixer.q_proj.bias": _Rule((q_size,), (q_rows,)),
+        "mixer.k_proj.bias": _Rule((kv_size,), (kv_rows,)),
+        "mixer.v_proj.bias": _Rule((kv_size,), (kv_rows,)),
+        "mixer.o_proj.bias": _Rule((p.hidden,), (prefix(c.hidden),)),
+    }
+    return rules.get(local)
+
+
+def _ffn_rules(module: str, hidden: int, child_hidden: int, ffn: int, child_ffn: int) -> dict[str, _Rule]:
+    """up_proj/down_proj of a non-gated MLP whose input and output are `hidden` wide."""
+    return {
+        f"{module}.up_proj.weight": _Rule((ffn, hidden), (prefix(child_ffn), prefix(child_hidden))),
+        f"{module}.up_proj.bias": _Rule((ffn,), (prefix(child_ffn),)),
+        f"{module}.down_proj.weight": _Rule((hidden, ffn), (prefix(child_hidden), prefix(child_ffn))),
+        f"{module}.down_proj.bias": _Rule((hidden,), (prefix(child_hidden),)),
+    }
+
+
+def _moe_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str) -> _Rule | None:
+    expert = _EXPERT_NAME.match(local)
+    if expert is not None:
+        index = int(expert.group(1))
+        if index >= p.experts:
+            raise InputError(f"tensor {name!r} is expert {index}, but config.json has {p.experts} routed experts.")
+        if index >= c.experts:
+            return _DROPPED
+        width, child_width = (p.latent, p.latent) if p.latent else (p.hidden, c.hidden)
+        rules = _ffn_rules(f"mixer.experts.{index}", width, child_width, p.moe_ffn, c.moe_ffn)
+        return rules[local]
+    rules = {
+        "mixer.gate.weight": _Rule((p.experts, p.hidden), (prefix(c.experts), prefix(c.hidden)), keep_dtype=True),
+        "mixer.gate.e_score_correction_bias": _Rule((p.experts,), (prefix(c.experts),), keep_dtype=True),
+        **_ffn_rules("mixer.shared_experts", p.hidden, c.hidden, p.shared_ffn, c.shared_ffn),
+    }
+    if p.latent:
+        rules["mixer.fc1_latent_proj.weight"] = _Rule((p.latent, p.hidden), (full(p.latent), prefix(c.hidden)))
+        rules["mixer.fc2_latent_proj.weight"] = _Rule((p.hidden, p.latent), (prefix(c.hidden), full(p.latent)))
+    return rules.get(local)
+
+
+def _mlp_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str) -> _Rule | None:
+    return _ffn_rules("mixer", p.hidden, c.hidden, p.dense_ffn, c.dense_ffn).get(local)
+
+
+#: marks a tensor the budget drops (an expert beyond the kept ones)
+_DROPPED = _Rule((), ())
+
+_MIXER_RULES: dict[str, Callable[[str, _Shape, _Shape, str, str], _Rule | None]] = {
+    MAMBA: _mamba_rule,
+    ATTENTION: _attention_rule,
+    MOE: _moe_rule,
+    MLP: _mlp_rule,
+}
+
+__all__ = ["NemotronH", "layer_pattern"]

@@ -1,0 +1,58 @@
+"""The model card (README.md) written with every child: where it came from, its sizes and parameter counts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .plan import Plan
+
+
+def _human(count: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.2f}{unit}"
+    return str(count)
+
+
+def _size(value: Any) -> str:
+    if isinstance(value, list):
+        return f"{len(value)} layers"
+    return str(value)
+
+
+def model_card(plan: Plan, parent_name: str, parent_sizes: Mapping[str, Any], command: str | None, version: str) -> str:
+    """Markdown with YAML front matter, deterministic for the same inputs."""
+    budget = plan.budget
+    config = plan.child_config
+    rows = "\n".join(
+        f"| `{axis}` | {_size(parent_sizes[axis])} | {_size(budget.sizes[axis])} |" for axis in budget.sizes
+    )
+    how = f"\n```bash\n{command}\n```\n" if command else ""
+    return f"""---
+base_model: {parent_name}
+library_name: transformers
+tags:
+- elastic-slice
+- {config.get('model_type', '')}
+- elastic-budget-{budget.name}
+---
+
+# {parent_name} — budget `{budget.name}`
+
+This model is the `{budget.name}` budget of the elastic checkpoint `{parent_name}`, cut out by prefix slicing along
+the checkpoint's nesting index with elastic-slice {version}. No weights were retrained or changed except for
+dtype conversion{' and norm-weight folding (norm_semantics "full")' if budget.norm_semantics == 'full' else ''}.
+It is a standard `{config.get('model_type', '')}` model: it loads with plain `transformers`, without custom code.
+
+- Parameters: {plan.params.total:,} total ({_human(plan.params.total)}), {plan.params.active:,} active per token ({_human(plan.params.active)})
+- Tensor bytes: {plan.out_bytes:,}
+- Layers: {len(budget.sizes.get('layers', []))}
+
+| axis | parent | this model |
+| --- | --- | --- |
+{rows}
+
+## How it was made
+{how}
+""".rstrip() + "\n"

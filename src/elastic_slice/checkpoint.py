@@ -1,0 +1,193 @@
+"""Open a checkpoint folder: its config, its safetensors shards and a lazy, memory-mapped tensor reader."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from .errors import InputError
+from .safetensors_header import ShardHeader, TensorInfo, read_shard_header
+from .selection import Selection
+
+CONFIG_FILE = "config.json"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+SINGLE_WEIGHTS_FILE = "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@dataclass
+class Checkpoint:
+    """A parent checkpoint: config, shard headers and every tensor in on-disk order (shard, then offset)."""
+
+    root: Path
+    config: dict[str, Any]
+    shards: tuple[ShardHeader, ...]
+    tensors: dict[str, TensorInfo]
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type", ""))
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(info.nbytes for info in self.tensors.values())
+
+    def path_of(self, file: str) -> Path:
+        return self.root / file
+
+    def dtype_bytes(self) -> dict[str, int]:
+        """Tensor bytes per safetensors dtype code."""
+        totals: dict[str, int] = {}
+        for info in self.tensors.values():
+            totals[info.dtype] = totals.get(info.dtype, 0) + info.nbytes
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+    def quantization(self) -> str:
+        """The checkpoint's quantization as its files declare it ("none" when unquantized)."""
+        modelopt = self.read_json("hf_quant_config.json")
+        if modelopt is not None:
+            algo = (modelopt.get("quantization") or {}).get("quant_algo")
+            return f"modelopt {algo}" if algo else "modelopt"
+        config = self.config.get("quantization_config")
+        if isinstance(config, dict):
+            method = config.get("quant_method") or config.get("format") or "unknown"
+            algo = config.get("quant_algo")
+            return f"{method} {algo}" if algo else str(method)
+        return "none"
+
+    def read_json(self, name: str) -> dict[str, Any] | None:
+        """A JSON object file at the checkpoint root, or None when absent."""
+        return read_json_object(self.root / name, name) if (self.root / name).is_file() else None
+
+
+def open_checkpoint(source: str | Path) -> Checkpoint:
+    """Open a local checkpoint folder, checking its config and every shard header."""
+    root = Path(source)
+    if not root.exists():
+        raise InputError(f"checkpoint {str(source)!r} does not exist; give a folder holding config.json and *.safetensors.")
+    if not root.is_dir():
+        raise InputError(f"checkpoint {str(source)!r} is a file; give the folder that holds config.json.")
+    config_path = root / CONFIG_FILE
+    if not config_path.is_file():
+        raise InputError(f"{config_path} is missing; a checkpoint folder needs a Hugging Face config.json.")
+    config = read_json_object(config_path, str(config_path))
+    if not isinstance(config.get("model_type"), str):
+        raise InputError(f"{config_path} has no string `model_type`; it is not a Hugging Face model config.")
+    shard_files = _shard_files(root)
+    shards = tuple(read_shard_header(_inside(root, name), str(root / name)) for name in shard_files)
+    tensors: dict[str, TensorInfo] = {}
+    for name, shard in zip(shard_files, shards):
+        for info in shard.tensors:
+            if info.name in tensors:
+                raise InputError(f"tensor {info.name!r} appears in both {tensors[info.name].file} and {name}.")
+            tensors[info.name] = TensorInfo(info.name, name, info.dtype, info.shape, info.begin, info.end)
+    _check_index_agrees(root, shard_files, tensors)
+    return Checkpoint(root=root, config=config, shards=shards, tensors=tensors)
+
+
+def read_json_object(path: Path, label: str) -> dict[str, Any]:
+    """Load a JSON file that must hold an object, with a clear error otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read {label}: {exc.strerror or exc}.") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{label} is not valid JSON ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{label} must hold a JSON object, not {type(data).__name__}.")
+    return data
+
+
+def _shard_files(root: Path) -> list[str]:
+    index_path = root / WEIGHTS_INDEX_FILE
+    if index_path.is_file():
+        weight_map = read_json_object(index_path, str(index_path)).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise InputError(f"{index_path} has no valid `weight_map` object of tensor name -> shard file.")
+        files = list(dict.fromkeys(weight_map.values()))
+        for name in files:
+            _inside(root, name)
+        return sorted(files)
+    if (root / SINGLE_WEIGHTS_FILE).is_file():
+        return [SINGLE_WEIGHTS_FILE]
+    found = sorted(p.name for p in root.glob("*.safetensors"))
+    if found:
+        return found
+    pickles = sorted(p.name for p in root.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise InputError(
+            f"{root} holds only pickled weights ({', '.join(pickles[:3])}); elastic-slice never unpickles: "
+            "convert them to safetensors first."
+        )
+    raise InputError(f"{root} holds no *.safetensors weights.")
+
+
+def _inside(root: Path, name: str) -> Path:
+    """The path of shard `name`, refused when it escapes the checkpoint folder or is missing."""
+    path = root / name
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise InputError(f"shard name {name!r} in {root / WEIGHTS_INDEX_FILE} escapes the checkpoint folder.")
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise InputError(f"shard {name!r} in {root} is a link that points outside the checkpoint folder.")
+    if not resolved.is_file():
+        raise InputError(f"shard {name!r} listed by {root / WEIGHTS_INDEX_FILE} is missing.")
+    return resolved
+
+
+def _check_index_agrees(root: Path, shard_files: list[str], tensors: dict[str, TensorInfo]) -> None:
+    index_path = root / WEIGHTS_INDEX_FILE
+    if not index_path.is_file():
+        return
+    weight_map: dict[str, str] = read_json_object(index_path, str(index_path))["weight_map"]
+    for name, file in weight_map.items():
+        info = tensors.get(name)
+        if info is None:
+            raise InputError(f"{index_path} lists tensor {name!r} in {file}, but no shard holds it.")
+        if info.file != file:
+            raise InputError(f"{index_path} puts tensor {name!r} in {file}, but it is in {info.file}.")
+    extra = [name for name in tensors if name not in weight_map]
+    if extra:
+        raise InputError(f"tensor {extra[0]!r} in {tensors[extra[0]].file} is missing from {index_path}.")
+
+
+class TensorReader:
+    """Reads index selections of tensors through memory-mapped safetensors handles, one handle per shard."""
+
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self._checkpoint = checkpoint
+        self._handles: dict[str, Any] = {}
+
+    def __enter__(self) -> TensorReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handles.clear()
+
+    def read(self, info: TensorInfo, selection: Selection) -> torch.Tensor:
+        """The kept part of a tensor: only the selected ranges are read from disk."""
+        handle = self._handle(info.file)
+        if not info.shape:
+            return handle.get_tensor(info.name)
+        view = handle.get_slice(info.name)
+        return _gather(view, selection, ())
+
+    def _handle(self, file: str) -> Any:
+        handle = self._handles.get(file)
+        if handle is None:
+            handle = safe_open(str(self._checkpoint.path_of(file)), framework="pt")
+            self._handles[file] = handle
+        return handle
+
+
+def _gather(view: Any, selection: Selection, index: tuple[slice, ...]) -> torch.Tensor:
+    dim = len(index)
+    if dim == len(selection):
+        return view[index]
+    parts = [_gather(view, selection, index + (slice(start, stop),)) for start, stop in selection[dim]]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)

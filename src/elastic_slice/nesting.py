@@ -1,0 +1,166 @@
+"""The nesting index (format `elastic-nesting-index`, version 1): find it, check its shape, resolve budgets.
+
+The format is specified in the project's docs (docs/nesting-index.md). Axis names, defaults and structural rules
+belong to each architecture (`elastic_slice.arch`); this module owns everything architecture-neutral.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .arch.base import Architecture
+    from .checkpoint import Checkpoint
+
+INDEX_FORMAT = "elastic-nesting-index"
+INDEX_VERSION = 1
+INDEX_FILE = "nesting_index.json"
+CONFIG_KEY = "nesting_index"
+NORM_SEMANTICS = ("active", "full")
+
+
+class BudgetError(InputError):
+    """A budget breaks a rule; the message names the budget, the axis and the rule."""
+
+    def __init__(self, budget: str, axis: str, rule: str) -> None:
+        super().__init__(f"budget {budget!r}, axis {axis!r}: {rule}")
+        self.budget = budget
+        self.axis = axis
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class NestingIndex:
+    """A parsed nesting index: budget name -> the axis sizes it names (as written)."""
+
+    architecture: str
+    parent: str
+    norm_semantics: str
+    budgets: dict[str, dict[str, Any]]
+    source: str
+
+    def budget_name(self, requested: str) -> str:
+        """The index's spelling of a budget name, matched case-insensitively."""
+        for name in self.budgets:
+            if name.lower() == requested.lower():
+                return name
+        raise InputError(
+            f"budget {requested!r} is not in the nesting index ({self.source}); "
+            f"known budgets: {', '.join(self.budgets)}."
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": INDEX_FORMAT,
+            "version": INDEX_VERSION,
+            "architecture": self.architecture,
+            "parent": self.parent,
+            "norm_semantics": self.norm_semantics,
+            "budgets": self.budgets,
+        }
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One resolved budget: every axis of the architecture with its size for this budget."""
+
+    name: str
+    sizes: dict[str, Any]
+    is_parent: bool
+    norm_semantics: str
+    requested: dict[str, Any] = field(default_factory=dict)
+
+
+def find_index(checkpoint: Checkpoint, index_path: Path | None = None) -> NestingIndex:
+    """Locate the nesting index: --index FILE, then nesting_index.json, then config.json["nesting_index"]."""
+    if index_path is not None:
+        if not index_path.is_file():
+            raise InputError(f"--index {index_path} does not exist.")
+        return parse_index(_load_json(index_path), str(index_path))
+    in_folder = checkpoint.root / INDEX_FILE
+    if in_folder.is_file():
+        return parse_index(_load_json(in_folder), str(in_folder))
+    embedded = checkpoint.config.get(CONFIG_KEY)
+    if embedded is not None:
+        return parse_index(embedded, f"{checkpoint.root / 'config.json'}[{CONFIG_KEY!r}]")
+    raise InputError(
+        f"no nesting index found for {checkpoint.root}: looked for --index FILE, {in_folder}, "
+        f"and the key {CONFIG_KEY!r} in config.json; add one of them (see docs/nesting-index.md)."
+    )
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read nesting index {path}: {exc.strerror or exc}.") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"nesting index {path} is not valid JSON ({exc}).") from exc
+
+
+def parse_index(data: Any, source: str) -> NestingIndex:
+    """Check the architecture-neutral shape of an index document."""
+    if not isinstance(data, dict):
+        raise InputError(f"nesting index {source} must be a JSON object.")
+    if data.get("format") != INDEX_FORMAT:
+        raise InputError(f"nesting index {source} has format {data.get('format')!r}; expected {INDEX_FORMAT!r}.")
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InputError(f"nesting index {source} has version {version!r}; expected the integer {INDEX_VERSION}.")
+    if version > INDEX_VERSION:
+        raise InputError(
+            f"nesting index {source} is version {version}; this elastic-slice reads version {INDEX_VERSION}: upgrade it."
+        )
+    architecture = data.get("architecture")
+    if not isinstance(architecture, str) or not architecture:
+        raise InputError(f"nesting index {source} has no string `architecture` (for example \"nemotron_h\").")
+    norm = data.get("norm_semantics", "active")
+    if norm not in NORM_SEMANTICS:
+        raise InputError(f"nesting index {source} has norm_semantics {norm!r}; expected \"active\" or \"full\".")
+    budgets = data.get("budgets")
+    if not isinstance(budgets, dict) or not budgets:
+        raise InputError(f"nesting index {source} needs a non-empty `budgets` object of name -> axis sizes.")
+    lowered: dict[str, str] = {}
+    for name, axes in budgets.items():
+        if not name.strip():
+            raise InputError(f"nesting index {source} has a budget with an empty name.")
+        if name.lower() in lowered:
+            raise InputError(
+                f"nesting index {source} has budgets {lowered[name.lower()]!r} and {name!r}, "
+                "which differ only in case."
+            )
+        lowered[name.lower()] = name
+        if not isinstance(axes, dict):
+            raise InputError(f"nesting index {source}: budget {name!r} must be an object of axis -> size.")
+    parent = data.get("parent")
+    if not isinstance(parent, str) or parent not in budgets:
+        raise InputError(f"nesting index {source} has parent {parent!r}, which is not one of its budgets.")
+    return NestingIndex(
+        architecture=architecture, parent=parent, norm_semantics=norm, budgets=dict(budgets), source=source
+    )
+
+
+def resolve_budget(index: NestingIndex, name: str, config: dict[str, Any], arch: Architecture) -> Budget:
+    """Every axis size of one budget, checked against the parent's config and the architecture's rules."""
+    name = index.budget_name(name)
+    if index.architecture != arch.model_type:
+        raise InputError(
+            f"nesting index {index.source} is for architecture {index.architecture!r}, "
+            f"but the checkpoint's config.json says model_type {arch.model_type!r}."
+        )
+    requested = index.budgets[name]
+    sizes = arch.resolve(config, name, requested)
+    is_parent = name == index.parent
+    if is_parent:
+        parent_sizes = arch.parent_sizes(config)
+        for axis, value in requested.items():
+            if value != parent_sizes[axis]:
+                raise BudgetError(
+                    name, axis, f"the parent budget must equal config.json ({parent_sizes[axis]!r}), not {value!r}"
+                )
+    return Budget(name=name, sizes=sizes, is_parent=is_parent, norm_semantics=index.norm_semantics, requested=requested)

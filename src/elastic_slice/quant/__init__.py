@@ -1,0 +1,1 @@
+"""Quantization: schemes (which modules are quantized, how many bytes they take)."""

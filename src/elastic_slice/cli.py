@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 import signal
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -26,10 +27,27 @@ app = typer.Typer(
     help="Cut standalone Hugging Face models out of elastic (many-in-one) checkpoints.",
 )
 stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)
 
 IndexOption = typer.Option(None, "--index", help="Nesting index JSON file (default: nesting_index.json, then config.json).")
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
+
+
+def _reports_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Turn this package's errors into one sentence on stderr and their exit code; Ctrl-C into exit code 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except ElasticSliceError as exc:
+            stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            stderr.print("[bold red]interrupted:[/] stopped; no partial output was left behind.", highlight=False)
+            raise typer.Exit(code=130) from None
+
+    return wrapper
 
 
 def _human_count(count: int) -> str:
@@ -51,6 +69,7 @@ def _print_json(data: Any) -> None:
 
 
 @app.command()
+@_reports_errors
 def inspect(
     checkpoint: str = typer.Argument(..., help="Checkpoint folder (config.json + *.safetensors)."),
     index: Optional[Path] = IndexOption,
@@ -99,6 +118,7 @@ def _axis_value(value: Any) -> str:
 
 
 @app.command()
+@_reports_errors
 def extract(
     checkpoint: str = typer.Argument(..., help="Parent checkpoint folder."),
     size: str = typer.Option(..., "--size", help="Budget name from the nesting index, e.g. 12B (case-insensitive)."),
@@ -144,19 +164,23 @@ def extract(
 
 
 def _render_plan(plan: Plan) -> None:
-    table = Table(title=f"plan: budget {plan.budget.name} of {plan.parent}")
-    for column in ("output tensor", "source", "shape", "dtype", "shard"):
-        table.add_column(column)
+    """One line per output tensor: name, source when renamed, shape change, kept ranges of cut dims, dtype, shard."""
+    lines = [f"plan: budget {plan.budget.name} of {plan.parent}"]
     for op in plan.ops:
-        source = op.source if op.source == op.out_name else f"{op.source}"
-        cut = "" if op.out_shape == op.source_shape else f" {list(op.source_shape)}→"
-        table.add_row(op.out_name, source, f"{cut}{list(op.out_shape)}", op.out_dtype, op.shard)
-    stdout.print(table)
-    stdout.print(
+        source = "" if op.source == op.out_name else f" <- {op.source}"
+        cuts = [
+            f"dim{dim}[{','.join(f'{a}:{b}' for a, b in ranges)}]"
+            for dim, (ranges, size) in enumerate(zip(op.selection, op.source_shape))
+            if ranges != ((0, size),)
+        ]
+        shape = f"{list(op.source_shape)} -> {list(op.out_shape)}" if cuts else str(list(op.out_shape))
+        scale = f" x{op.scale:.6g}" if op.scale is not None else ""
+        lines.append(f"{op.out_name}{source}  {shape} {' '.join(cuts)}{scale}  {op.out_dtype}  {op.shard}")
+    lines.append(
         f"{len(plan.ops)} tensors, {_human_bytes(plan.out_bytes)} in {len(plan.shards)} shard(s), "
-        f"{_human_count(plan.params.total)} params ({_human_count(plan.params.active)} active); nothing written.",
-        highlight=False,
+        f"{_human_count(plan.params.total)} params ({_human_count(plan.params.active)} active); nothing written."
     )
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -164,17 +188,6 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    """Console entry point: user mistakes end in one sentence and exit code 2, never a traceback."""
+    """Console entry point: SIGTERM is handled like Ctrl-C, so staged output is always cleaned up."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        code = app(standalone_mode=False)
-    except ElasticSliceError as exc:
-        stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        stderr.print("[bold red]interrupted:[/] stopped; no partial output was left behind.", highlight=False)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    app()

@@ -145,7 +145,7 @@ def build_tiny_elastic(
     if index_in_config:
         config = json.loads((out / "config.json").read_text())
         config["nesting_index"] = index
-        (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     else:
         (out / "nesting_index.json").write_text(json.dumps(index, indent=2) + "\n")
     if with_tokenizer:

@@ -153,14 +153,21 @@ def resolve_budget(index: NestingIndex, name: str, config: dict[str, Any], arch:
             f"nesting index {index.source} is for architecture {index.architecture!r}, "
             f"but the checkpoint's config.json says model_type {arch.model_type!r}."
         )
+    _check_parent_budget(index, config, arch)
     requested = index.budgets[name]
     sizes = arch.resolve(config, name, requested)
-    is_parent = name == index.parent
-    if is_parent:
-        parent_sizes = arch.parent_sizes(config)
-        for axis, value in requested.items():
-            if value != parent_sizes[axis]:
-                raise BudgetError(
-                    name, axis, f"the parent budget must equal config.json ({parent_sizes[axis]!r}), not {value!r}"
-                )
-    return Budget(name=name, sizes=sizes, is_parent=is_parent, norm_semantics=index.norm_semantics, requested=requested)
+    return Budget(
+        name=name, sizes=sizes, is_parent=name == index.parent, norm_semantics=index.norm_semantics,
+        requested=requested,
+    )
+
+
+def _check_parent_budget(index: NestingIndex, config: dict[str, Any], arch: Architecture) -> None:
+    """The parent budget must equal config.json on every axis it names, whichever budget is asked for."""
+    parent_sizes = arch.parent_sizes(config)
+    for axis, value in index.budgets[index.parent].items():
+        if axis in parent_sizes and value != parent_sizes[axis]:
+            raise BudgetError(
+                index.parent, axis,
+                f"the parent budget must equal config.json ({parent_sizes[axis]!r}), not {value!r}",
+            )

@@ -35,6 +35,7 @@ def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        staging.chmod(0o777 & ~_umask())
     except OSError as exc:
         raise InputError(f"cannot create a folder beside --out {out}: {exc.strerror or exc}.") from exc
     try:
@@ -43,6 +44,12 @@ def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _replace(staging: Path, out: Path) -> None:

@@ -6,13 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .plan import Plan
-
-
-def _human(count: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= scale:
-            return f"{count / scale:.2f}{unit}"
-    return str(count)
+from .units import human_count
 
 
 def _size(value: Any) -> str:
@@ -45,7 +39,7 @@ the checkpoint's nesting index with elastic-slice {version}. No weights were ret
 dtype conversion{' and norm-weight folding (norm_semantics "full")' if budget.norm_semantics == 'full' else ''}.
 It is a standard `{config.get('model_type', '')}` model: it loads with plain `transformers`, without custom code.
 
-- Parameters: {plan.params.total:,} total ({_human(plan.params.total)}), {plan.params.active:,} active per token ({_human(plan.params.active)})
+- Parameters: {plan.params.total:,} total ({human_count(plan.params.total)}), {plan.params.active:,} active per token ({human_count(plan.params.active)})
 - Tensor bytes: {plan.out_bytes:,}
 - Layers: {len(budget.sizes.get('layers', []))}
 

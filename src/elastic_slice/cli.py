@@ -19,6 +19,7 @@ from rich.table import Table
 from . import api
 from .errors import ElasticSliceError, InputError
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan
+from .units import human_bytes, human_count
 
 app = typer.Typer(
     add_completion=False,
@@ -50,20 +51,6 @@ def _reports_errors(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-def _human_count(count: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= scale:
-            return f"{count / scale:.2f}{unit}"
-    return str(count)
-
-
-def _human_bytes(count: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if count >= scale:
-            return f"{count / scale:.2f} {unit}"
-    return f"{count} B"
-
-
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
@@ -88,10 +75,10 @@ def inspect(
 def _render_report(report: api.InspectReport) -> None:
     facts = Table(title=f"checkpoint {report.checkpoint}", show_header=False)
     facts.add_row("architecture", f"{report.model_type} ({', '.join(report.architectures) or 'no architectures'})")
-    facts.add_row("dtype", ", ".join(f"{k} {_human_bytes(v)}" for k, v in report.dtype_bytes.items()))
+    facts.add_row("dtype", ", ".join(f"{k} {human_bytes(v)}" for k, v in report.dtype_bytes.items()))
     facts.add_row("quantization", report.quantization)
     facts.add_row("shards / tensors", f"{report.shards} / {report.tensors}")
-    facts.add_row("tensor bytes", _human_bytes(report.total_bytes))
+    facts.add_row("tensor bytes", human_bytes(report.total_bytes))
     facts.add_row("nesting index", report.index_source or "none")
     if report.norm_semantics:
         facts.add_row("norm semantics", report.norm_semantics)
@@ -103,10 +90,10 @@ def _render_report(report: api.InspectReport) -> None:
             table.add_column(budget.name + (" (parent)" if budget.is_parent else ""), justify="right")
         for axis in report.budgets[0].sizes:
             table.add_row(axis, *(_axis_value(b.sizes[axis]) for b in report.budgets))
-        table.add_row("total params", *(_human_count(b.params_total) for b in report.budgets))
-        table.add_row("active params", *(_human_count(b.params_active) for b in report.budgets))
+        table.add_row("total params", *(human_count(b.params_total) for b in report.budgets))
+        table.add_row("active params", *(human_count(b.params_active) for b in report.budgets))
         for fmt in ("bf16", "fp8", "nvfp4"):
-            table.add_row(f"size {fmt}", *(_human_bytes(b.bytes[fmt]) for b in report.budgets))
+            table.add_row(f"size {fmt}", *(human_bytes(b.bytes[fmt]) for b in report.budgets))
         table.add_row("tensors", *(str(b.tensors) for b in report.budgets))
         stdout.print(table)
     for problem in report.problems:
@@ -156,9 +143,9 @@ def extract(
         _print_json(result.to_json())
         return
     stdout.print(
-        f"wrote {result.out}: budget {result.budget}, {result.tensors} tensors, {_human_bytes(result.bytes)} "
-        f"in {len(result.shards)} shard(s), {_human_count(result.params_total)} params "
-        f"({_human_count(result.params_active)} active), {result.seconds:.2f} s, {result.gb_per_s:.2f} GB/s",
+        f"wrote {result.out}: budget {result.budget}, {result.tensors} tensors, {human_bytes(result.bytes)} "
+        f"in {len(result.shards)} shard(s), {human_count(result.params_total)} params "
+        f"({human_count(result.params_active)} active), {result.seconds:.2f} s, {result.gb_per_s:.2f} GB/s",
         highlight=False,
     )
 
@@ -177,8 +164,8 @@ def _render_plan(plan: Plan) -> None:
         scale = f" x{op.scale:.6g}" if op.scale is not None else ""
         lines.append(f"{op.out_name}{source}  {shape} {' '.join(cuts)}{scale}  {op.out_dtype}  {op.shard}")
     lines.append(
-        f"{len(plan.ops)} tensors, {_human_bytes(plan.out_bytes)} in {len(plan.shards)} shard(s), "
-        f"{_human_count(plan.params.total)} params ({_human_count(plan.params.active)} active); nothing written."
+        f"{len(plan.ops)} tensors, {human_bytes(plan.out_bytes)} in {len(plan.shards)} shard(s), "
+        f"{human_count(plan.params.total)} params ({human_count(plan.params.active)} active); nothing written."
     )
     sys.stdout.write("\n".join(lines) + "\n")
 

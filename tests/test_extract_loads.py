@@ -41,7 +41,7 @@ def test_output_folder_layout(tiny_parent: Path, tmp_path: Path) -> None:
     result = api.extract(tiny_parent, "12B", out, max_shard_size="300KB", command="elastic-slice extract x")
     files = sorted(p.name for p in out.iterdir())
     assert files == [
-        "README.md", "chat_template.jinja", "config.json", "generation_config.json",
+        "README.md", "chat_template.jinja", "config.json", "elastic_slice_manifest.json", "generation_config.json",
         "model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors",
         "model-00003-of-00004.safetensors", "model-00004-of-00004.safetensors",
         "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",

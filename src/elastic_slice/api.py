@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .arch import get_architecture
+from .arch import Architecture, get_architecture
 from .card import model_card
 from .checkpoint import Checkpoint, open_checkpoint
 from .dtypes import parse_user_dtype
-from .errors import ElasticSliceError
-from .execute import execute
-from .nesting import Budget, NestingIndex, find_index, resolve_budget
-from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, TensorOp, build_plan, parse_size
+from .errors import ElasticSliceError, InputError, RunFailure
+from .execute import Target, execute
+from .nesting import NestingIndex, find_index, resolve_budget
+from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
+from .manifest import describe_parent_files, write_manifest
 from .quant.schemes import footprint
 from .writer import (
     CARD_FILE,
@@ -84,6 +86,10 @@ class ExtractResult:
         return asdict(self)
 
 
+#: `sizes` value that selects every budget of the index
+ALL_BUDGETS = "*"
+
+
 def _version() -> str:
     from . import __version__
 
@@ -137,16 +143,33 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None) -> InspectR
     return report
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    checkpoint: Checkpoint
+    nesting: NestingIndex
+    plans: list[Plan]
+
+
 def _prepare(
-    checkpoint: str | Path, size: str, index: str | Path | None, dtype: str | None, max_shard_size: str | int
-) -> tuple[Checkpoint, NestingIndex, Budget, Plan]:
+    checkpoint: str | Path,
+    sizes: list[str],
+    index: str | Path | None,
+    dtype: str | None,
+    max_shard_size: str | int,
+) -> _Prepared:
     ckpt = open_checkpoint(checkpoint)
     arch = get_architecture(ckpt.model_type)
     nesting = find_index(ckpt, Path(index) if index is not None else None)
-    budget = resolve_budget(nesting, size, ckpt.config, arch)
     out_dtype = parse_user_dtype(dtype) if dtype is not None else None
-    plan = build_plan(ckpt, arch, budget, out_dtype, parse_size(str(max_shard_size)))
-    return ckpt, nesting, budget, plan
+    shard_limit = parse_size(str(max_shard_size))
+    names = list(nesting.budgets) if sizes == [ALL_BUDGETS] else [nesting.budget_name(size) for size in sizes]
+    if len(set(names)) != len(names):
+        raise InputError(f"budget {next(n for n in names if names.count(n) > 1)!r} is asked for twice.")
+    plans = [
+        build_plan(ckpt, arch, resolve_budget(nesting, name, ckpt.config, arch), out_dtype, shard_limit)
+        for name in names
+    ]
+    return _Prepared(ckpt, nesting, plans)
 
 
 def plan_extract(
@@ -157,7 +180,18 @@ def plan_extract(
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
 ) -> Plan:
     """The plan `extract` would run, without writing anything (what --dry-run prints)."""
-    return _prepare(checkpoint, size, index, dtype, max_shard_size)[3]
+    return _prepare(checkpoint, [size], index, dtype, max_shard_size).plans[0]
+
+
+def plan_extract_many(
+    checkpoint: str | Path,
+    sizes: list[str],
+    index: str | Path | None = None,
+    dtype: str | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+) -> list[Plan]:
+    """The plans of several budgets (`[ALL_BUDGETS]` for every budget of the index)."""
+    return _prepare(checkpoint, sizes, index, dtype, max_shard_size).plans
 
 
 def extract(
@@ -169,33 +203,90 @@ def extract(
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,
     command: str | None = None,
-    on_tensor: Callable[[TensorOp], None] | None = None,
+    workers: int = 2,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> ExtractResult:
     """Cut budget `size` out of `checkpoint` into a standalone Hugging Face folder at `out`."""
-    ckpt, _, budget, plan = _prepare(checkpoint, size, index, dtype, max_shard_size)
+    return extract_many(
+        checkpoint, [size], out, index, dtype, max_shard_size, overwrite, command, workers, on_bytes, nest=False
+    )[0]
+
+
+def extract_many(
+    checkpoint: str | Path,
+    sizes: list[str],
+    out: str | Path,
+    index: str | Path | None = None,
+    dtype: str | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+    command: str | None = None,
+    workers: int = 2,
+    on_bytes: Callable[[int], None] | None = None,
+    nest: bool = True,
+) -> list[ExtractResult]:
+    """Cut several budgets in one pass over the parent: each source tensor is read once and cut for every budget.
+
+    With `nest` (the default), each budget goes to `out/<budget name>`; otherwise `out` is the one budget's folder.
+    """
+    prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size)
+    ckpt, plans = prepared.checkpoint, prepared.plans
     arch = get_architecture(ckpt.model_type)
-    out_path = Path(out)
-    check_free_space(out_path.absolute().parent, plan.out_bytes)
+    outs = [Path(out) / plan.budget.name if nest else Path(out) for plan in plans]
+    check_free_space(Path(out).absolute(), sum(plan.out_bytes for plan in plans))
+    parent_files = describe_parent_files(ckpt)
+    options = {"dtype": dtype, "max_shard_size": str(max_shard_size), "index": prepared.nesting.source}
     started = time.perf_counter()
-    with staged_folder(out_path, overwrite) as staging:
-        execute(plan, ckpt, ShardWriter(staging, plan), on_tensor)
-        write_weights_index(staging, plan)
-        write_json(staging / "config.json", plan.child_config)
-        copied = copy_companion_files(ckpt, staging)
-        parent_name = ckpt.config.get("_name_or_path") or ckpt.root.name
-        card = model_card(plan, str(parent_name), arch.parent_sizes(ckpt.config), command, _version())
-        (staging / CARD_FILE).write_text(card, encoding="utf-8")
+    with ExitStack() as stack:
+        stagings = [stack.enter_context(staged_folder(path, overwrite)) for path in outs]
+        targets = [Target(plan, ShardWriter(staging, plan)) for plan, staging in zip(plans, stagings)]
+        try:
+            execute(ckpt, targets, workers=workers, on_bytes=on_bytes)
+            copied = [
+                _finish_folder(ckpt, arch, target, staging, command, parent_files, options)
+                for target, staging in zip(targets, stagings)
+            ]
+        except OSError as exc:
+            raise RunFailure(f"writing the output failed: {exc.strerror or exc} ({exc.filename or 'output'}).") from exc
+        finally:
+            for target in targets:
+                target.writer.abort()
     seconds = time.perf_counter() - started
-    return ExtractResult(
-        out=str(out_path),
-        budget=budget.name,
-        sizes=budget.sizes,
-        params_total=plan.params.total,
-        params_active=plan.params.active,
-        tensors=len(plan.ops),
-        bytes=plan.out_bytes,
-        shards=list(plan.shards),
-        seconds=round(seconds, 4),
-        gb_per_s=round(plan.out_bytes / seconds / 1e9, 4) if seconds > 0 else 0.0,
-        copied_files=copied,
-    )
+    total = sum(plan.out_bytes for plan in plans)
+    return [
+        ExtractResult(
+            out=str(path),
+            budget=plan.budget.name,
+            sizes=plan.budget.sizes,
+            params_total=plan.params.total,
+            params_active=plan.params.active,
+            tensors=len(plan.ops),
+            bytes=plan.out_bytes,
+            shards=list(plan.shards),
+            seconds=round(seconds, 4),
+            gb_per_s=round(total / seconds / 1e9, 4) if seconds > 0 else 0.0,
+            copied_files=files,
+        )
+        for path, plan, files in zip(outs, plans, copied)
+    ]
+
+
+def _finish_folder(
+    ckpt: Checkpoint,
+    arch: Architecture,
+    target: Target,
+    staging: Path,
+    command: str | None,
+    parent_files: dict[str, Any],
+    options: dict[str, Any],
+) -> list[str]:
+    """Everything but the shards: weights index, config, companion files, model card, manifest (last)."""
+    plan = target.plan
+    write_weights_index(staging, plan)
+    write_json(staging / "config.json", plan.child_config)
+    copied = copy_companion_files(ckpt, staging)
+    parent_name = ckpt.config.get("_name_or_path") or ckpt.root.name
+    card = model_card(plan, str(parent_name), arch.parent_sizes(ckpt.config), command, _version())
+    (staging / CARD_FILE).write_text(card, encoding="utf-8")
+    write_manifest(staging, plan, target.writer.sha256, parent_files, options, command, _version())
+    return copied

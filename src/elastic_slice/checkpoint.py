@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import safe_open
-
-from .errors import InputError
+from .errors import InputError, RunFailure
 from .safetensors_header import ShardHeader, TensorInfo, read_shard_header
-from .selection import Selection
 
 CONFIG_FILE = "config.json"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -156,38 +153,39 @@ def _check_index_agrees(root: Path, shard_files: list[str], tensors: dict[str, T
         raise InputError(f"tensor {extra[0]!r} in {tensors[extra[0]].file} is missing from {index_path}.")
 
 
-class TensorReader:
-    """Reads index selections of tensors through memory-mapped safetensors handles, one handle per shard."""
+class ShardFiles:
+    """Positioned reads (pread) of byte ranges from the parent's shards, one descriptor per shard.
+
+    Unlike a memory map, pread leaves no file pages mapped into the process, so resident memory stays bounded by the
+    buffers in flight, whatever the checkpoint's size. Safe to share between threads.
+    """
 
     def __init__(self, checkpoint: Checkpoint) -> None:
         self._checkpoint = checkpoint
-        self._handles: dict[str, Any] = {}
+        self._fds: dict[str, int] = {}
+        self._data_start = {shard.file: shard.data_start for shard in checkpoint.shards}
 
-    def __enter__(self) -> TensorReader:
+    def __enter__(self) -> ShardFiles:
+        for shard in self._checkpoint.shards:
+            self._fds[shard.file] = os.open(shard.file, os.O_RDONLY)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._handles.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
-    def read(self, info: TensorInfo, selection: Selection) -> torch.Tensor:
-        """The kept part of a tensor: only the selected ranges are read from disk."""
-        handle = self._handle(info.file)
-        if not info.shape:
-            return handle.get_tensor(info.name)
-        view = handle.get_slice(info.name)
-        return _gather(view, selection, ())
-
-    def _handle(self, file: str) -> Any:
-        handle = self._handles.get(file)
-        if handle is None:
-            handle = safe_open(str(self._checkpoint.path_of(file)), framework="pt")
-            self._handles[file] = handle
-        return handle
-
-
-def _gather(view: Any, selection: Selection, index: tuple[slice, ...]) -> torch.Tensor:
-    dim = len(index)
-    if dim == len(selection):
-        return view[index]
-    parts = [_gather(view, selection, index + (slice(start, stop),)) for start, stop in selection[dim]]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+    def read(self, info: TensorInfo, start: int, stop: int) -> bytearray:
+        """Bytes [start, stop) of a tensor's data."""
+        label = str(self._checkpoint.root / info.file)
+        fd = self._fds[label]
+        buffer = bytearray(stop - start)
+        view = memoryview(buffer)
+        offset = self._data_start[label] + info.begin + start
+        done = 0
+        while done < len(buffer):
+            count = os.preadv(fd, [view[done:]], offset + done)
+            if count == 0:
+                raise RunFailure(f"{label} ended early while reading tensor {info.name!r}; was it changed during the run?")
+            done += count
+        return buffer

@@ -108,44 +108,63 @@ def _axis_value(value: Any) -> str:
 @_reports_errors
 def extract(
     checkpoint: str = typer.Argument(..., help="Parent checkpoint folder."),
-    size: str = typer.Option(..., "--size", help="Budget name from the nesting index, e.g. 12B (case-insensitive)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (must not exist unless --overwrite)."),
+    size: Optional[list[str]] = typer.Option(
+        None, "--size", help="Budget name from the nesting index, e.g. 12B (case-insensitive); repeat for several."
+    ),
+    all_budgets: bool = typer.Option(False, "--all", help="Every budget of the nesting index, in one pass."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Output folder; with several budgets, the folder that gets one subfolder per budget."
+    ),
     index: Optional[Path] = IndexOption,
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Output dtype: bf16, fp16 or fp32 (default: parent's)."),
     max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, "--max-shard-size", help="Largest shard, e.g. 5GB."),
+    workers: int = typer.Option(2, "--workers", min=1, max=64, help="Reader threads (reads overlap writes)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and output size; write nothing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder when done."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Cut one budget out of an elastic checkpoint into a standalone Hugging Face folder."""
+    """Cut budgets out of an elastic checkpoint into standalone Hugging Face folders."""
+    if all_budgets and size:
+        raise InputError("give either --size or --all, not both.")
+    if not all_budgets and not size:
+        raise InputError("give the budget to extract with --size NAME (or --all); `inspect` lists the budgets.")
+    sizes = [api.ALL_BUDGETS] if all_budgets else list(size or [])
+    plans = api.plan_extract_many(checkpoint, sizes, index, dtype, max_shard_size)
     if dry_run:
-        plan = api.plan_extract(checkpoint, size, index, dtype, max_shard_size)
         if as_json:
-            _print_json(plan.to_json())
+            _print_json(plans[0].to_json() if len(plans) == 1 else [plan.to_json() for plan in plans])
         else:
-            _render_plan(plan)
+            for plan in plans:
+                _render_plan(plan)
         return
     if out is None:
         raise InputError("--out DIR is required unless --dry-run is given.")
     command = "elastic-slice " + shlex.join(sys.argv[1:])
-    show_progress = not as_json and stderr.is_terminal
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=stderr, disable=not show_progress, transient=True,
+        TimeRemainingColumn(), console=stderr, disable=as_json or not stderr.is_terminal, transient=True,
     ) as progress:
-        plan = api.plan_extract(checkpoint, size, index, dtype, max_shard_size)
-        task = progress.add_task(f"extract {plan.budget.name}", total=plan.out_bytes)
-        result = api.extract(
-            checkpoint, size, out, index, dtype, max_shard_size, overwrite, command,
-            on_tensor=lambda op: progress.advance(task, op.nbytes),
+        task = progress.add_task(
+            f"extract {', '.join(p.budget.name for p in plans)}", total=sum(p.out_bytes for p in plans)
+        )
+        results = api.extract_many(
+            checkpoint, sizes, out, index, dtype, max_shard_size, overwrite, command, workers,
+            on_bytes=lambda count: progress.advance(task, count), nest=len(plans) > 1,
         )
     if as_json:
-        _print_json(result.to_json())
+        _print_json(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results])
         return
+    for result in results:
+        stdout.print(
+            f"wrote {result.out}: budget {result.budget}, {result.tensors} tensors, {human_bytes(result.bytes)} "
+            f"in {len(result.shards)} shard(s), {human_count(result.params_total)} params "
+            f"({human_count(result.params_active)} active)",
+            highlight=False,
+        )
+    total = sum(r.bytes for r in results)
     stdout.print(
-        f"wrote {result.out}: budget {result.budget}, {result.tensors} tensors, {human_bytes(result.bytes)} "
-        f"in {len(result.shards)} shard(s), {human_count(result.params_total)} params "
-        f"({human_count(result.params_active)} active), {result.seconds:.2f} s, {result.gb_per_s:.2f} GB/s",
+        f"{sum(r.tensors for r in results)} tensors, {human_bytes(total)} in {results[0].seconds:.2f} s "
+        f"({results[0].gb_per_s:.2f} GB/s)",
         highlight=False,
     )
 

@@ -1,15 +1,55 @@
-"""The executor: stream a plan from the parent's memory-mapped shards into the writer, one tensor at a time."""
+"""The executor: stream plans from the parent's shards into their writers, reading each source tensor once.
+
+Work is split into row chunks of at most `chunk_bytes` of the parent tensor, so memory stays bounded by the
+chunks in flight whatever a tensor's size. Reader threads read (pread), cut and convert chunks ahead; the calling
+thread writes them in plan order. Several plans (budgets) of one parent share every read.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 
-from .checkpoint import Checkpoint, TensorReader
-from .dtypes import torch_dtype
+from .checkpoint import Checkpoint, ShardFiles
+from .dtypes import itemsize, torch_dtype
 from .plan import Plan, TensorOp
+from .safetensors_header import TensorInfo
+from .selection import Ranges
 from .writer import ShardWriter
+
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+DEFAULT_INFLIGHT_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class Target:
+    """One budget being written: its plan and the writer of its folder."""
+
+    plan: Plan
+    writer: ShardWriter
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Rows [start, stop) of one source tensor, and the ops (one per target) that need some of them."""
+
+    info: TensorInfo
+    start: int
+    stop: int
+    consumers: tuple[tuple[int, TensorOp], ...]
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.info.shape[1:]) * itemsize(self.info.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return (self.stop - self.start) * self.row_bytes if self.info.shape else itemsize(self.info.dtype)
 
 
 def convert(tensor: torch.Tensor, op: TensorOp) -> torch.Tensor:
@@ -19,14 +59,105 @@ def convert(tensor: torch.Tensor, op: TensorOp) -> torch.Tensor:
     return tensor.to(torch_dtype(op.out_dtype))
 
 
+def _select(tensor: torch.Tensor, ranges_per_dim: tuple[Ranges, ...], first_dim: int) -> torch.Tensor:
+    """Keep the given ranges of dimensions first_dim, first_dim+1, ... of `tensor`."""
+    for offset, ranges in enumerate(ranges_per_dim):
+        dim = first_dim + offset
+        if ranges == ((0, tensor.shape[dim]),):
+            continue
+        parts = [tensor.narrow(dim, start, stop - start) for start, stop in ranges]
+        tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+    return tensor
+
+
+def _chunks(checkpoint: Checkpoint, targets: list[Target], chunk_bytes: int) -> Iterator[_Chunk]:
+    """Row chunks of every needed source tensor, in the parent's order, each read once for all targets."""
+    by_source = [{op.source: op for op in target.plan.ops} for target in targets]
+    for info in checkpoint.tensors.values():
+        consumers = tuple((i, ops[info.name]) for i, ops in enumerate(by_source) if info.name in ops)
+        if not consumers:
+            continue
+        if not info.shape:
+            yield _Chunk(info, 0, 1, consumers)
+            continue
+        needed = _union(tuple({r for _, op in consumers for r in op.selection[0]}))
+        rows_per_chunk = max(1, chunk_bytes // max(1, math.prod(info.shape[1:]) * itemsize(info.dtype)))
+        for start, stop in needed:
+            for first in range(start, stop, rows_per_chunk):
+                yield _Chunk(info, first, min(stop, first + rows_per_chunk), consumers)
+
+
+def _union(ranges: Ranges) -> Ranges:
+    """Overlapping or touching ranges joined (ranges of several budgets overlap)."""
+    joined: list[tuple[int, int]] = []
+    for start, stop in sorted(ranges):
+        if joined and start <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(stop, joined[-1][1]))
+        else:
+            joined.append((start, stop))
+    return tuple(joined)
+
+
+def _process(files: ShardFiles, chunk: _Chunk) -> list[tuple[int, TensorOp, torch.Tensor]]:
+    """Read one chunk and cut it for each consumer."""
+    info = chunk.info
+    raw = files.read(info, chunk.start * chunk.row_bytes, chunk.start * chunk.row_bytes + chunk.nbytes)
+    rows = torch.frombuffer(raw, dtype=torch.uint8).view(torch_dtype(info.dtype))
+    if not info.shape:
+        rows = rows.reshape(())
+    else:
+        rows = rows.reshape(chunk.stop - chunk.start, *info.shape[1:])
+    results = []
+    for index, op in chunk.consumers:
+        if not info.shape:
+            results.append((index, op, convert(rows.clone(), op)))
+            continue
+        pieces = [
+            (max(start, chunk.start) - chunk.start, min(stop, chunk.stop) - chunk.start)
+            for start, stop in op.selection[0]
+            if max(start, chunk.start) < min(stop, chunk.stop)
+        ]
+        if not pieces:
+            continue
+        kept = _select(rows, (tuple(pieces),), 0)
+        kept = _select(kept, op.selection[1:], 1)
+        results.append((index, op, convert(kept, op).contiguous()))
+    return results
+
+
 def execute(
-    plan: Plan, checkpoint: Checkpoint, writer: ShardWriter, on_tensor: Callable[[TensorOp], None] | None = None
+    checkpoint: Checkpoint,
+    targets: list[Target],
+    workers: int = 2,
+    on_bytes: Callable[[int], None] | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
 ) -> None:
-    """Read, cut, convert and write every tensor of the plan, in order."""
-    with TensorReader(checkpoint) as reader:
-        for op in plan.ops:
-            tensor = reader.read(checkpoint.tensors[op.source], op.selection)
-            writer.write(op, convert(tensor, op))
-            if on_tensor is not None:
-                on_tensor(op)
-    writer.close()
+    """Write every target's plan; each source chunk is read once, cut for every target, written in order."""
+    pending: deque[tuple[_Chunk, Future[list[tuple[int, TensorOp, torch.Tensor]]]]] = deque()
+    pending_bytes = 0
+    with ShardFiles(checkpoint) as files, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+
+        def drain_one() -> None:
+            nonlocal pending_bytes
+            chunk, future = pending.popleft()
+            pending_bytes -= chunk.nbytes
+            for index, op, tensor in future.result():
+                data = tensor.reshape(-1).view(torch.uint8).numpy()
+                targets[index].writer.write(op, data)
+                if on_bytes is not None:
+                    on_bytes(data.nbytes)
+
+        try:
+            for chunk in _chunks(checkpoint, targets, chunk_bytes):
+                while pending and (pending_bytes + chunk.nbytes > inflight_bytes or len(pending) > 4 * workers):
+                    drain_one()
+                pending.append((chunk, pool.submit(_process, files, chunk)))
+                pending_bytes += chunk.nbytes
+            while pending:
+                drain_one()
+        finally:
+            for _, future in pending:
+                future.cancel()
+    for target in targets:
+        target.writer.close()

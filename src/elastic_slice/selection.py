@@ -55,13 +55,3 @@ def concat(*parts: Ranges) -> Ranges:
 def length(ranges: Ranges) -> int:
     """How many indices the ranges keep."""
     return sum(stop - start for start, stop in ranges)
-
-
-def is_full(ranges: Ranges, size: int) -> bool:
-    """True when the ranges keep the whole dimension."""
-    return ranges == ((0, size),)
-
-
-def to_indices(ranges: Ranges) -> list[int]:
-    """The kept indices as an explicit list (for tests and small tensors)."""
-    return [i for start, stop in ranges for i in range(start, stop)]

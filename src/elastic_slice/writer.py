@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -11,16 +12,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 from .checkpoint import CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_INDEX_FILE, Checkpoint
 from .errors import InputError, RunFailure
 from .nesting import INDEX_FILE
 from .plan import Plan, TensorOp
 
 CARD_FILE = "README.md"
+MANIFEST_FILE = "elastic_slice_manifest.json"
 #: parent files that the child never inherits as they are: weights, indexes and files the writer makes itself
-_NOT_COPIED = {CONFIG_FILE, WEIGHTS_INDEX_FILE, INDEX_FILE, CARD_FILE, "elastic_slice_manifest.json"}
+_NOT_COPIED = {CONFIG_FILE, WEIGHTS_INDEX_FILE, INDEX_FILE, CARD_FILE, MANIFEST_FILE}
 _NOT_COPIED_SUFFIXES = (".safetensors", ".gguf", *PICKLE_SUFFIXES)
 
 
@@ -91,45 +91,80 @@ def safetensors_header(ops: list[TensorOp]) -> bytes:
 
 
 class ShardWriter:
-    """Streams tensors into their planned shard files in plan order; holds one open file at a time."""
+    """Streams tensor bytes into the planned shard files, strictly in plan order, hashing as it writes.
+
+    A tensor may arrive in several parts (row chunks); one shard file is open at a time.
+    """
 
     def __init__(self, folder: Path, plan: Plan) -> None:
         self._folder = folder
+        self._ops = plan.ops
         self._by_shard: dict[str, list[TensorOp]] = {}
         for op in plan.ops:
             self._by_shard.setdefault(op.shard, []).append(op)
+        self._next = 0
+        self._remaining = 0
         self._file: IO[bytes] | None = None
         self._shard = ""
-        self._remaining = 0
+        self._hash = hashlib.sha256()
+        #: sha256 of every finished shard file, by file name
+        self.sha256: dict[str, str] = {}
+        self._start_op()
 
-    def write(self, op: TensorOp, tensor: torch.Tensor) -> None:
-        if tuple(tensor.shape) != op.out_shape:
-            raise RunFailure(f"internal error: {op.out_name} came out as {list(tensor.shape)}, planned {list(op.out_shape)}.")
-        if op.shard != self._shard:
-            self._open(op.shard)
+    def write(self, op: TensorOp, data: memoryview | bytes | Any) -> None:
+        """Append the next bytes of `op`, which must be the tensor the plan expects now."""
+        if self._next >= len(self._ops) or op.out_name != self._ops[self._next].out_name:
+            raise RunFailure(f"internal error: {op.out_name} arrived out of plan order.")
+        size = memoryview(data).nbytes
+        if size > self._remaining:
+            raise RunFailure(f"internal error: {op.out_name} got {size} bytes, {self._remaining} were left.")
         assert self._file is not None
-        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
-        if data.nbytes != op.nbytes:
-            raise RunFailure(f"internal error: {op.out_name} has {data.nbytes} bytes, planned {op.nbytes}.")
-        self._file.write(data.data)
-        self._remaining -= 1
+        self._file.write(data)
+        self._hash.update(data)
+        self._remaining -= size
         if self._remaining == 0:
-            self._close()
+            self._next += 1
+            self._start_op()
+
+    def _start_op(self) -> None:
+        """Open the shard of the next op with bytes, finishing shards (and empty tensors) on the way."""
+        while self._next < len(self._ops):
+            op = self._ops[self._next]
+            if op.shard != self._shard:
+                self._open(op.shard)
+            if op.nbytes:
+                self._remaining = op.nbytes
+                return
+            self._next += 1
+        self._finish_shard()
 
     def _open(self, shard: str) -> None:
-        self._close()
-        ops = self._by_shard[shard]
+        self._finish_shard()
         self._file = (self._folder / shard).open("wb")
-        self._file.write(safetensors_header(ops))
-        self._shard, self._remaining = shard, len(ops)
+        self._hash = hashlib.sha256()
+        header = safetensors_header(self._by_shard[shard])
+        self._file.write(header)
+        self._hash.update(header)
+        self._shard = shard
 
-    def _close(self) -> None:
+    def _finish_shard(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+            self.sha256[self._shard] = self._hash.hexdigest()
 
     def close(self) -> None:
-        self._close()
+        """Finish the last shard; every planned byte must have been written."""
+        if self._next < len(self._ops):
+            self.abort()
+            raise RunFailure(f"internal error: the run ended before tensor {self._ops[self._next].out_name} was written.")
+        self._finish_shard()
+
+    def abort(self) -> None:
+        """Close without finishing (the staged folder is removed by its owner)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def write_weights_index(folder: Path, plan: Plan) -> None:

@@ -1,0 +1,83 @@
+"""`elastic_slice_manifest.json`: what an output was made from and with, and the sha256 of every file in it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import Checkpoint
+from .plan import Plan
+from .safetensors_header import MAX_HEADER_BYTES
+from .writer import MANIFEST_FILE, write_json
+
+MANIFEST_FORMAT = "elastic-slice-manifest"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _header_sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        return hashlib.sha256(handle.read(min(length, MAX_HEADER_BYTES))).hexdigest()
+
+
+def describe_parent_files(checkpoint: Checkpoint) -> dict[str, Any]:
+    """Size and sha256 of the parent's small files; size and header sha256 of its weight shards.
+
+    Hashing whole shards would read the entire parent, which extraction avoids; a shard's header hash pins every
+    tensor's name, dtype, shape and offset, and its size the data length.
+    """
+    weight_files = {Path(shard.file).name for shard in checkpoint.shards}
+    files: dict[str, Any] = {}
+    for path in sorted(checkpoint.root.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        entry: dict[str, Any] = {"size": path.stat().st_size}
+        if path.name in weight_files:
+            entry["header_sha256"] = _header_sha256(path)
+        else:
+            entry["sha256"] = sha256_file(path)
+        files[path.name] = entry
+    return {"path": str(checkpoint.root), "files": files}
+
+
+def write_manifest(
+    folder: Path,
+    plan: Plan,
+    shard_sha256: dict[str, str],
+    parent_files: dict[str, Any],
+    options: dict[str, Any],
+    command: str | None,
+    version: str,
+) -> None:
+    """Write the manifest last, covering every other file of the folder."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.name == MANIFEST_FILE:
+            continue
+        digest = shard_sha256.get(path.name) or sha256_file(path)
+        files[path.name] = {"size": path.stat().st_size, "sha256": digest}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "tool": {"name": "elastic-slice", "version": version},
+        "parent": parent_files,
+        "budget": {
+            "name": plan.budget.name,
+            "sizes": plan.budget.sizes,
+            "norm_semantics": plan.budget.norm_semantics,
+            "is_parent": plan.budget.is_parent,
+        },
+        "params": asdict(plan.params),
+        "options": options,
+        "command": command,
+        "files": files,
+    }
+    write_json(folder / MANIFEST_FILE, manifest)

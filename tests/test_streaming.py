@@ -1,0 +1,71 @@
+"""The streaming executor: chunked reads, threads and one pass for many budgets give the same bytes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from elastic_slice import api
+from elastic_slice.checkpoint import open_checkpoint
+from elastic_slice.execute import Target, execute
+from elastic_slice.manifest import sha256_file
+from elastic_slice.writer import ShardWriter
+from conftest import run_cli
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_tiny_chunks_and_threads_give_identical_bytes(tiny_parent: Path, tmp_path: Path) -> None:
+    reference = tmp_path / "ref"
+    api.extract(tiny_parent, "12B", reference, max_shard_size="400KB")
+    plan = api.plan_extract(tiny_parent, "12B", max_shard_size="400KB")
+    for workers, chunk in ((1, 64), (4, 1000), (3, 7)):
+        folder = tmp_path / f"w{workers}-c{chunk}"
+        folder.mkdir()
+        writer = ShardWriter(folder, plan)
+        execute(open_checkpoint(tiny_parent), [Target(plan, writer)], workers=workers, chunk_bytes=chunk,
+                inflight_bytes=chunk * 3)
+        for shard in plan.shards:
+            assert (folder / shard).read_bytes() == (reference / shard).read_bytes(), (workers, chunk, shard)
+            assert writer.sha256[shard] == sha256_file(folder / shard)
+
+
+def test_one_pass_equals_separate_runs(tiny_parent: Path, tmp_path: Path) -> None:
+    results = api.extract_many(tiny_parent, ["23B", "12B"], tmp_path / "many", command="same")
+    assert [Path(r.out).name for r in results] == ["23B", "12B"]
+    for budget in ("23B", "12B"):
+        api.extract(tiny_parent, budget, tmp_path / f"single-{budget}", command="same")
+        many, single = _files(tmp_path / "many" / budget), _files(tmp_path / f"single-{budget}")
+        assert many.keys() == single.keys()
+        for name in many:
+            if name != "elastic_slice_manifest.json":
+                assert many[name] == single[name], (budget, name)
+
+
+def test_cli_all_budgets(tiny_parent: Path, tmp_path: Path) -> None:
+    result = run_cli("extract", tiny_parent, "--all", "--out", tmp_path / "all", "--json", "--workers", "3")
+    assert result.code == 0, result.stderr
+    assert [r["budget"] for r in result.json()] == ["30B", "23B", "12B"]
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["12B", "23B", "30B"]
+    both = run_cli("extract", tiny_parent, "--all", "--size", "12B", "--out", tmp_path / "x")
+    assert both.code == 2 and "not both" in both.stderr
+    twice = run_cli("extract", tiny_parent, "--size", "12B", "--size", "12b", "--out", tmp_path / "y")
+    assert twice.code == 2 and "twice" in twice.stderr and not (tmp_path / "y").exists()
+
+
+def test_manifest_records_parent_budget_options_and_hashes(tiny_parent: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    api.extract(tiny_parent, "12B", out, dtype="fp32", command="elastic-slice extract ...")
+    manifest = json.loads((out / "elastic_slice_manifest.json").read_text())
+    assert manifest["tool"]["name"] == "elastic-slice"
+    assert manifest["budget"]["name"] == "12B" and manifest["budget"]["sizes"]["hidden_size"] == 96
+    assert manifest["options"]["dtype"] == "fp32" and manifest["command"] == "elastic-slice extract ..."
+    parent = manifest["parent"]["files"]
+    assert "header_sha256" in parent["model-00001-of-00003.safetensors"]
+    assert parent["config.json"]["sha256"] == sha256_file(tiny_parent / "config.json")
+    files = manifest["files"]
+    assert sorted(files) == sorted(p.name for p in out.iterdir() if p.name != "elastic_slice_manifest.json")
+    for name, entry in files.items():
+        assert entry["sha256"] == sha256_file(out / name) and entry["size"] == (out / name).stat().st_size

@@ -1,116 +1,17 @@
-"""Independent references for the tests: a budget's masked forward in the parent, and its expected tensors.
+"""Expected child tensors by boolean indexing, independent of elastic-slice's slicing code.
 
-Nothing here uses elastic-slice's slicing code: masks are built from the budget's sizes with plain torch, the
-masked forward patches transformers' own NemotronH modules, and expected tensors come from boolean indexing.
+Masks come from the budget's sizes alone (elastic_slice.arch.nemotron_h_reference.Masks, which the masked forward
+also uses); nothing here reads a plan or a selection.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import types
 from typing import Any
 
 import torch
-from torch import nn
-
-
-class Masks:
-    """Boolean keep-masks of every elastic component of a budget, from sizes alone."""
-
-    def __init__(self, cfg: Any, sizes: dict[str, Any]) -> None:
-        full = lambda axis: getattr(cfg, axis)  # noqa: E731
-        size = lambda axis: sizes.get(axis, full(axis))  # noqa: E731
-        self.hidden = torch.arange(cfg.hidden_size) < size("hidden_size")
-        heads, groups, hd = cfg.mamba_num_heads, cfg.n_groups, cfg.mamba_head_dim
-        per_group, keep = heads // groups, size("mamba_num_heads") // groups
-        self.mamba_heads = (torch.arange(heads) % per_group) < keep
-        self.mamba_channels = self.mamba_heads.repeat_interleave(hd)
-        self.mamba_group_width = (per_group * hd, keep * hd)
-        kv = size("num_key_value_heads")
-        rep = cfg.num_attention_heads // cfg.num_key_value_heads
-        q = sizes.get("num_attention_heads", kv * rep)
-        head = torch.arange(cfg.num_attention_heads)
-        self.q_heads = (head // rep < kv) & (head % rep < q // kv)
-        self.q_channels = self.q_heads.repeat_interleave(cfg.head_dim)
-        self.kv_channels = (torch.arange(cfg.num_key_value_heads) < kv).repeat_interleave(cfg.head_dim)
-        self.experts = torch.arange(cfg.n_routed_experts) < size("n_routed_experts")
-        self.moe_ffn = torch.arange(cfg.moe_intermediate_size) < size("moe_intermediate_size")
-        self.shared_ffn = torch.arange(cfg.moe_shared_expert_intermediate_size) < size("moe_shared_expert_intermediate_size")
-        self.dense_ffn = torch.arange(cfg.intermediate_size) < size("intermediate_size")
-        self.layers = list(sizes.get("layers", range(len(cfg.layers_block_type))))
-
-
-def _masked_rmsnorm(module: nn.Module, mask: torch.Tensor, full_width: bool) -> None:
-    weight = module.weight
-    denominator = mask.numel() if full_width else int(mask.sum())
-
-    def forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-        x = hidden_states.to(torch.float32) * mask
-        variance = x.pow(2).sum(-1, keepdim=True) / denominator
-        return (weight * mask * x * torch.rsqrt(variance + self.variance_epsilon)).to(hidden_states.dtype)
-
-    module.forward = types.MethodType(forward, module)
-
-
-def _masked_gated_norm(module: nn.Module, mask: torch.Tensor, group: int, denominator: int) -> None:
-    weight = module.weight
-
-    def forward(self: nn.Module, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        x = hidden_states.to(torch.float32)
-        if gate is not None:
-            x = x * nn.functional.silu(gate.to(torch.float32))
-        x = x * mask
-        grouped = x.view(*x.shape[:-1], -1, group)
-        variance = grouped.pow(2).sum(-1, keepdim=True) / denominator
-        x = (grouped * torch.rsqrt(variance + self.variance_epsilon)).view(x.shape)
-        return weight * mask * x.to(hidden_states.dtype)
-
-    module.forward = types.MethodType(forward, module)
-
-
-def _skip_block(module: nn.Module) -> None:
-    def forward(self: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return hidden_states
-
-    module.forward = types.MethodType(forward, module)
-
-
-@torch.no_grad()
-def apply_masked_forward(model: nn.Module, sizes: dict[str, Any], norm_semantics: str) -> nn.Module:
-    """Patch an fp32 NemotronHForCausalLM in place so that it computes the budget's masked forward."""
-    cfg = model.config
-    masks = Masks(cfg, sizes)
-    full_width = norm_semantics == "full"
-    keep_h = masks.hidden
-    backbone = model.model
-    backbone.embeddings.weight[:, ~keep_h] = 0
-    _masked_rmsnorm(backbone.norm_f, keep_h, full_width)
-    for index, block in enumerate(backbone.layers):
-        if index not in masks.layers:
-            _skip_block(block)
-            continue
-        _masked_rmsnorm(block.norm, keep_h, full_width)
-        mixer = block.mixer
-        kind = cfg.layers_block_type[index]
-        if kind == "linear_attention":
-            parent_group, child_group = masks.mamba_group_width
-            _masked_gated_norm(mixer.norm, masks.mamba_channels, parent_group, parent_group if full_width else child_group)
-            mixer.out_proj.weight[:, ~masks.mamba_channels] = 0
-            mixer.out_proj.weight[~keep_h, :] = 0
-        elif kind == "full_attention":
-            mixer.o_proj.weight[:, ~masks.q_channels] = 0
-            mixer.o_proj.weight[~keep_h, :] = 0
-        elif kind == "moe":
-            mixer.gate.e_score_correction_bias[~masks.experts] = -math.inf
-            mixer.experts.down_proj[:, :, ~masks.moe_ffn] = 0
-            mixer.experts.down_proj[:, ~keep_h, :] = 0
-            mixer.shared_experts.down_proj.weight[:, ~masks.shared_ffn] = 0
-            mixer.shared_experts.down_proj.weight[~keep_h, :] = 0
-        elif kind == "mlp":
-            mixer.down_proj.weight[:, ~masks.dense_ffn] = 0
-            mixer.down_proj.weight[~keep_h, :] = 0
-    return model
+from elastic_slice.arch.nemotron_h_reference import Masks
 
 
 # ----- expected child tensors by boolean indexing ------------------------------------------------------------------

@@ -9,6 +9,20 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+local"
 
-from .api import BudgetReport, ExtractResult, InspectReport, extract, inspect, plan_extract  # noqa: E402
+from .api import (  # noqa: E402
+    BudgetReport,
+    ExtractResult,
+    InspectReport,
+    VerifyReport,
+    extract,
+    extract_many,
+    inspect,
+    plan_extract,
+    plan_extract_many,
+    verify,
+)
 
-__all__ = ["BudgetReport", "ExtractResult", "InspectReport", "extract", "inspect", "plan_extract", "__version__"]
+__all__ = [
+    "BudgetReport", "ExtractResult", "InspectReport", "VerifyReport", "extract", "extract_many", "inspect",
+    "plan_extract", "plan_extract_many", "verify", "__version__",
+]

@@ -19,6 +19,15 @@ from .nesting import NestingIndex, find_index, resolve_budget
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
 from .manifest import describe_parent_files, write_manifest
 from .quant.schemes import footprint
+from .verify import (
+    VerifyReport,
+    check_against_parent,
+    check_files,
+    check_numerics,
+    check_structure,
+    open_child,
+    open_output,
+)
 from .writer import (
     CARD_FILE,
     ShardWriter,
@@ -290,3 +299,35 @@ def _finish_folder(
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
     write_manifest(staging, plan, target.writer.sha256, parent_files, options, command, _version())
     return copied
+
+
+def verify(
+    out: str | Path,
+    parent: str | Path | None = None,
+    size: str | None = None,
+    index: str | Path | None = None,
+    numerics: bool = False,
+    device: str = "cpu",
+    tolerance: float = 1e-3,
+) -> VerifyReport:
+    """Check an output folder: manifest hashes, config/shard agreement and, with `parent`, every byte and logit."""
+    folder = open_output(out)
+    report = VerifyReport(folder=str(folder))
+    manifest = check_files(folder, report)
+    child = open_child(folder, report)
+    if child is not None:
+        check_structure(child, report)
+    if parent is None:
+        if numerics:
+            raise InputError("verify --numerics needs --parent CKPT to compare against.")
+        return report
+    budget = size or (manifest or {}).get("budget", {}).get("name")
+    if budget is None:
+        raise InputError("verify --parent needs --size NAME: the output has no manifest naming its budget.")
+    options = (manifest or {}).get("options", {})
+    prepared = _prepare(parent, [budget], index, options.get("dtype"), options.get("max_shard_size", "5GB"))
+    if child is not None:
+        check_against_parent(child, prepared.plans[0], prepared.checkpoint, report)
+    if numerics:
+        check_numerics(folder, prepared.checkpoint, prepared.plans[0], report, device, tolerance)
+    return report

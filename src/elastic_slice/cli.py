@@ -169,6 +169,32 @@ def extract(
     )
 
 
+@app.command()
+@_reports_errors
+def verify(
+    out: Path = typer.Argument(..., help="Output folder written by `elastic-slice extract`."),
+    parent: Optional[str] = typer.Option(None, "--parent", help="Parent checkpoint: re-derive and compare every byte."),
+    size: Optional[str] = typer.Option(None, "--size", help="Budget of the output (default: the manifest's)."),
+    index: Optional[Path] = IndexOption,
+    numerics: bool = typer.Option(False, "--numerics", help="Also compare logits with the parent's masked forward."),
+    device: str = typer.Option("cpu", "--device", help="Device for --numerics (cpu, cuda)."),
+    tolerance: float = typer.Option(1e-3, "--tolerance", help="Largest allowed logit difference for --numerics."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Re-read an output folder and check its files, structure and (with --parent) its bytes and logits."""
+    report = api.verify(out, parent, size, index, numerics, device, tolerance)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        for check in report.checks:
+            stdout.print(f"[green]ok[/]  {check}", highlight=False)
+        for problem in report.problems:
+            stdout.print(f"[bold red]problem:[/] {problem}", highlight=False)
+        stdout.print("verified" if report.ok else f"{len(report.problems)} problem(s) found", highlight=False)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
 def _render_plan(plan: Plan) -> None:
     """One line per output tensor: name, source when renamed, shape change, kept ranges of cut dims, dtype, shard."""
     lines = [f"plan: budget {plan.budget.name} of {plan.parent}"]
@@ -196,4 +222,6 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def main() -> None:
     """Console entry point: SIGTERM is handled like Ctrl-C, so staged output is always cleaned up."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit then fails the write with EFBIG instead of killing us
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     app()

@@ -65,3 +65,7 @@ class Architecture(Protocol):
     def module_kind(self, name: str) -> str:
         """The kind of module a tensor belongs to (embedding, norm, router, expert_linear, ...)."""
         ...
+
+    def apply_masked_forward(self, model: Any, sizes: Mapping[str, Any], norm: str) -> Any:
+        """Patch a transformers model of the parent in place so that it computes a budget's masked forward."""
+        ...

@@ -236,6 +236,11 @@ class NemotronH:
                 return kind
         return "other"
 
+    def apply_masked_forward(self, model: Any, sizes: Mapping[str, Any], norm: str) -> Any:
+        from .nemotron_h_reference import apply_masked_forward
+
+        return apply_masked_forward(model, dict(sizes), norm)
+
 
 _KIND_PATTERNS = [
     (re.compile(r"embeddings\."), "embedding"),

@@ -1,0 +1,72 @@
+"""`verify` passes a fresh output and catches a flipped byte, a removed tensor, an edited config, an extra file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+
+from elastic_slice import api
+from conftest import load_tensors, run_cli
+
+
+@pytest.fixture
+def child(tiny_parent: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "child"
+    api.extract(tiny_parent, "12B", out)
+    return out
+
+
+def test_fresh_output_verifies(child: Path, tiny_parent: Path) -> None:
+    result = run_cli("verify", child, "--parent", tiny_parent, "--numerics", "--json")
+    assert result.code == 0, result.stdout + result.stderr
+    report = result.json()
+    assert report["ok"] and report["problems"] == []
+    assert any("byte for byte" in c for c in report["checks"])
+    assert any("max abs diff" in c for c in report["checks"])
+
+
+def test_flipped_byte(child: Path, tiny_parent: Path) -> None:
+    shard = child / "model.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1000] ^= 0x40
+    shard.write_bytes(bytes(data))
+    alone = api.verify(child)
+    assert not alone.ok and any("sha256" in p and "model.safetensors" in p for p in alone.problems)
+    with_parent = api.verify(child, parent=tiny_parent)
+    assert any("differs from the parent's slice" in p for p in with_parent.problems)
+    assert run_cli("verify", child).code == 1
+
+
+def test_removed_tensor(child: Path, tiny_parent: Path) -> None:
+    tensors = load_tensors(child)
+    removed = "backbone.layers.2.mixer.o_proj.weight"
+    del tensors[removed]
+    save_file(tensors, str(child / "model.safetensors"), metadata={"format": "pt"})
+    report = api.verify(child, parent=tiny_parent)
+    assert any(removed in p and "missing" in p for p in report.problems), report.problems
+    assert any("lacks tensor" in p and removed in p for p in report.problems), report.problems
+
+
+def test_edited_config(child: Path) -> None:
+    config = json.loads((child / "config.json").read_text())
+    config["hidden_size"] = 112
+    (child / "config.json").write_text(json.dumps(config))
+    report = api.verify(child)
+    assert any(p.startswith("config.json ") and "manifest" in p for p in report.problems)
+    assert any("config.json implies" in p for p in report.problems)
+
+
+def test_extra_file_and_missing_manifest(child: Path) -> None:
+    (child / "notes.txt").write_text("hi")
+    assert any("notes.txt is not listed" in p for p in api.verify(child).problems)
+    (child / "elastic_slice_manifest.json").unlink()
+    result = run_cli("verify", child)
+    assert result.code == 1 and "elastic_slice_manifest.json is missing" in " ".join(result.stdout.split())
+
+
+def test_verify_usage_errors(child: Path, tmp_path: Path) -> None:
+    assert run_cli("verify", tmp_path / "nope").code == 2
+    assert run_cli("verify", child, "--numerics").code == 2

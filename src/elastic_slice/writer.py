@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -34,7 +35,8 @@ def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
         raise InputError(f"--out {out} is a file; give a folder path.")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        _remove_abandoned_stagings(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
         staging.chmod(0o777 & ~_umask())
     except OSError as exc:
         raise InputError(f"cannot create a folder beside --out {out}: {exc.strerror or exc}.") from exc
@@ -44,6 +46,25 @@ def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _remove_abandoned_stagings(out: Path) -> None:
+    """Delete staging folders for `out` left by runs that were killed (SIGKILL, power loss): their process is gone."""
+    pattern = re.compile(rf"^\.{re.escape(out.name)}\.partial-(\d+)-")
+    for sibling in out.parent.iterdir():
+        match = pattern.match(sibling.name)
+        if match and sibling.is_dir() and not _process_alive(int(match.group(1))):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -1,0 +1,82 @@
+"""Killed, interrupted or out-of-space runs leave no --out, and a rerun succeeds."""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from elastic_slice import api
+from elastic_slice.fixtures import TinySpec, build_tiny_elastic
+
+ROOT = Path(__file__).resolve().parent.parent
+MEDIUM = TinySpec(
+    vocab_size=4096, hidden_size=1024, mamba_num_heads=32, mamba_head_dim=32, n_groups=4, num_attention_heads=16,
+    num_key_value_heads=4, head_dim=64, n_routed_experts=16, moe_intermediate_size=1024,
+    moe_shared_expert_intermediate_size=2048, intermediate_size=2048,
+)
+
+
+@pytest.fixture(scope="module")
+def medium_parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 170 MB in bf16, so that an extraction runs long enough to be interrupted mid-write."""
+    budgets = {"30B": {"hidden_size": 1024}, "12B": {"hidden_size": 768, "n_routed_experts": 12}}
+    return build_tiny_elastic(
+        tmp_path_factory.mktemp("medium") / "parent", spec=MEDIUM, budgets=budgets, with_tokenizer=False
+    )
+
+
+def _command(parent: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "elastic_slice", "extract", str(parent), "--size", "30B", "--out", str(out)]
+
+
+def _staging(out: Path) -> list[Path]:
+    return [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial-")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_signal_mid_write_leaves_no_output(medium_parent: Path, tmp_path: Path, signum: int) -> None:
+    out = tmp_path / "out"
+    process = subprocess.Popen(_command(medium_parent, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not _staging(out) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert process.poll() is None, "the run finished before it could be interrupted"
+    time.sleep(random.uniform(0, 0.05))
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert not out.exists()
+    if signum == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL
+    else:
+        assert process.returncode == 130, stderr.decode()
+        assert b"interrupted" in stderr and b"Traceback" not in stderr
+        assert _staging(out) == []
+    rerun = subprocess.run(_command(medium_parent, out), capture_output=True)
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    assert _staging(out) == []  # a killed run's staging folder is cleaned up by the next run
+    assert api.verify(out, parent=medium_parent).ok
+
+
+def _limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000))
+
+
+def test_full_disk_leaves_no_output(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "elastic_slice", "extract", str(ROOT / "examples" / "tiny-elastic"),
+         "--size", "12B", "--out", str(out)],
+        capture_output=True, preexec_fn=_limit_file_size, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 1, stderr
+    assert "writing the output failed" in stderr and "File too large" in stderr and "Traceback" not in stderr
+    assert not out.exists() and _staging(out) == []

@@ -149,3 +149,27 @@ def test_hostile_checkpoint(tiny_parent: Path, tmp_path: Path, case: str, break_
             assert word in message, (case, word, message)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_custom_code_is_copied_never_run(tiny_parent: Path, tmp_path: Path) -> None:
+    parent = tmp_path / "parent"
+    shutil.copytree(tiny_parent, parent)
+    marker = tmp_path / "pwned"
+    (parent / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    config = json.loads((parent / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (parent / "config.json").write_text(json.dumps(config))
+    for args in (["inspect", parent], ["extract", parent, "--size", "12B", "--out", tmp_path / "out"],
+                 ["verify", tmp_path / "out", "--parent", parent]):
+        assert run_cli(*args).code == 0
+    assert (tmp_path / "out" / "modeling_evil.py").exists() and not marker.exists()
+
+
+def test_not_enough_disk_space(tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    result = run_cli("extract", tiny_parent, "--size", "12B", "--out", tmp_path / "out")
+    assert result.code == 1 and "not enough disk space" in result.stderr and "0.00 GB is free" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,129 @@
+"""Benchmark: elastic-slice extract against cp and a naive transformers peer, cold and warm page cache.
+
+Run from the repository root:  python benchmarks/bench_extract.py [--quick]
+Writes benchmarks/results.json. Needs about 40 GB of free disk and root (to drop the page cache); without root,
+'cold' runs evict the parent's pages with posix_fadvise instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from synthetic import write_parent  # noqa: E402
+
+WORK = HERE / "work"
+PARENTS = {"4GB": "M*ME", "9GB": "MEM*EME"}
+
+
+def drop_caches(folder: Path) -> str:
+    subprocess.run(["sync"], check=True)
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return "drop_caches"
+    except OSError:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                fd = os.open(path, os.O_RDONLY)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+        return "fadvise"
+
+
+def timed(command: list[str]) -> dict[str, float]:
+    """Wall seconds and peak RSS (GB) of a command, from /usr/bin/time -v."""
+    started = time.perf_counter()
+    result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{command} failed:\n{result.stderr[-3000:]}")
+    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
+    return {"seconds": round(seconds, 3), "peak_rss_gb": round(rss_kb / 2**20, 3)}
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+
+
+def extract(parent: Path, out: Path, *sizes: str) -> dict[str, float]:
+    shutil.rmtree(out, ignore_errors=True)
+    args = [a for size in sizes for a in ("--size", size)]
+    return timed([sys.executable, "-m", "elastic_slice", "extract", str(parent), *args, "--out", str(out)])
+
+
+def copy_file_of(size: int, source: Path, cold: bool) -> dict[str, float]:
+    """cp of a file of `size` bytes: the disk's limit for writing that output."""
+    src, dst = WORK / "cp-src.bin", WORK / "cp-dst.bin"
+    if not src.exists() or src.stat().st_size != size:
+        with source.open("rb") as fin, src.open("wb") as fout:
+            left = size
+            while left:
+                left -= fout.write(fin.read(min(left, 2**26)))
+    dst.unlink(missing_ok=True)
+    if cold:
+        drop_caches(WORK)
+    else:
+        subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)
+    result = timed(["cp", str(src), str(dst)])
+    dst.unlink()
+    return result
+
+
+def main(quick: bool = False) -> None:
+    WORK.mkdir(exist_ok=True)
+    results: dict[str, object] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "parents": {},
+    }
+    for label, pattern in (list(PARENTS.items())[:1] if quick else PARENTS.items()):
+        parent = WORK / f"parent-{label}"
+        if not (parent / "config.json").exists():
+            write_parent(parent, pattern)
+        parent_bytes = folder_bytes(parent)
+        out = WORK / "out-12B"
+        entry: dict[str, object] = {"pattern": pattern, "parent_bytes": parent_bytes}
+        entry["cache_method"] = drop_caches(parent)
+        entry["extract_12B_cold"] = extract(parent, out, "12B")
+        entry["extract_12B_warm"] = extract(parent, out, "12B")
+        out_bytes = folder_bytes(out)
+        entry["out_bytes"] = out_bytes
+        for mode in ("cold", "warm"):
+            run = entry[f"extract_12B_{mode}"]
+            run["gb_per_s"] = round(out_bytes / run["seconds"] / 1e9, 3)
+        shard = sorted(parent.glob("*.safetensors"))[0]
+        entry["cp_cold"] = copy_file_of(out_bytes, shard, cold=True)
+        entry["cp_warm"] = copy_file_of(out_bytes, shard, cold=False)
+        entry["ratio_extract_to_cp_warm"] = round(entry["extract_12B_warm"]["seconds"] / entry["cp_warm"]["seconds"], 3)
+        entry["ratio_extract_to_cp_cold"] = round(entry["extract_12B_cold"]["seconds"] / entry["cp_cold"]["seconds"], 3)
+        separate = [extract(parent, WORK / f"sep-{b}", b) for b in ("30B", "23B", "12B")]
+        one_pass = extract(parent, WORK / "all", "30B", "23B", "12B")
+        entry["three_budgets_separate_seconds"] = round(sum(r["seconds"] for r in separate), 3)
+        entry["three_budgets_one_pass"] = one_pass
+        for folder in [WORK / "all", *(WORK / f"sep-{b}" for b in ("30B", "23B", "12B"))]:
+            shutil.rmtree(folder, ignore_errors=True)
+        if label == "4GB":
+            naive_out = WORK / "naive-12B"
+            shutil.rmtree(naive_out, ignore_errors=True)
+            entry["naive_12B_warm"] = timed([sys.executable, str(HERE / "naive_peer.py"), str(parent), "12B", str(naive_out)])
+            shutil.rmtree(naive_out, ignore_errors=True)
+            entry["naive_to_extract_time"] = round(
+                entry["naive_12B_warm"]["seconds"] / entry["extract_12B_warm"]["seconds"], 2)
+            entry["naive_to_extract_rss"] = round(
+                entry["naive_12B_warm"]["peak_rss_gb"] / entry["extract_12B_warm"]["peak_rss_gb"], 2)
+        shutil.rmtree(out, ignore_errors=True)
+        results["parents"][label] = entry
+        print(json.dumps({label: entry}, indent=2), flush=True)
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv)

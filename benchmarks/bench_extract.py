@@ -67,7 +67,11 @@ def copy_file_of(size: int, source: Path, cold: bool) -> dict[str, float]:
         with source.open("rb") as fin, src.open("wb") as fout:
             left = size
             while left:
-                left -= fout.write(fin.read(min(left, 2**26)))
+                block = fin.read(min(left, 2**26))
+                if not block:  # the source is shorter than the output: start it again
+                    fin.seek(0)
+                    continue
+                left -= fout.write(block)
     dst.unlink(missing_ok=True)
     if cold:
         drop_caches(WORK)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, NemotronHConfig, NemotronHForCausalLM
 
-from elastic_slice.arch.nemotron_h_reference import Masks
+from elastic_slice.arch.nemotron_h_torch import Masks
 
 
 def main(parent: str, budget: str, out: str) -> None:

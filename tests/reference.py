@@ -1,6 +1,6 @@
 """Expected child tensors by boolean indexing, independent of elastic-slice's slicing code.
 
-Masks come from the budget's sizes alone (elastic_slice.arch.nemotron_h_reference.Masks, which the masked forward
+Masks come from the budget's sizes alone (elastic_slice.arch.nemotron_h_torch.Masks, which the masked forward
 also uses); nothing here reads a plan or a selection.
 """
 
@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 import torch
-from elastic_slice.arch.nemotron_h_reference import Masks
+from elastic_slice.arch.nemotron_h_torch import Masks
 
 
 # ----- expected child tensors by boolean indexing ------------------------------------------------------------------

@@ -15,10 +15,13 @@ from .checkpoint import Checkpoint, open_checkpoint
 from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError, RunFailure
 from .execute import Target, execute
-from .nesting import NestingIndex, find_index, resolve_budget
+from .nesting import INDEX_FILE, NestingIndex, find_index, resolve_budget
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
 from .manifest import describe_parent_files, write_manifest
-from .quant.schemes import footprint
+from .quant.calibrate import calibrate, calibration_texts
+from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
+from .quant.planning import QuantRequest
+from .quant.schemes import SCHEMES, footprint
 from .verify import (
     VerifyReport,
     check_against_parent,
@@ -99,6 +102,34 @@ class ExtractResult:
 ALL_BUDGETS = "*"
 
 
+@dataclass(frozen=True)
+class QuantOptions:
+    """Quantize the output: `scheme` fp8 or nvfp4, `fmt` modelopt or compressed-tensors."""
+
+    scheme: str
+    fmt: str = MODELOPT
+    exclude: tuple[str, ...] = ()
+    calibration: str | None = None
+    device: str = "cpu"
+
+    def request(self, checkpoint: Checkpoint, arch: Architecture) -> QuantRequest:
+        scheme = SCHEMES.get(self.scheme.lower())
+        if scheme is None:
+            raise InputError(f"--quantize {self.scheme!r} is not supported; use fp8 or nvfp4.")
+        if self.fmt not in FORMATS:
+            raise InputError(f"--quant-format {self.fmt!r} is not supported; use {' or '.join(FORMATS)}.")
+        if self.fmt == MODELOPT and self.calibration is None:
+            raise InputError(
+                "--quant-format modelopt stores static activation scales, which need --calibration FILE "
+                "(or --calibration default for the built-in sample); --quant-format compressed-tensors also "
+                "works without: FP8 with dynamic activations, NVFP4 weight-only."
+            )
+        amax = None
+        if self.calibration is not None:
+            amax = calibrate(checkpoint.root, arch, calibration_texts(self.calibration), self.device)
+        return QuantRequest(scheme=scheme, fmt=self.fmt, exclude=tuple(self.exclude), input_amax=amax)
+
+
 def _version() -> str:
     from . import __version__
 
@@ -165,6 +196,7 @@ def _prepare(
     index: str | Path | None,
     dtype: str | None,
     max_shard_size: str | int,
+    quantize: QuantOptions | None = None,
 ) -> _Prepared:
     ckpt = open_checkpoint(checkpoint)
     arch = get_architecture(ckpt.model_type)
@@ -174,8 +206,11 @@ def _prepare(
     names = list(nesting.budgets) if sizes == [ALL_BUDGETS] else [nesting.budget_name(size) for size in sizes]
     if len(set(names)) != len(names):
         raise InputError(f"budget {next(n for n in names if names.count(n) > 1)!r} is asked for twice.")
+    request = quantize.request(ckpt, arch) if quantize is not None else None
     plans = [
-        build_plan(ckpt, arch, resolve_budget(nesting, name, ckpt.config, arch), out_dtype, shard_limit)
+        build_plan(
+            ckpt, arch, resolve_budget(nesting, name, ckpt.config, arch), out_dtype, shard_limit, request, _version()
+        )
         for name in names
     ]
     return _Prepared(ckpt, nesting, plans)
@@ -187,9 +222,10 @@ def plan_extract(
     index: str | Path | None = None,
     dtype: str | None = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    quantize: QuantOptions | None = None,
 ) -> Plan:
     """The plan `extract` would run, without writing anything (what --dry-run prints)."""
-    return _prepare(checkpoint, [size], index, dtype, max_shard_size).plans[0]
+    return _prepare(checkpoint, [size], index, dtype, max_shard_size, quantize).plans[0]
 
 
 def plan_extract_many(
@@ -198,9 +234,10 @@ def plan_extract_many(
     index: str | Path | None = None,
     dtype: str | None = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    quantize: QuantOptions | None = None,
 ) -> list[Plan]:
     """The plans of several budgets (`[ALL_BUDGETS]` for every budget of the index)."""
-    return _prepare(checkpoint, sizes, index, dtype, max_shard_size).plans
+    return _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize).plans
 
 
 def extract(
@@ -214,10 +251,12 @@ def extract(
     command: str | None = None,
     workers: int = 2,
     on_bytes: Callable[[int], None] | None = None,
+    quantize: QuantOptions | None = None,
 ) -> ExtractResult:
     """Cut budget `size` out of `checkpoint` into a standalone Hugging Face folder at `out`."""
     return extract_many(
-        checkpoint, [size], out, index, dtype, max_shard_size, overwrite, command, workers, on_bytes, nest=False
+        checkpoint, [size], out, index, dtype, max_shard_size, overwrite, command, workers, on_bytes, nest=False,
+        quantize=quantize,
     )[0]
 
 
@@ -233,24 +272,32 @@ def extract_many(
     workers: int = 2,
     on_bytes: Callable[[int], None] | None = None,
     nest: bool = True,
+    quantize: QuantOptions | None = None,
+    keep_index: bool = False,
 ) -> list[ExtractResult]:
     """Cut several budgets in one pass over the parent: each source tensor is read once and cut for every budget.
 
     With `nest` (the default), each budget goes to `out/<budget name>`; otherwise `out` is the one budget's folder.
     """
-    prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size)
+    prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize)
     ckpt, plans = prepared.checkpoint, prepared.plans
     arch = get_architecture(ckpt.model_type)
     outs = [Path(out) / plan.budget.name if nest else Path(out) for plan in plans]
     check_free_space(Path(out).absolute(), sum(plan.out_bytes for plan in plans))
     parent_files = describe_parent_files(ckpt)
-    options = {"dtype": dtype, "max_shard_size": str(max_shard_size), "index": prepared.nesting.source}
+    options = {
+        "dtype": dtype, "max_shard_size": str(max_shard_size), "index": prepared.nesting.source,
+        "quantize": None if quantize is None else asdict(quantize),
+    }
     started = time.perf_counter()
     with ExitStack() as stack:
         stagings = [stack.enter_context(staged_folder(path, overwrite)) for path in outs]
         targets = [Target(plan, ShardWriter(staging, plan)) for plan, staging in zip(plans, stagings)]
         try:
             execute(ckpt, targets, workers=workers, on_bytes=on_bytes)
+            if keep_index:
+                for staging in stagings:
+                    write_json(staging / INDEX_FILE, prepared.nesting.to_json())
             copied = [
                 _finish_folder(ckpt, arch, target, staging, command, parent_files, options)
                 for target, staging in zip(targets, stagings)
@@ -293,6 +340,8 @@ def _finish_folder(
     plan = target.plan
     write_weights_index(staging, plan)
     write_json(staging / "config.json", plan.child_config)
+    for name, content in plan.extra_files.items():
+        write_json(staging / name, content)
     copied = copy_companion_files(ckpt, staging)
     parent_name = ckpt.config.get("_name_or_path") or ckpt.root.name
     card = model_card(plan, str(parent_name), arch.parent_sizes(ckpt.config), command, _version())
@@ -331,3 +380,29 @@ def verify(
     if numerics:
         check_numerics(folder, prepared.checkpoint, prepared.plans[0], report, device, tolerance)
     return report
+
+
+def quantize(
+    checkpoint: str | Path,
+    out: str | Path,
+    options: QuantOptions,
+    index: str | Path | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+    command: str | None = None,
+    workers: int = 2,
+    on_bytes: Callable[[int], None] | None = None,
+) -> ExtractResult:
+    """A nested quantized parent: the parent budget quantized once, keeping its nesting index, so that every
+    budget sliced from it is a valid quantized model equal to quantizing that budget with the parent's scales."""
+    # every budget must slice the quantized parent into whole NVFP4 blocks: plan them all before writing
+    checked = _prepare(checkpoint, [ALL_BUDGETS], index, None, max_shard_size, _without_calibration(options))
+    return extract_many(
+        checkpoint, [checked.nesting.parent], out, index, None, max_shard_size, overwrite, command, workers, on_bytes,
+        nest=False, quantize=options, keep_index=True,
+    )[0]
+
+
+def _without_calibration(options: QuantOptions) -> QuantOptions:
+    """The same quantization planned without running calibration (for checks that need no scales)."""
+    return QuantOptions(options.scheme, COMPRESSED_TENSORS, options.exclude, None, options.device)

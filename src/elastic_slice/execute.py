@@ -18,6 +18,7 @@ import torch
 from .checkpoint import Checkpoint, ShardFiles
 from .dtypes import itemsize, torch_dtype
 from .plan import Plan, TensorOp
+from .quant.apply import quantize_parts
 from .safetensors_header import TensorInfo
 from .selection import Ranges
 from .writer import ShardWriter
@@ -72,13 +73,22 @@ def _select(tensor: torch.Tensor, ranges_per_dim: tuple[Ranges, ...], first_dim:
 
 def _chunks(checkpoint: Checkpoint, targets: list[Target], chunk_bytes: int) -> Iterator[_Chunk]:
     """Row chunks of every needed source tensor, in the parent's order, each read once for all targets."""
-    by_source = [{op.source: op for op in target.plan.ops} for target in targets]
+    by_source: list[dict[str, list[TensorOp]]] = []
+    for target in targets:
+        ops: dict[str, list[TensorOp]] = {}
+        for op in target.plan.ops:
+            ops.setdefault(op.source, []).append(op)
+        by_source.append(ops)
     for info in checkpoint.tensors.values():
-        consumers = tuple((i, ops[info.name]) for i, ops in enumerate(by_source) if info.name in ops)
+        consumers = tuple((i, op) for i, ops in enumerate(by_source) for op in ops.get(info.name, ()))
         if not consumers:
             continue
         if not info.shape:
             yield _Chunk(info, 0, 1, consumers)
+            continue
+        if any(op.quant is not None for _, op in consumers):
+            # quantized outputs need the parent's whole tensor: their scales come from it
+            yield _Chunk(info, 0, info.shape[0], consumers)
             continue
         needed = _union(tuple({r for _, op in consumers for r in op.selection[0]}))
         rows_per_chunk = max(1, chunk_bytes // max(1, math.prod(info.shape[1:]) * itemsize(info.dtype)))
@@ -108,7 +118,14 @@ def _process(files: ShardFiles, chunk: _Chunk) -> list[tuple[int, TensorOp, torc
     else:
         rows = rows.reshape(chunk.stop - chunk.start, *info.shape[1:])
     results = []
+    quantized: dict[int, dict[str, torch.Tensor]] = {}
     for index, op in chunk.consumers:
+        if op.quant is not None:
+            if index not in quantized:
+                child = _select(rows, op.selection, 0)
+                quantized[index] = quantize_parts(rows, child, op.quant)
+            results.append((index, op, quantized[index][op.quant.part].contiguous()))
+            continue
         if not info.shape:
             results.append((index, op, convert(rows.clone(), op)))
             continue

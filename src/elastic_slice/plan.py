@@ -6,12 +6,23 @@ Everything clever happens here; the executor only reads, cuts, converts and writ
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .arch import Architecture, ParamCounts
+from .arch import Architecture, ParamCounts, TensorCut
 from .checkpoint import Checkpoint
+from .quant.formats import parts
+from .quant.output import HF_QUANT_CONFIG, output_quantization
+from .quant.planning import (
+    QuantPart,
+    QuantRequest,
+    StoredPart,
+    check_nvfp4_input_cuts,
+    parent_quantization,
+    stored_selection,
+)
+from .safetensors_header import TensorInfo
 from .dtypes import CASTABLE_FLOATS, CONFIG_DTYPE_NAMES, itemsize
 from .errors import InputError
 from .nesting import Budget
@@ -35,6 +46,8 @@ class TensorOp:
     out_shape: tuple[int, ...]
     scale: float | None
     shard: str
+    #: set when this op is one stored part of a weight quantized during the run
+    quant: QuantPart | None = None
 
     @property
     def nbytes(self) -> int:
@@ -54,6 +67,8 @@ class Plan:
     ops: tuple[TensorOp, ...]
     shards: tuple[str, ...]
     params: ParamCounts
+    #: extra JSON files of the output (hf_quant_config.json), by file name
+    extra_files: dict[str, Any] = field(default_factory=dict)
 
     @property
     def out_bytes(self) -> int:
@@ -79,6 +94,7 @@ class Plan:
                     "out_shape": list(op.out_shape),
                     "out_dtype": op.out_dtype,
                     "scale": op.scale,
+                    "quant": None if op.quant is None else op.quant.part,
                     "shard": op.shard,
                 }
                 for op in self.ops
@@ -92,47 +108,115 @@ def build_plan(
     budget: Budget,
     dtype: str | None = None,
     max_shard_size: int = 5 * 10**9,
+    quantize: QuantRequest | None = None,
+    version: str = "",
 ) -> Plan:
     """Plan a child: cut every parent tensor by the architecture's rules, in the parent's on-disk order."""
-    missing = [name for name in arch.required_tensors(checkpoint.config) if name not in checkpoint.tensors]
+    parent_quant = parent_quantization(checkpoint.config, checkpoint.read_json(HF_QUANT_CONFIG), checkpoint.tensors)
+    if parent_quant is not None and (dtype is not None or quantize is not None):
+        raise InputError(
+            f"the parent is already {parent_quant.scheme.upper()} ({parent_quant.fmt}); --dtype and --quantize "
+            "apply to unquantized parents only: slice it as it is."
+        )
+    stored = parent_quant.stored if parent_quant is not None else {}
+    present = set(checkpoint.tensors) | {part.dense_name for part in stored.values()}
+    missing = [name for name in arch.required_tensors(checkpoint.config) if name not in present]
     if missing:
         raise InputError(
             f"{checkpoint.root} lacks tensor {missing[0]!r} that its config.json requires"
             + (f" (and {len(missing) - 1} more)." if len(missing) > 1 else ".")
         )
-    drafts: list[tuple[TensorOp, int]] = []
+    ops: list[TensorOp] = []
     for info in checkpoint.tensors.values():
+        part = stored.get(info.name)
+        if part is not None:
+            ops.extend(_stored_op(arch, checkpoint, budget, info, part))
+            continue
         cut = arch.cut(info.name, info.shape, checkpoint.config, budget.sizes, budget.norm_semantics)
         if cut is None:
+            continue
+        if quantize is not None and quantize.applies(arch.module_kind(info.name), info.name, cut.out_name):
+            ops.extend(_quantized_ops(info, cut, quantize, budget))
             continue
         out_dtype = info.dtype
         if dtype is not None and info.dtype in CASTABLE_FLOATS and not cut.keep_dtype:
             out_dtype = dtype
-        op = TensorOp(
-            source=info.name,
-            source_file=info.file,
-            source_dtype=info.dtype,
-            source_shape=info.shape,
-            selection=cut.selection,
-            out_name=cut.out_name,
-            out_dtype=out_dtype,
-            out_shape=tuple(length(ranges) for ranges in cut.selection),
-            scale=cut.scale,
-            shard="",
-        )
-        drafts.append((op, op.nbytes))
-    ops, shards = assign_shards([op for op, _ in drafts], max_shard_size)
+        ops.append(_op(info, cut.selection, cut.out_name, out_dtype, cut.scale))
+    placed, shards = assign_shards(ops, max_shard_size)
     child_config = arch.child_config(checkpoint.config, budget.sizes)
     if dtype is not None:
         _set_config_dtype(child_config, dtype)
+    extra_files = output_quantization(checkpoint, child_config, budget, placed, parent_quant, quantize, version)
+    dense_shapes = {op.out_name: op.out_shape for op in placed if op.quant is None and op.source not in stored}
+    dense_shapes.update(_dense_shapes_of_quantized(placed, stored, arch, checkpoint, budget))
     return Plan(
         parent=str(checkpoint.root),
         budget=budget,
         child_config=child_config,
-        ops=tuple(ops),
+        ops=tuple(placed),
         shards=tuple(shards),
-        params=arch.count_parameters({op.out_name: op.out_shape for op in ops}, child_config),
+        params=arch.count_parameters(dense_shapes, child_config),
+        extra_files=extra_files,
     )
+
+
+def _op(info: TensorInfo, selection: Selection, out_name: str, out_dtype: str, scale: float | None = None,
+        out_shape: tuple[int, ...] | None = None, quant: QuantPart | None = None) -> TensorOp:
+    return TensorOp(
+        source=info.name,
+        source_file=info.file,
+        source_dtype=info.dtype,
+        source_shape=info.shape,
+        selection=selection,
+        out_name=out_name,
+        out_dtype=out_dtype,
+        out_shape=out_shape if out_shape is not None else tuple(length(ranges) for ranges in selection),
+        scale=scale,
+        shard="",
+        quant=quant,
+    )
+
+
+def _quantized_ops(info: TensorInfo, cut: TensorCut, request: QuantRequest, budget: Budget) -> list[TensorOp]:
+    rows, cols = length(cut.selection[0]), length(cut.selection[1])
+    if request.scheme.name == "nvfp4":
+        check_nvfp4_input_cuts(cut.selection[1], info.name, budget.name)
+        if info.shape[1] % 16:
+            raise InputError(f"NVFP4 needs input dimensions that are multiples of 16; {info.name!r} has {info.shape[1]}.")
+    module = cut.out_name.removesuffix("weight")
+    amax = None if request.input_amax is None else request.input_amax.get(info.name.removesuffix(".weight"))
+    if request.input_amax is not None and amax is None:
+        raise InputError(f"calibration recorded no activations for {info.name.removesuffix('.weight')!r}.")
+    return [
+        _op(info, cut.selection, module + spec.suffix, spec.dtype, out_shape=spec.shape,
+            quant=QuantPart(request.scheme.name, request.fmt, spec.part, amax))
+        for spec in parts(request.scheme.name, request.fmt, rows, cols, with_input_scale=amax is not None)
+    ]
+
+
+def _stored_op(arch: Architecture, checkpoint: Checkpoint, budget: Budget, info: TensorInfo,
+               part: StoredPart) -> list[TensorOp]:
+    cut = arch.cut(part.dense_name, part.dense_shape, checkpoint.config, budget.sizes, budget.norm_semantics)
+    if cut is None:
+        return []
+    selection = stored_selection(part, cut.selection, info.shape, info.name, budget.name)
+    suffix = info.name[len(part.dense_name.removesuffix("weight")):]
+    return [_op(info, selection, cut.out_name.removesuffix("weight") + suffix, info.dtype)]
+
+
+def _dense_shapes_of_quantized(ops: list[TensorOp], stored: dict[str, StoredPart], arch: Architecture,
+                               checkpoint: Checkpoint, budget: Budget) -> dict[str, tuple[int, ...]]:
+    """Logical (dense) shapes of quantized weights, so that parameter counts ignore packing and scales."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for op in ops:
+        if op.quant is not None and op.quant.part == "weight":
+            shapes[op.out_name] = tuple(length(r) for r in op.selection)
+        part = stored.get(op.source)
+        if part is not None and part.part == "weight":
+            cut = arch.cut(part.dense_name, part.dense_shape, checkpoint.config, budget.sizes, budget.norm_semantics)
+            assert cut is not None
+            shapes[cut.out_name] = tuple(length(r) for r in cut.selection)
+    return shapes
 
 
 def _set_config_dtype(config: dict[str, Any], dtype: str) -> None:

@@ -21,7 +21,7 @@ from .plan import Plan, TensorOp
 CARD_FILE = "README.md"
 MANIFEST_FILE = "elastic_slice_manifest.json"
 #: parent files that the child never inherits as they are: weights, indexes and files the writer makes itself
-_NOT_COPIED = {CONFIG_FILE, WEIGHTS_INDEX_FILE, INDEX_FILE, CARD_FILE, MANIFEST_FILE}
+_NOT_COPIED = {CONFIG_FILE, WEIGHTS_INDEX_FILE, INDEX_FILE, CARD_FILE, MANIFEST_FILE, "hf_quant_config.json"}
 _NOT_COPIED_SUFFIXES = (".safetensors", ".gguf", *PICKLE_SUFFIXES)
 
 

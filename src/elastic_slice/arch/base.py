@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,4 +68,9 @@ class Architecture(Protocol):
 
     def apply_masked_forward(self, model: Any, sizes: Mapping[str, Any], norm: str) -> Any:
         """Patch a transformers model of the parent in place so that it computes a budget's masked forward."""
+        ...
+
+    def calibration_hooks(self, model: Any, record: Callable[[str, Any], None]) -> list[Any]:
+        """Forward hooks on a transformers model that pass each linear layer's input to `record(name, input)`,
+        keyed by the layer's checkpoint module name; returns the hook handles."""
         ...

@@ -237,9 +237,14 @@ class NemotronH:
         return "other"
 
     def apply_masked_forward(self, model: Any, sizes: Mapping[str, Any], norm: str) -> Any:
-        from .nemotron_h_reference import apply_masked_forward
+        from .nemotron_h_torch import apply_masked_forward
 
         return apply_masked_forward(model, dict(sizes), norm)
+
+    def calibration_hooks(self, model: Any, record: Callable[[str, Any], None]) -> list[Any]:
+        from .nemotron_h_torch import calibration_hooks
+
+        return calibration_hooks(model, record)
 
 
 _KIND_PATTERNS = [

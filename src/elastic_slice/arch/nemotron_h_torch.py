@@ -1,14 +1,16 @@
-"""The masked forward of a Nemotron-H budget: the parent run in transformers with every dropped component zeroed.
+"""Nemotron-H on the transformers side: a budget's masked forward, and calibration hooks.
 
-A reference for tests and `verify --numerics`, written independently of the slicing rules: keep-masks come from
-the budget's sizes alone, and transformers' own modules are patched (dropped channels, heads and experts zeroed or
-never routed to, dropped layers skipped, norms taken over the kept channels or, for "full", the parent's width).
+The masked forward is a reference for tests and `verify --numerics`, written independently of the slicing rules:
+keep-masks come from the budget's sizes alone, and transformers' own modules are patched (dropped channels, heads
+and experts zeroed or never routed to, dropped layers skipped, norms taken over the kept channels or, for "full",
+the parent's width). Calibration hooks record each linear layer's input amax under its checkpoint (hub) name.
 """
 
 from __future__ import annotations
 
 import math
 import types
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -111,3 +113,36 @@ def apply_masked_forward(model: nn.Module, sizes: dict[str, Any], norm_semantics
             mixer.down_proj.weight[:, ~masks.dense_ffn] = 0
             mixer.down_proj.weight[~keep_h, :] = 0
     return model
+
+
+def _hub_name(module_name: str) -> str:
+    """transformers' `model.layers.3.mixer.in_proj` is `backbone.layers.3.mixer.in_proj` in the checkpoint."""
+    return "backbone." + module_name[len("model."):] if module_name.startswith("model.") else module_name
+
+
+def calibration_hooks(model: nn.Module, record: Callable[[str, torch.Tensor], None]) -> list[Any]:
+    """Hooks that pass every linear layer's input (per routed expert for MoE layers) to `record`."""
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            hub = _hub_name(name)
+            handles.append(module.register_forward_pre_hook(lambda mod, args, hub=hub: record(hub, args[0])))
+        elif type(module).__name__ == "NemotronHExperts":
+            prefix = _hub_name(name)
+            handles.append(module.register_forward_pre_hook(
+                lambda mod, args, prefix=prefix: _record_experts(mod, args, prefix, record)))
+    return handles
+
+
+@torch.no_grad()
+def _record_experts(experts: nn.Module, args: tuple[Any, ...], prefix: str,
+                    record: Callable[[str, torch.Tensor], None]) -> None:
+    hidden_states, top_k_index = args[0], args[1]
+    for expert in torch.unique(top_k_index).tolist():
+        if expert >= experts.num_experts:
+            continue
+        tokens = (top_k_index == expert).any(dim=-1)
+        inputs = hidden_states[tokens]
+        record(f"{prefix}.{expert}.up_proj", inputs)
+        inner = experts.act_fn(nn.functional.linear(inputs, experts.up_proj[expert]))
+        record(f"{prefix}.{expert}.down_proj", inner)

@@ -1,0 +1,78 @@
+"""Activation calibration: run the parent in transformers on sample text and record each linear input's amax.
+
+Input scales come from the parent (every budget copies them), so calibration runs once, on the parent. Routed
+experts that no calibration token reached take the largest amax of their layer's other experts (what a serving
+engine would otherwise see as their range), so every quantized module gets a scale.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+DEFAULT = "default"
+MAX_TOKENS = 512
+_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(up_proj|down_proj)$")
+
+
+def calibration_texts(source: str) -> list[str]:
+    """Paragraphs of the built-in sample (`default`) or of a text file."""
+    if source == DEFAULT:
+        text = resources.files("elastic_slice.quant").joinpath("calibration_sample.txt").read_text(encoding="utf-8")
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"--calibration {source} is not a file; give a text file or 'default'.")
+        text = path.read_text(encoding="utf-8", errors="replace")
+    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
+    if not paragraphs:
+        raise InputError(f"--calibration {source} holds no text.")
+    return paragraphs
+
+
+def calibrate(checkpoint_root: Path, arch: Any, texts: list[str], device: str = "cpu") -> dict[str, float]:
+    """Input amax of every linear layer of the model at `checkpoint_root`, keyed by checkpoint module name."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise InputError("--calibration needs transformers: pip install 'elastic-slice[test]'.") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint_root)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--calibration needs the parent's tokenizer files in {checkpoint_root} ({exc}).") from exc
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_root, dtype=torch.float32).to(device).eval()
+    amax: dict[str, float] = {}
+
+    def record(name: str, tensor: Any) -> None:
+        if tensor.numel():
+            amax[name] = max(amax.get(name, 0.0), float(tensor.detach().abs().amax()))
+
+    handles = arch.calibration_hooks(model, record)
+    try:
+        with torch.no_grad():
+            for text in texts:
+                ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=MAX_TOKENS)["input_ids"]
+                model(ids.to(device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return _fill_unrouted_experts(amax, model)
+
+
+def _fill_unrouted_experts(amax: dict[str, float], model: Any) -> dict[str, float]:
+    layers: dict[tuple[str, str], float] = {}
+    for name, value in amax.items():
+        match = _EXPERT.match(name)
+        if match:
+            key = (match.group(1), match.group(3))
+            layers[key] = max(layers.get(key, 0.0), value)
+    experts = int(getattr(model.config, "n_routed_experts", 0) or 0)
+    for (prefix, proj), value in layers.items():
+        for expert in range(experts):
+            amax.setdefault(f"{prefix}.{expert}.{proj}", value)
+    return amax

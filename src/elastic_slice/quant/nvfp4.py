@@ -1,0 +1,85 @@
+"""NVFP4 weight quantization: E2M1 codes in blocks of 16 inputs, an E4M3 scale per block, an fp32 global scale.
+
+For a weight W [out, in] with global amax A:
+  global scale g = 448 * 6 / A   (ModelOpt stores weight_scale_2 = A / (6 * 448); compressed-tensors stores g)
+  block scale  s = E4M3(g * (block amax / 6)); a zero block gets 0.125 so that nothing divides by zero
+  code         q = E2M1(clamp(w / (s / g), -6, 6)), nearest value with ties to even; the sign bit follows w's sign
+  packing      two codes a byte along the input dimension, the even column in the low nibble.
+Every function is pure; nested slicing needs only `quantize` with the parent's scales.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BLOCK = 16
+E2M1_MAX = 6.0
+E4M3_MAX = 448.0
+_ZERO_BLOCK_SCALE = 0.125
+#: the eight magnitudes of E2M1, indexed by the three low bits of a code
+E2M1_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+#: round-to-nearest-even boundaries between consecutive magnitudes: (threshold, inclusive?)
+_BOUNDS = ((0.25, False), (0.75, True), (1.25, False), (1.75, True), (2.5, False), (3.5, True), (5.0, False))
+
+
+def global_scale(weight: torch.Tensor) -> torch.Tensor:
+    """g = 448 * 6 / amax as a 1-element fp32 tensor (1.0 when amax is zero or not finite)."""
+    amax = weight.detach().abs().amax().to(torch.float32).clamp(min=torch.finfo(torch.float32).tiny)
+    scale = E4M3_MAX * E2M1_MAX / amax
+    return torch.nan_to_num(scale, nan=1.0, posinf=1.0, neginf=1.0).reshape(1)
+
+
+def block_scales(weight: torch.Tensor, global_scale_: torch.Tensor) -> torch.Tensor:
+    """E4M3 scale of every block of 16 inputs: [out, in / 16]."""
+    rows, cols = weight.shape
+    blocks = weight.to(torch.float32).reshape(rows, cols // BLOCK, BLOCK)
+    amax = blocks.abs().amax(dim=-1)
+    scales = (global_scale_.to(torch.float32) * (amax / E2M1_MAX)).clamp(-E4M3_MAX, E4M3_MAX)
+    scales = scales.to(torch.float8_e4m3fn).to(torch.float32)
+    scales = torch.where(scales == 0, torch.tensor(_ZERO_BLOCK_SCALE), scales)
+    return scales.to(torch.float8_e4m3fn)
+
+
+def e2m1_codes(values: torch.Tensor) -> torch.Tensor:
+    """4-bit codes (sign << 3 | magnitude index) of fp32 values already clamped to [-6, 6]."""
+    magnitude = values.abs()
+    index = torch.zeros(values.shape, dtype=torch.uint8)
+    for bound, inclusive in _BOUNDS:
+        index += (magnitude >= bound if inclusive else magnitude > bound).to(torch.uint8)
+    signed = E2M1_VALUES[index.long()] * torch.sign(values)
+    return index | (torch.signbit(signed).to(torch.uint8) << 3)
+
+
+def quantize(weight: torch.Tensor, scales: torch.Tensor, global_scale_: torch.Tensor) -> torch.Tensor:
+    """Packed codes [out, in / 2] of `weight` under given block and global scales (the parent's, when nested)."""
+    rows, cols = weight.shape
+    step = scales.to(torch.float32) / global_scale_.to(torch.float32)
+    scaled = weight.to(torch.float32).reshape(rows, cols // BLOCK, BLOCK) / step.unsqueeze(-1)
+    codes = e2m1_codes(torch.clamp(scaled, -E2M1_MAX, E2M1_MAX).reshape(rows, cols))
+    return pack(codes)
+
+
+def pack(codes: torch.Tensor) -> torch.Tensor:
+    """Two 4-bit codes a byte: column 2k in the low nibble, 2k+1 in the high nibble."""
+    return codes[:, 0::2] | (codes[:, 1::2] << 4)
+
+
+def unpack(packed: torch.Tensor) -> torch.Tensor:
+    """The 4-bit codes [out, in] of packed bytes [out, in / 2]."""
+    low, high = packed & 0x0F, packed >> 4
+    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)
+
+
+def decode(codes: torch.Tensor) -> torch.Tensor:
+    """E2M1 values of 4-bit codes, as fp32."""
+    magnitude = E2M1_VALUES[(codes & 0x07).long()]
+    return torch.where((codes & 0x08) != 0, -magnitude, magnitude)
+
+
+def dequantize(
+    packed: torch.Tensor, scales: torch.Tensor, global_scale_: torch.Tensor, dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
+    values = decode(unpack(packed))
+    rows, cols = values.shape
+    step = scales.to(torch.float32) / global_scale_.to(torch.float32)
+    return (values.reshape(rows, cols // BLOCK, BLOCK) * step.unsqueeze(-1)).reshape(rows, cols).to(dtype)

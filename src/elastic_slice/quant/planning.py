@@ -1,0 +1,162 @@
+"""Quantization in the plan: which dense weights to quantize on extract, and how a quantized parent's stored
+tensors (packed weights, block scales, scalars) map back to the dense weights the architecture rules cut."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InputError
+from ..selection import Ranges, Selection
+from .formats import (
+    BLOCK_SCALE,
+    COMPRESSED_TENSORS,
+    GLOBAL_SCALE,
+    INPUT_SCALE,
+    MODELOPT,
+    TENSOR_SCALE,
+    WEIGHT,
+)
+from .schemes import SCHEMES, Scheme
+
+NVFP4_BLOCK = 16
+
+
+@dataclass(frozen=True)
+class QuantRequest:
+    """Quantize the output: scheme, on-disk format, extra exclusions, calibrated activation amax per module."""
+
+    scheme: Scheme
+    fmt: str
+    exclude: tuple[str, ...] = ()
+    input_amax: dict[str, float] | None = None
+
+    def applies(self, kind: str, name: str, out_name: str) -> bool:
+        if not self.scheme.quantizes(kind, name):
+            return False
+        modules = (name.removesuffix(".weight"), out_name.removesuffix(".weight"))
+        return not any(fnmatch.fnmatchcase(m, pattern) for m in modules for pattern in self.exclude)
+
+
+@dataclass(frozen=True)
+class QuantPart:
+    """Marks a plan op as one stored part of a weight quantized during the run (parent scales, nested)."""
+
+    scheme: str
+    fmt: str
+    part: str
+    input_amax: float | None = None
+
+
+@dataclass(frozen=True)
+class StoredPart:
+    """A tensor of an already-quantized parent: the dense weight it belongs to, and which part it is."""
+
+    dense_name: str
+    dense_shape: tuple[int, ...]
+    scheme: str
+    part: str
+
+
+@dataclass(frozen=True)
+class ParentQuantization:
+    """How a quantized parent stores its quantized modules."""
+
+    scheme: str
+    fmt: str
+    stored: dict[str, StoredPart]
+
+
+_MODELOPT_SUFFIXES = {
+    "nvfp4": {"weight": WEIGHT, "weight_scale": BLOCK_SCALE, "weight_scale_2": GLOBAL_SCALE, "input_scale": INPUT_SCALE},
+    "fp8": {"weight": WEIGHT, "weight_scale": TENSOR_SCALE, "input_scale": INPUT_SCALE},
+}
+_CT_SUFFIXES = {
+    "nvfp4": {"weight_packed": WEIGHT, "weight_scale": BLOCK_SCALE, "weight_global_scale": GLOBAL_SCALE,
+              "input_global_scale": INPUT_SCALE},
+    "fp8": {"weight": WEIGHT, "weight_scale": TENSOR_SCALE, "input_scale": INPUT_SCALE},
+}
+
+
+def parent_quantization(config: dict[str, Any], hf_quant_config: dict[str, Any] | None,
+                        tensors: dict[str, Any]) -> ParentQuantization | None:
+    """Recognise a ModelOpt or compressed-tensors FP8/NVFP4 parent from its config files and tensor names."""
+    qconfig = config.get("quantization_config")
+    if hf_quant_config is not None:
+        algo = str((hf_quant_config.get("quantization") or {}).get("quant_algo", "")).lower()
+        fmt, suffixes = MODELOPT, _MODELOPT_SUFFIXES
+    elif isinstance(qconfig, dict) and qconfig.get("quant_method") == MODELOPT:
+        algo, fmt, suffixes = str(qconfig.get("quant_algo", "")).lower(), MODELOPT, _MODELOPT_SUFFIXES
+    elif isinstance(qconfig, dict) and qconfig.get("quant_method") == COMPRESSED_TENSORS:
+        algo = {"nvfp4-pack-quantized": "nvfp4", "float-quantized": "fp8"}.get(str(qconfig.get("format")), "")
+        fmt, suffixes = COMPRESSED_TENSORS, _CT_SUFFIXES
+    else:
+        return None
+    if algo not in SCHEMES:
+        raise InputError(
+            f"the parent is quantized as {algo or 'an unknown scheme'!r} ({fmt}); elastic-slice slices FP8 and NVFP4."
+        )
+    weight_suffix = next(s for s, part in suffixes[algo].items() if part == WEIGHT)
+    scale_suffix = next(s for s, part in suffixes[algo].items() if part in (BLOCK_SCALE, TENSOR_SCALE))
+    stored: dict[str, StoredPart] = {}
+    for name, info in tensors.items():
+        if not name.endswith("." + scale_suffix):
+            continue
+        module = name[: -len(scale_suffix) - 1]
+        weight = tensors.get(f"{module}.{weight_suffix}")
+        if weight is None or len(weight.shape) != 2:
+            raise InputError(f"quantized module {module!r} has {scale_suffix} but no 2-D {weight_suffix} tensor.")
+        rows, cols = weight.shape
+        dense = (rows, cols * 2) if algo == "nvfp4" else (rows, cols)
+        for suffix, part in suffixes[algo].items():
+            if f"{module}.{suffix}" in tensors:
+                stored[f"{module}.{suffix}"] = StoredPart(f"{module}.weight", dense, algo, part)
+    return ParentQuantization(scheme=algo, fmt=fmt, stored=stored)
+
+
+def stored_selection(
+    part: StoredPart, dense: Selection, shape: tuple[int, ...], tensor: str, budget: str
+) -> Selection:
+    """The selection of a stored part, from the selection the rules give its dense weight (scalars are copied)."""
+    if part.part in (GLOBAL_SCALE, TENSOR_SCALE, INPUT_SCALE):
+        return tuple(((0, size),) for size in shape)
+    if part.scheme == "fp8":
+        return dense
+    rows, cols = dense
+    _check_blocks(cols, tensor, budget)
+    divisor = 2 if part.part == WEIGHT else NVFP4_BLOCK
+    return (rows, tuple((start // divisor, stop // divisor) for start, stop in cols))
+
+
+def check_nvfp4_input_cuts(cols: Ranges, tensor: str, budget: str) -> None:
+    """NVFP4 blocks of 16 inputs must survive a cut whole, so that the child's blocks are the parent's."""
+    _check_blocks(cols, tensor, budget)
+
+
+def _check_blocks(cols: Ranges, tensor: str, budget: str) -> None:
+    for start, stop in cols:
+        if start % NVFP4_BLOCK or stop % NVFP4_BLOCK:
+            raise InputError(
+                f"budget {budget!r} cuts the input dimension of NVFP4 tensor {tensor!r} at {start}:{stop}, "
+                f"which is not on a multiple of {NVFP4_BLOCK} (the NVFP4 block size); choose sizes that keep "
+                "whole blocks."
+            )
+
+
+_LAYER = re.compile(r"layers\.(\d+)\.")
+
+
+def rename_modules(names: list[str], kept_layers: list[int]) -> list[str]:
+    """Module names or patterns of the parent, renumbered for the child; entries of dropped layers vanish."""
+    renamed = []
+    for name in names:
+        match = _LAYER.search(name)
+        if match is None:
+            renamed.append(name)
+            continue
+        layer = int(match.group(1))
+        if layer in kept_layers:
+            renamed.append(name[: match.start(1)] + str(kept_layers.index(layer)) + name[match.end(1):])
+    return renamed

@@ -20,7 +20,7 @@ from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
 from .manifest import describe_parent_files, write_manifest
 from .quant.calibrate import calibrate, calibration_texts
 from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
-from .quant.planning import QuantRequest
+from .quant.planning import QuantRequest, module_quantization
 from .quant.schemes import SCHEMES, footprint
 from .verify import (
     VerifyReport,
@@ -72,6 +72,8 @@ class InspectReport:
     parent_budget: str | None
     norm_semantics: str | None
     budgets: list[BudgetReport] = field(default_factory=list)
+    #: module kind -> how the checkpoint stores its weights (bf16, fp8, nvfp4, ...)
+    module_quantization: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -163,6 +165,7 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None) -> InspectR
     report.index_source, report.parent_budget, report.norm_semantics = (
         nesting.source, nesting.parent, nesting.norm_semantics,
     )
+    report.module_quantization = module_quantization(ckpt, arch)
     for name in nesting.budgets:
         try:
             plan = build_plan(ckpt, arch, resolve_budget(nesting, name, ckpt.config, arch))
@@ -176,7 +179,10 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None) -> InspectR
                 sizes=plan.budget.sizes,
                 params_total=plan.params.total,
                 params_active=plan.params.active,
-                bytes=footprint((op.out_name, arch.module_kind(op.out_name), op.out_shape) for op in plan.ops),
+                bytes={
+                    **footprint((name, arch.module_kind(name), shape) for name, shape in plan.dense_shapes.items()),
+                    "stored": plan.out_bytes,
+                },
                 tensors=len(plan.ops),
             )
         )
@@ -297,7 +303,7 @@ def extract_many(
             execute(ckpt, targets, workers=workers, on_bytes=on_bytes)
             if keep_index:
                 for staging in stagings:
-                    write_json(staging / INDEX_FILE, prepared.nesting.to_json())
+                    write_json(staging / INDEX_FILE, prepared.nesting.to_json(), sort_keys=False)
             copied = [
                 _finish_folder(ckpt, arch, target, staging, command, parent_files, options)
                 for target, staging in zip(targets, stagings)

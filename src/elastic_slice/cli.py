@@ -30,6 +30,14 @@ app = typer.Typer(
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
+QuantFormatOption = typer.Option(
+    "modelopt", "--quant-format", help="modelopt (hf_quant_config.json) or compressed-tensors."
+)
+ExcludeOption = typer.Option(None, "--exclude", help="Module name glob to keep unquantized (repeatable).")
+CalibrationOption = typer.Option(
+    None, "--calibration", help="Text file for activation scales, or 'default' for the built-in sample."
+)
+DeviceOption = typer.Option("cpu", "--device", help="Device for calibration runs (cpu, cuda).")
 IndexOption = typer.Option(None, "--index", help="Nesting index JSON file (default: nesting_index.json, then config.json).")
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
 
@@ -77,6 +85,7 @@ def _render_report(report: api.InspectReport) -> None:
     facts.add_row("architecture", f"{report.model_type} ({', '.join(report.architectures) or 'no architectures'})")
     facts.add_row("dtype", ", ".join(f"{k} {human_bytes(v)}" for k, v in report.dtype_bytes.items()))
     facts.add_row("quantization", report.quantization)
+    facts.add_row("module kinds", ", ".join(f"{k} {v}" for k, v in report.module_quantization.items()))
     facts.add_row("shards / tensors", f"{report.shards} / {report.tensors}")
     facts.add_row("tensor bytes", human_bytes(report.total_bytes))
     facts.add_row("nesting index", report.index_source or "none")
@@ -92,7 +101,7 @@ def _render_report(report: api.InspectReport) -> None:
             table.add_row(axis, *(_axis_value(b.sizes[axis]) for b in report.budgets))
         table.add_row("total params", *(human_count(b.params_total) for b in report.budgets))
         table.add_row("active params", *(human_count(b.params_active) for b in report.budgets))
-        for fmt in ("bf16", "fp8", "nvfp4"):
+        for fmt in ("stored", "bf16", "fp8", "nvfp4"):
             table.add_row(f"size {fmt}", *(human_bytes(b.bytes[fmt]) for b in report.budgets))
         table.add_row("tensors", *(str(b.tensors) for b in report.budgets))
         stdout.print(table)
@@ -119,6 +128,11 @@ def extract(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Output dtype: bf16, fp16 or fp32 (default: parent's)."),
     max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, "--max-shard-size", help="Largest shard, e.g. 5GB."),
     workers: int = typer.Option(2, "--workers", min=1, max=64, help="Reader threads (reads overlap writes)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="Quantize the output: fp8 or nvfp4."),
+    quant_format: str = QuantFormatOption,
+    exclude: Optional[list[str]] = ExcludeOption,
+    calibration: Optional[str] = CalibrationOption,
+    device: str = DeviceOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and output size; write nothing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder when done."),
     as_json: bool = JsonOption,
@@ -129,7 +143,8 @@ def extract(
     if not all_budgets and not size:
         raise InputError("give the budget to extract with --size NAME (or --all); `inspect` lists the budgets.")
     sizes = [api.ALL_BUDGETS] if all_budgets else list(size or [])
-    plans = api.plan_extract_many(checkpoint, sizes, index, dtype, max_shard_size)
+    quant = _quant_options(quantize, quant_format, exclude, calibration, device)
+    plans = api.plan_extract_many(checkpoint, sizes, index, dtype, max_shard_size, quant)
     if dry_run:
         if as_json:
             _print_json(plans[0].to_json() if len(plans) == 1 else [plan.to_json() for plan in plans])
@@ -149,11 +164,15 @@ def extract(
         )
         results = api.extract_many(
             checkpoint, sizes, out, index, dtype, max_shard_size, overwrite, command, workers,
-            on_bytes=lambda count: progress.advance(task, count), nest=len(plans) > 1,
+            on_bytes=lambda count: progress.advance(task, count), nest=len(plans) > 1, quantize=quant,
         )
     if as_json:
         _print_json(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results])
         return
+    _print_results(results)
+
+
+def _print_results(results: list[api.ExtractResult]) -> None:
     for result in results:
         stdout.print(
             f"wrote {result.out}: budget {result.budget}, {result.tensors} tensors, {human_bytes(result.bytes)} "
@@ -193,6 +212,52 @@ def verify(
         stdout.print("verified" if report.ok else f"{len(report.problems)} problem(s) found", highlight=False)
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+def _quant_options(
+    scheme: str | None, fmt: str, exclude: list[str] | None, calibration: str | None, device: str
+) -> api.QuantOptions | None:
+    if scheme is None:
+        if calibration is not None or exclude:
+            raise InputError("--calibration and --exclude apply only with --quantize fp8|nvfp4.")
+        return None
+    return api.QuantOptions(scheme, fmt, tuple(exclude or ()), calibration, device)
+
+
+@app.command()
+@_reports_errors
+def quantize(
+    checkpoint: str = typer.Argument(..., help="Unquantized elastic parent checkpoint folder."),
+    to: str = typer.Option(..., "--to", help="fp8 or nvfp4."),
+    out: Path = typer.Option(..., "--out", help="Output folder for the nested quantized parent."),
+    quant_format: str = QuantFormatOption,
+    exclude: Optional[list[str]] = ExcludeOption,
+    calibration: Optional[str] = CalibrationOption,
+    device: str = DeviceOption,
+    index: Optional[Path] = IndexOption,
+    max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, "--max-shard-size", help="Largest shard, e.g. 5GB."),
+    workers: int = typer.Option(2, "--workers", min=1, max=64, help="Reader threads."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder when done."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Quantize a parent once into a nested FP8/NVFP4 parent that keeps its nesting index: every budget sliced
+    from it is a valid quantized model."""
+    options = _quant_options(to, quant_format, exclude, calibration, device)
+    assert options is not None
+    command = "elastic-slice " + shlex.join(sys.argv[1:])
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=stderr, disable=as_json or not stderr.is_terminal, transient=True,
+    ) as progress:
+        task = progress.add_task(f"quantize {to}", total=None)
+        result = api.quantize(
+            checkpoint, out, options, index, max_shard_size, overwrite, command, workers,
+            on_bytes=lambda count: progress.advance(task, count),
+        )
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        _print_results([result])
 
 
 def _render_plan(plan: Plan) -> None:

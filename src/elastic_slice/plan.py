@@ -69,6 +69,8 @@ class Plan:
     params: ParamCounts
     #: extra JSON files of the output (hf_quant_config.json), by file name
     extra_files: dict[str, Any] = field(default_factory=dict)
+    #: logical (unpacked) shape of every weight of the child, quantized ones included
+    dense_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def out_bytes(self) -> int:
@@ -157,6 +159,7 @@ def build_plan(
         shards=tuple(shards),
         params=arch.count_parameters(dense_shapes, child_config),
         extra_files=extra_files,
+        dense_shapes=dense_shapes,
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 import json
 import os
 import re
@@ -19,6 +21,8 @@ from .nesting import INDEX_FILE
 from .plan import Plan, TensorOp
 
 CARD_FILE = "README.md"
+#: chunks waiting to be hashed, at most (each holds its buffer alive)
+_HASH_QUEUE = 8
 MANIFEST_FILE = "elastic_slice_manifest.json"
 #: parent files that the child never inherits as they are: weights, indexes and files the writer makes itself
 _NOT_COPIED = {CONFIG_FILE, WEIGHTS_INDEX_FILE, INDEX_FILE, CARD_FILE, MANIFEST_FILE, "hf_quant_config.json"}
@@ -128,6 +132,9 @@ class ShardWriter:
         self._file: IO[bytes] | None = None
         self._shard = ""
         self._hash = hashlib.sha256()
+        # hashing runs in its own thread (hashlib releases the GIL), overlapping the file writes
+        self._hasher = ThreadPoolExecutor(max_workers=1)
+        self._hashing: deque[Future[None]] = deque()
         #: sha256 of every finished shard file, by file name
         self.sha256: dict[str, str] = {}
         self._start_op()
@@ -141,7 +148,7 @@ class ShardWriter:
             raise RunFailure(f"internal error: {op.out_name} got {size} bytes, {self._remaining} were left.")
         assert self._file is not None
         self._file.write(data)
-        self._hash.update(data)
+        self._hash_later(data)
         self._remaining -= size
         if self._remaining == 0:
             self._next += 1
@@ -159,19 +166,26 @@ class ShardWriter:
             self._next += 1
         self._finish_shard()
 
+    def _hash_later(self, data: Any) -> None:
+        while len(self._hashing) >= _HASH_QUEUE:
+            self._hashing.popleft().result()
+        self._hashing.append(self._hasher.submit(self._hash.update, data))
+
     def _open(self, shard: str) -> None:
         self._finish_shard()
         self._file = (self._folder / shard).open("wb")
         self._hash = hashlib.sha256()
         header = safetensors_header(self._by_shard[shard])
         self._file.write(header)
-        self._hash.update(header)
+        self._hash_later(header)
         self._shard = shard
 
     def _finish_shard(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+            while self._hashing:
+                self._hashing.popleft().result()
             self.sha256[self._shard] = self._hash.hexdigest()
 
     def close(self) -> None:
@@ -180,12 +194,14 @@ class ShardWriter:
             self.abort()
             raise RunFailure(f"internal error: the run ended before tensor {self._ops[self._next].out_name} was written.")
         self._finish_shard()
+        self._hasher.shutdown()
 
     def abort(self) -> None:
         """Close without finishing (the staged folder is removed by its owner)."""
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._hasher.shutdown(cancel_futures=True)
 
 
 def write_weights_index(folder: Path, plan: Plan) -> None:
@@ -199,8 +215,8 @@ def write_weights_index(folder: Path, plan: Plan) -> None:
     write_json(folder / WEIGHTS_INDEX_FILE, index)
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+def write_json(path: Path, data: Any, sort_keys: bool = True) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n", encoding="utf-8")
 
 
 def copy_companion_files(checkpoint: Checkpoint, folder: Path) -> list[str]:

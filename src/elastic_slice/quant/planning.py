@@ -160,3 +160,17 @@ def rename_modules(names: list[str], kept_layers: list[int]) -> list[str]:
         if layer in kept_layers:
             renamed.append(name[: match.start(1)] + str(kept_layers.index(layer)) + name[match.end(1):])
     return renamed
+
+
+def module_quantization(checkpoint: Any, arch: Any) -> dict[str, str]:
+    """How each module kind's weights are stored: the parent's dtype, fp8 or nvfp4."""
+    parent = parent_quantization(checkpoint.config, checkpoint.read_json("hf_quant_config.json"), checkpoint.tensors)
+    quantized = {p.dense_name for p in parent.stored.values()} if parent is not None else set()
+    kinds: dict[str, set[str]] = {}
+    for name, info in checkpoint.tensors.items():
+        if parent is not None and name in parent.stored:
+            if parent.stored[name].part == WEIGHT:
+                kinds.setdefault(arch.module_kind(name), set()).add(parent.scheme)
+        elif name.endswith(".weight") and name not in quantized:
+            kinds.setdefault(arch.module_kind(name), set()).add(info.dtype.lower())
+    return {kind: "+".join(sorted(found)) for kind, found in sorted(kinds.items())}

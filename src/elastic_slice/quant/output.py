@@ -48,7 +48,7 @@ def output_quantization(
 
 def _without_root(name: str) -> str:
     """`backbone.layers.3.mixer.q_proj` -> `layers.3.mixer.q_proj`: engines rename the root module."""
-    return name.split(".", 1)[1] if name.count(".") > 1 else name
+    return name.split(".", 1)[1] if "." in name else name
 
 
 def _renumbered(checkpoint: Checkpoint, child_config: dict[str, Any], kept: list[int]) -> dict[str, Any]:

@@ -145,7 +145,7 @@ def _check_blocks(cols: Ranges, tensor: str, budget: str) -> None:
             )
 
 
-_LAYER = re.compile(r"layers\.(\d+)\.")
+_LAYER = re.compile(r"layers\\?\.(\d+)\\?\.")  # also inside escaped regexes (`re:.*layers\.3\.`)
 
 
 def rename_modules(names: list[str], kept_layers: list[int]) -> list[str]:

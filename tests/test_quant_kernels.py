@@ -1,0 +1,92 @@
+"""FP8 and NVFP4 kernels agree bit for bit with compressed-tensors' quantizers, and round-trip within bounds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from compressed_tensors.compressors.nvfp4.helpers import pack_fp4_to_uint8, quantize_and_pack_fp4, unpack_fp4_from_uint8
+from compressed_tensors.quantization import QuantizationArgs
+from compressed_tensors.quantization.lifecycle.forward import quantize as ct_quantize
+from compressed_tensors.quantization.utils.helpers import calculate_qparams, generate_gparam
+
+from elastic_slice.quant import fp8, nvfp4
+
+NVFP4_ARGS = QuantizationArgs(num_bits=4, type="float", strategy="tensor_group", group_size=16, symmetric=True,
+                              dynamic=False, scale_dtype=torch.float8_e4m3fn)
+FP8_ARGS = QuantizationArgs(num_bits=8, type="float", strategy="tensor", symmetric=True, dynamic=False)
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 128, generator=g)
+    outlier = base.clone()
+    outlier[7, 33] = 3e4
+    zeros_block = base.clone()
+    zeros_block[:, :32] = 0
+    subnormal = base * 1e-38
+    ties = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0] * 2).repeat(4, 1)
+    ties = torch.cat([ties, -ties], dim=1)  # scaled so that the block amax maps to exactly 6: values land on ties
+    return {
+        "random": base, "scaled": base * 1000, "zeros": torch.zeros(32, 64), "outlier": outlier,
+        "zero blocks": zeros_block, "subnormal": subnormal, "ties": ties, "negative zero": -torch.zeros(16, 32),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("name", list(_tensors()))
+def test_nvfp4_matches_compressed_tensors(name: str, dtype: torch.dtype) -> None:
+    weight = _tensors()[name].to(dtype)
+    ours_g = nvfp4.global_scale(weight)
+    ct_g = generate_gparam(weight.float().amin(), weight.float().amax())
+    assert torch.equal(ours_g, ct_g)
+    rows, cols = weight.shape
+    blocks = weight.float().reshape(rows, cols // 16, 16)
+    ct_scales, _ = calculate_qparams(blocks.amin(-1), blocks.amax(-1), NVFP4_ARGS, global_scale=ct_g)
+    ours_scales = nvfp4.block_scales(weight, ours_g)
+    assert torch.equal(ours_scales.float(), ct_scales.float())
+    ours = nvfp4.quantize(weight, ours_scales, ours_g)
+    reference = quantize_and_pack_fp4(weight, ct_scales, global_scale=ct_g, group_size=16)
+    assert ours.dtype == torch.uint8 and torch.equal(ours, reference)
+
+
+@pytest.mark.parametrize("name", list(_tensors()))
+def test_fp8_matches_compressed_tensors(name: str) -> None:
+    weight = _tensors()[name].to(torch.bfloat16)
+    ct_scale, _ = calculate_qparams(weight.float().amin().reshape(1), weight.float().amax().reshape(1), FP8_ARGS)
+    ours_scale = fp8.tensor_scale(weight)
+    assert torch.equal(ours_scale.reshape(1), ct_scale)
+    reference = ct_quantize(weight, ct_scale, None, FP8_ARGS, dtype=torch.float8_e4m3fn)
+    ours = fp8.quantize(weight, ours_scale)
+    assert torch.equal(ours.view(torch.uint8), reference.view(torch.uint8))
+
+
+def test_packing_order_matches_reference() -> None:
+    codes = torch.randint(0, 16, (8, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    packed = nvfp4.pack(codes)
+    assert torch.equal(packed[:, 0] & 0x0F, codes[:, 0]) and torch.equal(packed[:, 0] >> 4, codes[:, 1])
+    values = nvfp4.decode(codes)
+    assert torch.equal(pack_fp4_to_uint8(values) & 0x77, packed & 0x77)  # magnitudes agree (the reference folds -0)
+    assert torch.equal(unpack_fp4_from_uint8(packed, 8, 32, dtype=torch.float32), values)
+    assert torch.equal(nvfp4.unpack(packed), codes)
+
+
+def test_ties_round_to_even() -> None:
+    values = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.25, -2.5, -5.0, 0.2501, 4.99])
+    expected = torch.tensor([0.0, 1.0, 1.0, 2.0, 2.0, 4.0, 4.0, -0.0, -2.0, -4.0, 0.5, 4.0])
+    assert torch.equal(nvfp4.decode(nvfp4.e2m1_codes(values)), expected)
+
+
+@pytest.mark.parametrize("name", ["random", "scaled", "outlier", "zero blocks"])
+def test_round_trip_error_bounds(name: str) -> None:
+    weight = _tensors()[name]
+    g = nvfp4.global_scale(weight)
+    scales = nvfp4.block_scales(weight, g)
+    restored = nvfp4.dequantize(nvfp4.quantize(weight, scales, g), scales, g, torch.float32)
+    step = (scales.float() / g).repeat_interleave(16, dim=1)
+    # E2M1 values are at most 2 apart (4 -> 6): error at most one step, plus E4M3 rounding of the block scale
+    assert ((restored - weight).abs() <= step * 1.0 + 1e-12).all()
+    scale = fp8.tensor_scale(weight)
+    restored8 = fp8.dequantize(fp8.quantize(weight, scale), scale, torch.float32)
+    # E4M3 has 3 mantissa bits: relative error at most 2^-4, and at most half the smallest subnormal step below
+    bound = torch.maximum(weight.abs() * 2**-4, scale * 2**-10)
+    assert ((restored8 - weight).abs() <= bound + 1e-12).all()

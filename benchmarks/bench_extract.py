@@ -25,6 +25,29 @@ WORK = HERE / "work"
 PARENTS = {"4GB": "M*ME", "9GB": "MEM*EME"}
 
 
+REPEATS = 3
+
+
+def prepare(warm_paths: list[Path]) -> None:
+    """A clean page cache (nothing dirty, nothing cached), then the inputs read once if the run is warm."""
+    drop_caches(WORK)
+    for path in warm_paths:
+        for file in ([path] if path.is_file() else sorted(path.glob("*.safetensors"))):
+            subprocess.run(["cat", str(file)], stdout=subprocess.DEVNULL, check=True)
+
+
+def median_run(run, warm_paths: list[Path]) -> dict[str, float]:
+    """The median (by seconds) of REPEATS runs, each from the same prepared cache state."""
+    results = []
+    for _ in range(REPEATS):
+        prepare(warm_paths)
+        results.append(run())
+    results.sort(key=lambda r: r["seconds"])
+    middle = dict(results[len(results) // 2])
+    middle["all_seconds"] = [r["seconds"] for r in results]
+    return middle
+
+
 def drop_caches(folder: Path) -> str:
     subprocess.run(["sync"], check=True)
     try:
@@ -60,9 +83,9 @@ def extract(parent: Path, out: Path, *sizes: str) -> dict[str, float]:
     return timed([sys.executable, "-m", "elastic_slice", "extract", str(parent), *args, "--out", str(out)])
 
 
-def copy_file_of(size: int, source: Path, cold: bool) -> dict[str, float]:
-    """cp of a file of `size` bytes: the disk's limit for writing that output."""
-    src, dst = WORK / "cp-src.bin", WORK / "cp-dst.bin"
+def make_copy_source(size: int, source: Path) -> Path:
+    """A file of `size` bytes (the output's size) for the cp baseline."""
+    src = WORK / "cp-src.bin"
     if not src.exists() or src.stat().st_size != size:
         with source.open("rb") as fin, src.open("wb") as fout:
             left = size
@@ -72,13 +95,15 @@ def copy_file_of(size: int, source: Path, cold: bool) -> dict[str, float]:
                     fin.seek(0)
                     continue
                 left -= fout.write(block)
-    dst.unlink(missing_ok=True)
-    if cold:
-        drop_caches(WORK)
-    else:
-        subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)
-    result = timed(["cp", str(src), str(dst)])
-    dst.unlink()
+    return src
+
+
+def copy(source: Path) -> dict[str, float]:
+    """cp of the source file: the disk's limit for writing that many bytes."""
+    target = WORK / "cp-dst.bin"
+    target.unlink(missing_ok=True)
+    result = timed(["cp", str(source), str(target)])
+    target.unlink()
     return result
 
 
@@ -96,19 +121,25 @@ def main(quick: bool = False) -> None:
         out = WORK / "out-12B"
         entry: dict[str, object] = {"pattern": pattern, "parent_bytes": parent_bytes}
         entry["cache_method"] = drop_caches(parent)
-        entry["extract_12B_cold"] = extract(parent, out, "12B")
-        entry["extract_12B_warm"] = extract(parent, out, "12B")
+        entry["extract_12B_cold"] = median_run(lambda: extract(parent, out, "12B"), [])
+        entry["extract_12B_warm"] = median_run(lambda: extract(parent, out, "12B"), [parent])
         out_bytes = folder_bytes(out)
         entry["out_bytes"] = out_bytes
         for mode in ("cold", "warm"):
             run = entry[f"extract_12B_{mode}"]
             run["gb_per_s"] = round(out_bytes / run["seconds"] / 1e9, 3)
-        shard = sorted(parent.glob("*.safetensors"))[0]
-        entry["cp_cold"] = copy_file_of(out_bytes, shard, cold=True)
-        entry["cp_warm"] = copy_file_of(out_bytes, shard, cold=False)
+        source = make_copy_source(out_bytes, sorted(parent.glob("*.safetensors"))[0])
+        entry["cp_cold"] = median_run(lambda: copy(source), [])
+        entry["cp_warm"] = median_run(lambda: copy(source), [source])
         entry["ratio_extract_to_cp_warm"] = round(entry["extract_12B_warm"]["seconds"] / entry["cp_warm"]["seconds"], 3)
         entry["ratio_extract_to_cp_cold"] = round(entry["extract_12B_cold"]["seconds"] / entry["cp_cold"]["seconds"], 3)
+        startup = median_run(lambda: timed([sys.executable, "-m", "elastic_slice", "--help"]), [])
+        entry["cli_startup_seconds"] = startup["seconds"]
+        prepare([parent])
         separate = [extract(parent, WORK / f"sep-{b}", b) for b in ("30B", "23B", "12B")]
+        for folder in (WORK / f"sep-{b}" for b in ("30B", "23B", "12B")):
+            shutil.rmtree(folder, ignore_errors=True)
+        prepare([parent])
         one_pass = extract(parent, WORK / "all", "30B", "23B", "12B")
         entry["three_budgets_separate_seconds"] = round(sum(r["seconds"] for r in separate), 3)
         entry["three_budgets_one_pass"] = one_pass
@@ -117,6 +148,7 @@ def main(quick: bool = False) -> None:
         if label == "4GB":
             naive_out = WORK / "naive-12B"
             shutil.rmtree(naive_out, ignore_errors=True)
+            prepare([parent])
             entry["naive_12B_warm"] = timed([sys.executable, str(HERE / "naive_peer.py"), str(parent), "12B", str(naive_out)])
             shutil.rmtree(naive_out, ignore_errors=True)
             entry["naive_to_extract_time"] = round(

@@ -136,6 +136,11 @@ def _process(files: ShardFiles, chunk: _Chunk) -> list[tuple[int, TensorOp, torc
         ]
         if not pieces:
             continue
+        inner_full = all(r == ((0, size),) for r, size in zip(op.selection[1:], info.shape[1:]))
+        if inner_full and op.scale is None and op.out_dtype == info.dtype:
+            # row cuts only: each piece is a view of the read buffer, written without another copy
+            results.extend((index, op, rows[start:stop]) for start, stop in pieces)
+            continue
         kept = _select(rows, (tuple(pieces),), 0)
         kept = _select(kept, op.selection[1:], 1)
         results.append((index, op, convert(kept, op).contiguous()))

@@ -18,8 +18,14 @@ E4M3_MAX = 448.0
 _ZERO_BLOCK_SCALE = 0.125
 #: the eight magnitudes of E2M1, indexed by the three low bits of a code
 E2M1_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
-#: round-to-nearest-even boundaries between consecutive magnitudes: (threshold, inclusive?)
-_BOUNDS = ((0.25, False), (0.75, True), (1.25, False), (1.75, True), (2.5, False), (3.5, True), (5.0, False))
+#: round-to-nearest-even boundaries between consecutive magnitudes; a tie goes to the even code, so some
+#: boundaries belong to the upper value (written as the float just below them: x >= b  <=>  x > prev(b))
+_TIES_UP = (0.75, 1.75, 3.5)
+_BOUNDS = torch.tensor(
+    [float(torch.nextafter(torch.tensor(b), torch.tensor(0.0))) if b in _TIES_UP else b
+     for b in (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)],
+    dtype=torch.float32,
+)
 
 
 def global_scale(weight: torch.Tensor) -> torch.Tensor:
@@ -42,10 +48,7 @@ def block_scales(weight: torch.Tensor, global_scale_: torch.Tensor) -> torch.Ten
 
 def e2m1_codes(values: torch.Tensor) -> torch.Tensor:
     """4-bit codes (sign << 3 | magnitude index) of fp32 values already clamped to [-6, 6]."""
-    magnitude = values.abs()
-    index = torch.zeros(values.shape, dtype=torch.uint8)
-    for bound, inclusive in _BOUNDS:
-        index += (magnitude >= bound if inclusive else magnitude > bound).to(torch.uint8)
+    index = torch.bucketize(values.abs(), _BOUNDS).to(torch.uint8)  # boundaries strictly below each magnitude
     signed = E2M1_VALUES[index.long()] * torch.sign(values)
     return index | (torch.signbit(signed).to(torch.uint8) << 3)
 

@@ -59,6 +59,14 @@ def _reports_errors(command: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+def _progress(as_json: bool) -> Progress:
+    """A byte progress bar with throughput and ETA on stderr, silent with --json or when stderr is no terminal."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TimeRemainingColumn(), console=stderr, disable=as_json or not stderr.is_terminal, transient=True,
+    )
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
@@ -155,10 +163,7 @@ def extract(
     if out is None:
         raise InputError("--out DIR is required unless --dry-run is given.")
     command = "elastic-slice " + shlex.join(sys.argv[1:])
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=stderr, disable=as_json or not stderr.is_terminal, transient=True,
-    ) as progress:
+    with _progress(as_json) as progress:
         task = progress.add_task(
             f"extract {', '.join(p.budget.name for p in plans)}", total=sum(p.out_bytes for p in plans)
         )
@@ -245,10 +250,7 @@ def quantize(
     options = _quant_options(to, quant_format, exclude, calibration, device)
     assert options is not None
     command = "elastic-slice " + shlex.join(sys.argv[1:])
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=stderr, disable=as_json or not stderr.is_terminal, transient=True,
-    ) as progress:
+    with _progress(as_json) as progress:
         task = progress.add_task(f"quantize {to}", total=None)
         result = api.quantize(
             checkpoint, out, options, index, max_shard_size, overwrite, command, workers,

@@ -176,16 +176,19 @@ class ShardFiles:
         self._fds.clear()
 
     def read(self, info: TensorInfo, start: int, stop: int) -> bytearray:
-        """Bytes [start, stop) of a tensor's data."""
+        """Bytes [start, stop) of a tensor's data, in a new buffer."""
+        buffer = bytearray(stop - start)
+        self.read_into(info, start, memoryview(buffer))
+        return buffer
+
+    def read_into(self, info: TensorInfo, start: int, view: memoryview) -> None:
+        """Fill `view` with the tensor's data bytes from `start` on."""
         label = str(self._checkpoint.root / info.file)
         fd = self._fds[label]
-        buffer = bytearray(stop - start)
-        view = memoryview(buffer)
         offset = self._data_start[label] + info.begin + start
         done = 0
-        while done < len(buffer):
+        while done < len(view):
             count = os.preadv(fd, [view[done:]], offset + done)
             if count == 0:
                 raise RunFailure(f"{label} ended early while reading tensor {info.name!r}; was it changed during the run?")
             done += count
-        return buffer

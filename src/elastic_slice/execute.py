@@ -7,6 +7,7 @@ thread writes them in plan order. Several plans (budgets) of one parent share ev
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -108,18 +109,73 @@ def _union(ranges: Ranges) -> Ranges:
     return tuple(joined)
 
 
-def _process(files: ShardFiles, chunk: _Chunk) -> list[tuple[int, TensorOp, torch.Tensor]]:
-    """Read one chunk and cut it for each consumer."""
+class _BufferPool:
+    """Reused byte buffers, handed out and taken back by the writing thread only.
+
+    Fresh 64 MiB allocations cost page faults and unmapping on every chunk; measured on a 2-core VM, reading and
+    writing 2 GB through fresh buffers took 9 s against 1.7 s through reused ones.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free: list[bytearray] = []
+
+    def take(self, nbytes: int) -> bytearray:
+        if nbytes > self.size:
+            return bytearray(nbytes)
+        return self._free.pop() if self._free else bytearray(self.size)
+
+    def give(self, buffer: bytearray) -> None:
+        if len(buffer) == self.size:
+            self._free.append(buffer)
+
+
+def _copy_in_place(op: TensorOp, info: TensorInfo, chunk: _Chunk) -> int:
+    """Bytes of the cut this op takes from a chunk, when it can be copied into a pooled buffer (0 otherwise)."""
+    if op.quant is not None or op.scale is not None or op.out_dtype != info.dtype or not info.shape:
+        return 0
+    rows = sum(max(0, min(b, chunk.stop) - max(a, chunk.start)) for a, b in op.selection[0])
+    if all(r == ((0, size),) for r, size in zip(op.selection[1:], info.shape[1:])):
+        return 0  # row cuts only: written straight from the read buffer
+    inner = math.prod(sum(b - a for a, b in ranges) for ranges in op.selection[1:])
+    return rows * inner * itemsize(info.dtype)
+
+
+def _cut_into(rows: torch.Tensor, selection: tuple[Ranges, ...], buffer: bytearray) -> torch.Tensor:
+    """Copy the selected blocks of `rows` into `buffer`, laid out as the cut tensor."""
+    shape = tuple(sum(b - a for a, b in ranges) for ranges in selection)
+    count = math.prod(shape) * rows.element_size()
+    dest = torch.frombuffer(buffer, dtype=torch.uint8, count=count).view(rows.dtype).view(shape)
+    for block in itertools.product(*(_with_offsets(ranges) for ranges in selection)):
+        source = tuple(slice(a, b) for (a, b), _ in block)
+        target = tuple(slice(o, o + b - a) for (a, b), o in block)
+        dest[target].copy_(rows[source])
+    return dest
+
+
+def _with_offsets(ranges: Ranges) -> list[tuple[tuple[int, int], int]]:
+    offset, out = 0, []
+    for start, stop in ranges:
+        out.append(((start, stop), offset))
+        offset += stop - start
+    return out
+
+
+def _process(
+    files: ShardFiles, chunk: _Chunk, raw: bytearray, outputs: dict[int, bytearray]
+) -> list[tuple[int, TensorOp, torch.Tensor]]:
+    """Read one chunk into `raw` and cut it for each consumer (into `outputs[i]` for in-place copies)."""
     info = chunk.info
-    raw = files.read(info, chunk.start * chunk.row_bytes, chunk.start * chunk.row_bytes + chunk.nbytes)
-    rows = torch.frombuffer(raw, dtype=torch.uint8).view(torch_dtype(info.dtype))
+    view = memoryview(raw)[: chunk.nbytes]
+    files.read_into(info, chunk.start * chunk.row_bytes, view)
+    rows = torch.frombuffer(raw, dtype=torch.uint8, count=chunk.nbytes).view(torch_dtype(info.dtype))
     if not info.shape:
         rows = rows.reshape(())
     else:
         rows = rows.reshape(chunk.stop - chunk.start, *info.shape[1:])
     results = []
     quantized: dict[int, dict[str, torch.Tensor]] = {}
-    for index, op in chunk.consumers:
+    for position, (index, op) in enumerate(chunk.consumers):
         if op.quant is not None:
             if index not in quantized:
                 child = _select(rows, op.selection, 0)
@@ -129,21 +185,21 @@ def _process(files: ShardFiles, chunk: _Chunk) -> list[tuple[int, TensorOp, torc
         if not info.shape:
             results.append((index, op, convert(rows.clone(), op)))
             continue
-        pieces = [
+        pieces = tuple(
             (max(start, chunk.start) - chunk.start, min(stop, chunk.stop) - chunk.start)
             for start, stop in op.selection[0]
             if max(start, chunk.start) < min(stop, chunk.stop)
-        ]
+        )
         if not pieces:
             continue
-        inner_full = all(r == ((0, size),) for r, size in zip(op.selection[1:], info.shape[1:]))
-        if inner_full and op.scale is None and op.out_dtype == info.dtype:
+        if position in outputs:
+            results.append((index, op, _cut_into(rows, (pieces, *op.selection[1:]), outputs[position])))
+        elif op.scale is None and op.out_dtype == info.dtype:
             # row cuts only: each piece is a view of the read buffer, written without another copy
             results.extend((index, op, rows[start:stop]) for start, stop in pieces)
-            continue
-        kept = _select(rows, (tuple(pieces),), 0)
-        kept = _select(kept, op.selection[1:], 1)
-        results.append((index, op, convert(kept, op).contiguous()))
+        else:
+            kept = _select(_select(rows, (pieces,), 0), op.selection[1:], 1)
+            results.append((index, op, convert(kept, op).contiguous()))
     return results
 
 
@@ -156,30 +212,44 @@ def execute(
     inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
 ) -> None:
     """Write every target's plan; each source chunk is read once, cut for every target, written in order."""
-    pending: deque[tuple[_Chunk, Future[list[tuple[int, TensorOp, torch.Tensor]]]]] = deque()
+    buffers = _BufferPool(chunk_bytes)
+    pending: deque[tuple[int, list[bytearray], Future[list[tuple[int, TensorOp, torch.Tensor]]]]] = deque()
     pending_bytes = 0
     with ShardFiles(checkpoint) as files, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
 
         def drain_one() -> None:
             nonlocal pending_bytes
-            chunk, future = pending.popleft()
-            pending_bytes -= chunk.nbytes
+            cost, held, future = pending.popleft()
+            pending_bytes -= cost
             for index, op, tensor in future.result():
                 data = tensor.reshape(-1).view(torch.uint8).numpy()
                 targets[index].writer.write(op, data)
                 if on_bytes is not None:
                     on_bytes(data.nbytes)
+            for target in targets:
+                target.writer.wait_hashed()  # the hash thread is done with these buffers
+            for buffer in held:
+                buffers.give(buffer)
 
         try:
             for chunk in _chunks(checkpoint, targets, chunk_bytes):
-                while pending and (pending_bytes + chunk.nbytes > inflight_bytes or len(pending) > 4 * workers):
+                copies = {
+                    position: size
+                    for position, (_, op) in enumerate(chunk.consumers)
+                    if (size := _copy_in_place(op, chunk.info, chunk))
+                }
+                cost = chunk.nbytes + sum(copies.values())
+                while pending and (pending_bytes + cost > inflight_bytes or len(pending) > 2 * workers):
                     drain_one()
-                pending.append((chunk, pool.submit(_process, files, chunk)))
-                pending_bytes += chunk.nbytes
+                raw = buffers.take(chunk.nbytes)
+                outputs = {position: buffers.take(size) for position, size in copies.items()}
+                future = pool.submit(_process, files, chunk, raw, outputs)
+                pending.append((cost, [raw, *outputs.values()], future))
+                pending_bytes += cost
             while pending:
                 drain_one()
         finally:
-            for _, future in pending:
+            for _, _, future in pending:
                 future.cancel()
     for target in targets:
         target.writer.close()

@@ -166,6 +166,11 @@ class ShardWriter:
             self._next += 1
         self._finish_shard()
 
+    def wait_hashed(self) -> None:
+        """Block until every byte written so far is hashed (its buffer may then be reused)."""
+        while self._hashing:
+            self._hashing.popleft().result()
+
     def _hash_later(self, data: Any) -> None:
         while len(self._hashing) >= _HASH_QUEUE:
             self._hashing.popleft().result()
@@ -184,8 +189,7 @@ class ShardWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
-            while self._hashing:
-                self._hashing.popleft().result()
+            self.wait_hashed()
             self.sha256[self._shard] = self._hash.hexdigest()
 
     def close(self) -> None:

@@ -11,11 +11,11 @@ from typing import Any
 
 from .arch import Architecture, get_architecture
 from .card import model_card
-from .checkpoint import Checkpoint, open_checkpoint
+from .checkpoint import Checkpoint, open_checkpoint, read_json_object
 from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError, RunFailure
 from .execute import Target, execute
-from .nesting import INDEX_FILE, NestingIndex, find_index, resolve_budget
+from .nesting import INDEX_FILE, NestingIndex, custom_budget, find_index, parse_index, resolve_budget
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
 from .manifest import describe_parent_files, write_manifest
 from .quant.calibrate import calibrate, calibration_texts
@@ -192,7 +192,7 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None) -> InspectR
 @dataclass(frozen=True)
 class _Prepared:
     checkpoint: Checkpoint
-    nesting: NestingIndex
+    nesting: NestingIndex | None
     plans: list[Plan]
 
 
@@ -203,12 +203,15 @@ def _prepare(
     dtype: str | None,
     max_shard_size: str | int,
     quantize: QuantOptions | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> _Prepared:
     ckpt = open_checkpoint(checkpoint)
     arch = get_architecture(ckpt.model_type)
-    nesting = find_index(ckpt, Path(index) if index is not None else None)
     out_dtype = parse_user_dtype(dtype) if dtype is not None else None
     shard_limit = parse_size(str(max_shard_size))
+    if overrides:
+        return _prepare_custom(ckpt, arch, sizes, index, out_dtype, shard_limit, quantize, overrides)
+    nesting = find_index(ckpt, Path(index) if index is not None else None)
     names = list(nesting.budgets) if sizes == [ALL_BUDGETS] else [nesting.budget_name(size) for size in sizes]
     if len(set(names)) != len(names):
         raise InputError(f"budget {next(n for n in names if names.count(n) > 1)!r} is asked for twice.")
@@ -220,6 +223,31 @@ def _prepare(
         for name in names
     ]
     return _Prepared(ckpt, nesting, plans)
+
+
+def _prepare_custom(
+    ckpt: Checkpoint,
+    arch: Architecture,
+    sizes: list[str],
+    index: str | Path | None,
+    out_dtype: str | None,
+    shard_limit: int,
+    quantize: QuantOptions | None,
+    overrides: dict[str, Any],
+) -> _Prepared:
+    """One ad-hoc budget from --set, on top of --size's budget or of the parent; the index is optional."""
+    if len(sizes) > 1 or sizes == [ALL_BUDGETS]:
+        raise InputError("--set applies to one budget: give at most one --size with it.")
+    try:
+        nesting: NestingIndex | None = find_index(ckpt, Path(index) if index is not None else None)
+    except InputError:
+        if index is not None:
+            raise
+        nesting = None
+    budget = custom_budget(nesting, sizes[0] if sizes else None, overrides, ckpt.config, arch)
+    request = quantize.request(ckpt, arch) if quantize is not None else None
+    plan = build_plan(ckpt, arch, budget, out_dtype, shard_limit, request, _version())
+    return _Prepared(ckpt, nesting, [plan])
 
 
 def plan_extract(
@@ -241,14 +269,15 @@ def plan_extract_many(
     dtype: str | None = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     quantize: QuantOptions | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> list[Plan]:
     """The plans of several budgets (`[ALL_BUDGETS]` for every budget of the index)."""
-    return _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize).plans
+    return _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides).plans
 
 
 def extract(
     checkpoint: str | Path,
-    size: str,
+    size: str | None,
     out: str | Path,
     index: str | Path | None = None,
     dtype: str | None = None,
@@ -258,11 +287,14 @@ def extract(
     workers: int = 2,
     on_bytes: Callable[[int], None] | None = None,
     quantize: QuantOptions | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> ExtractResult:
-    """Cut budget `size` out of `checkpoint` into a standalone Hugging Face folder at `out`."""
+    """Cut budget `size` (None with `overrides` alone) out of `checkpoint` into a Hugging Face folder at `out`.
+
+    `overrides` ({"hidden_size": 2048, ...}) sets axes on top of that budget, or of the parent."""
     return extract_many(
-        checkpoint, [size], out, index, dtype, max_shard_size, overwrite, command, workers, on_bytes, nest=False,
-        quantize=quantize,
+        checkpoint, [size] if size is not None else [], out, index, dtype, max_shard_size, overwrite, command,
+        workers, on_bytes, nest=False, quantize=quantize, overrides=overrides,
     )[0]
 
 
@@ -280,19 +312,21 @@ def extract_many(
     nest: bool = True,
     quantize: QuantOptions | None = None,
     keep_index: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> list[ExtractResult]:
     """Cut several budgets in one pass over the parent: each source tensor is read once and cut for every budget.
 
     With `nest` (the default), each budget goes to `out/<budget name>`; otherwise `out` is the one budget's folder.
     """
-    prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize)
+    prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides)
     ckpt, plans = prepared.checkpoint, prepared.plans
     arch = get_architecture(ckpt.model_type)
     outs = [Path(out) / plan.budget.name if nest else Path(out) for plan in plans]
     check_free_space(Path(out).absolute(), sum(plan.out_bytes for plan in plans))
     parent_files = describe_parent_files(ckpt)
     options = {
-        "dtype": dtype, "max_shard_size": str(max_shard_size), "index": prepared.nesting.source,
+        "dtype": dtype, "max_shard_size": str(max_shard_size),
+        "index": prepared.nesting.source if prepared.nesting is not None else None, "set": overrides,
         "quantize": None if quantize is None else asdict(quantize),
     }
     started = time.perf_counter()
@@ -301,7 +335,7 @@ def extract_many(
         targets = [Target(plan, ShardWriter(staging, plan)) for plan, staging in zip(plans, stagings)]
         try:
             execute(ckpt, targets, workers=workers, on_bytes=on_bytes)
-            if keep_index:
+            if keep_index and prepared.nesting is not None:
                 for staging in stagings:
                     write_json(staging / INDEX_FILE, prepared.nesting.to_json(), sort_keys=False)
             copied = [
@@ -412,3 +446,45 @@ def quantize(
 def _without_calibration(options: QuantOptions) -> QuantOptions:
     """The same quantization planned without running calibration (for checks that need no scales)."""
     return QuantOptions(options.scheme, COMPRESSED_TENSORS, options.exclude, None, options.device)
+
+
+def derive_index(
+    parent: str | Path,
+    from_configs: dict[str, str | Path],
+    parent_name: str = "parent",
+    norm_semantics: str = "active",
+) -> dict[str, Any]:
+    """A nesting index whose budgets are read off children's config.json files (local paths or Hub repo ids)."""
+    ckpt = open_checkpoint(parent)
+    arch = get_architecture(ckpt.model_type)
+    parent_sizes = {axis: value for axis, value in arch.parent_sizes(ckpt.config).items() if axis != "layers"}
+    budgets: dict[str, Any] = {parent_name: parent_sizes}
+    for name, source in from_configs.items():
+        if name in budgets:
+            raise InputError(f"budget {name!r} is given twice.")
+        budgets[name] = arch.sizes_from_child_config(ckpt.config, _child_config(source), name)
+    document = {
+        "format": "elastic-nesting-index", "version": 1, "architecture": arch.model_type,
+        "parent": parent_name, "norm_semantics": norm_semantics, "budgets": budgets,
+    }
+    nesting = parse_index(document, "the derived index")
+    for name in budgets:
+        resolve_budget(nesting, name, ckpt.config, arch)
+    return document
+
+
+def _child_config(source: str | Path) -> dict[str, Any]:
+    path = Path(source)
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        return read_json_object(path, str(path))
+    if path.exists() or str(source).count("/") != 1:
+        raise InputError(f"--from-config {source}: no config.json there; give a file, a folder or a Hub repo id.")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        downloaded = hf_hub_download(str(source), "config.json")
+    except Exception as exc:  # the hub client raises many kinds: offline, missing repo, auth
+        raise InputError(f"--from-config {source}: cannot fetch config.json from the Hub ({exc}).") from exc
+    return read_json_object(Path(downloaded), f"{source}/config.json")

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from . import api
 from .errors import ElasticSliceError, InputError
+from .nesting import INDEX_FILE, parse_set
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan
 from .units import human_bytes, human_count
 
@@ -129,6 +130,9 @@ def extract(
         None, "--size", help="Budget name from the nesting index, e.g. 12B (case-insensitive); repeat for several."
     ),
     all_budgets: bool = typer.Option(False, "--all", help="Every budget of the nesting index, in one pass."),
+    set_axes: Optional[list[str]] = typer.Option(
+        None, "--set", help="Set an axis for an ad-hoc budget, e.g. --set hidden_size=2048 (repeatable)."
+    ),
     out: Optional[Path] = typer.Option(
         None, "--out", help="Output folder; with several budgets, the folder that gets one subfolder per budget."
     ),
@@ -148,11 +152,12 @@ def extract(
     """Cut budgets out of an elastic checkpoint into standalone Hugging Face folders."""
     if all_budgets and size:
         raise InputError("give either --size or --all, not both.")
-    if not all_budgets and not size:
-        raise InputError("give the budget to extract with --size NAME (or --all); `inspect` lists the budgets.")
+    if not all_budgets and not size and not set_axes:
+        raise InputError("give the budget to extract with --size NAME (or --all, or --set); `inspect` lists them.")
     sizes = [api.ALL_BUDGETS] if all_budgets else list(size or [])
+    overrides = parse_set(set_axes) if set_axes else None
     quant = _quant_options(quantize, quant_format, exclude, calibration, device)
-    plans = api.plan_extract_many(checkpoint, sizes, index, dtype, max_shard_size, quant)
+    plans = api.plan_extract_many(checkpoint, sizes, index, dtype, max_shard_size, quant, overrides)
     if dry_run:
         if as_json:
             _print_json(plans[0].to_json() if len(plans) == 1 else [plan.to_json() for plan in plans])
@@ -170,6 +175,7 @@ def extract(
         results = api.extract_many(
             checkpoint, sizes, out, index, dtype, max_shard_size, overwrite, command, workers,
             on_bytes=lambda count: progress.advance(task, count), nest=len(plans) > 1, quantize=quant,
+            overrides=overrides,
         )
     if as_json:
         _print_json(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results])
@@ -260,6 +266,40 @@ def quantize(
         _print_json(result.to_json())
     else:
         _print_results([result])
+
+
+@app.command("index")
+@_reports_errors
+def index_command(
+    parent: str = typer.Argument(..., help="Parent checkpoint folder."),
+    from_config: list[str] = typer.Option(
+        ..., "--from-config", help="NAME=PATH: a budget from a child's config.json (file, folder or Hub repo id)."
+    ),
+    parent_name: str = typer.Option("parent", "--parent-name", help="Name of the parent budget, e.g. 30B."),
+    norm_semantics: str = typer.Option("active", "--norm-semantics", help="active or full (see the spec)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the index to this file."),
+    write_into: bool = typer.Option(False, "--write-into", help="Write nesting_index.json into the parent folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index file."),
+) -> None:
+    """Author a nesting index from the config.json of already-extracted children."""
+    sources: dict[str, str] = {}
+    for item in from_config:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise InputError(f"--from-config {item!r} must look like NAME=PATH, for example 12B=child/config.json.")
+        sources[name] = source
+    document = api.derive_index(parent, sources, parent_name, norm_semantics)
+    text = json.dumps(document, indent=2) + "\n"
+    targets = [p for p in (out, Path(parent) / INDEX_FILE if write_into else None) if p is not None]
+    for target in targets:
+        if target.exists() and not overwrite:
+            raise InputError(f"{target} already exists; pass --overwrite to replace it.")
+    for target in targets:
+        target.write_text(text, encoding="utf-8")
+    if not targets:
+        sys.stdout.write(text)
+    else:
+        stderr.print(f"wrote {', '.join(map(str, targets))}", highlight=False)
 
 
 def _render_plan(plan: Plan) -> None:

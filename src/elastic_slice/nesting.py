@@ -171,3 +171,41 @@ def _check_parent_budget(index: NestingIndex, config: dict[str, Any], arch: Arch
                 index.parent, axis,
                 f"the parent budget must equal config.json ({parent_sizes[axis]!r}), not {value!r}",
             )
+
+
+def custom_budget(
+    index: NestingIndex | None, base: str | None, overrides: dict[str, Any], config: dict[str, Any], arch: Architecture
+) -> Budget:
+    """An ad-hoc budget: a base budget of the index (or the parent) with some axes set on the command line."""
+    requested: dict[str, Any] = {}
+    if base is not None:
+        if index is None:
+            raise InputError(f"--size {base} needs a nesting index; without one, give every axis with --set.")
+        requested.update(index.budgets[index.budget_name(base)])
+        base = index.budget_name(base)
+    if index is not None:
+        _check_parent_budget(index, config, arch)
+    requested.update(overrides)
+    name = f"{base}+custom" if base is not None else "custom"
+    return Budget(
+        name=name,
+        sizes=arch.resolve(config, name, requested),
+        is_parent=False,
+        norm_semantics=index.norm_semantics if index is not None else "active",
+        requested=requested,
+    )
+
+
+def parse_set(values: list[str]) -> dict[str, Any]:
+    """`--set axis=value` pairs: an integer, or a comma-separated list of integers (for `layers`)."""
+    overrides: dict[str, Any] = {}
+    for item in values:
+        axis, sep, value = item.partition("=")
+        if not sep or not axis.strip():
+            raise InputError(f"--set {item!r} must look like axis=value, for example --set hidden_size=2048.")
+        try:
+            numbers = [int(part) for part in value.split(",")]
+        except ValueError:
+            raise InputError(f"--set {item!r}: the value must be an integer or a comma-separated list of integers.")
+        overrides[axis.strip()] = numbers if "," in value or axis.strip() == "layers" else numbers[0]
+    return overrides

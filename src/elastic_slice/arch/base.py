@@ -58,6 +58,10 @@ class Architecture(Protocol):
         """The child's config.json content."""
         ...
 
+    def sizes_from_child_config(self, config: Mapping[str, Any], child: Mapping[str, Any], budget: str) -> dict[str, Any]:
+        """The axis sizes (only those that differ from the parent) of a child whose config.json is `child`."""
+        ...
+
     def count_parameters(self, shapes: Mapping[str, tuple[int, ...]], child_config: Mapping[str, Any]) -> ParamCounts:
         """Total and active (per-token) parameters of a model with these tensor shapes."""
         ...

@@ -165,6 +165,22 @@ class NemotronH:
                 child["num_hidden_layers"] = len(kept)
         return child
 
+    def sizes_from_child_config(self, config: Mapping[str, Any], child: Mapping[str, Any], budget: str) -> dict[str, Any]:
+        parent = self.parent_sizes(config)
+        derived: dict[str, Any] = {}
+        for axis in AXES:
+            if axis == "layers":
+                continue
+            value = child.get(axis)
+            if value is None:
+                raise BudgetError(budget, axis, "the child's config.json does not give this field")
+            if value != parent[axis]:
+                derived[axis] = value
+        parent_pattern, child_pattern = layer_pattern(config), layer_pattern(child)
+        if child_pattern != parent_pattern:
+            derived["layers"] = _kept_layers(parent_pattern, child_pattern, budget)
+        return derived
+
     # ----- tensors ----------------------------------------------------------------------------------------------
     def required_tensors(self, config: Mapping[str, Any]) -> list[str]:
         shape = _parent_shape(config)
@@ -322,6 +338,32 @@ def _parent_shape(config: Mapping[str, Any]) -> _Shape:
             f"num_key_value_heads ({shape.kv_heads})."
         )
     return shape
+
+
+def _kept_layers(parent: str, child: str, budget: str) -> list[int]:
+    """The parent layers a child kept, when its layer kinds fit the parent's in exactly one way."""
+    n, m = len(parent), len(child)
+    # ways[i][j]: how many ways child[j:] fits into parent[i:], counted up to 2
+    ways = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n, -1, -1):
+        ways[i][m] = 1
+        for j in range(m - 1, -1, -1):
+            if i < n:
+                take = ways[i + 1][j + 1] if parent[i] == child[j] else 0
+                ways[i][j] = min(2, ways[i + 1][j] + take)
+    if ways[0][0] == 0:
+        raise BudgetError(budget, "layers", f"the child's layers {child!r} are not a subsequence of the parent's {parent!r}")
+    if ways[0][0] > 1:
+        raise BudgetError(
+            budget, "layers",
+            f"the child's layers {child!r} fit the parent's {parent!r} in several ways; write `layers` by hand",
+        )
+    kept, j = [], 0
+    for i in range(n):
+        if j < m and parent[i] == child[j] and ways[i + 1][j + 1] == 1:
+            kept.append(i)
+            j += 1
+    return kept
 
 
 def _check_layers(budget: str, value: Any, parent_layers: int) -> list[int]:

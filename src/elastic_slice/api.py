@@ -15,7 +15,8 @@ from .checkpoint import Checkpoint, open_checkpoint, read_json_object
 from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError, RunFailure
 from .execute import Target, execute
-from .nesting import INDEX_FILE, NestingIndex, custom_budget, find_index, parse_index, resolve_budget
+from .interpolate import interpolate, nominal
+from .nesting import INDEX_FILE, Budget, NestingIndex, custom_budget, find_index, parse_index, resolve_budget
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
 from .manifest import describe_parent_files, write_manifest
 from .quant.calibrate import calibrate, calibration_texts
@@ -212,6 +213,8 @@ def _prepare(
     if overrides:
         return _prepare_custom(ckpt, arch, sizes, index, out_dtype, shard_limit, quantize, overrides)
     nesting = find_index(ckpt, Path(index) if index is not None else None)
+    if len(sizes) == 1 and sizes[0] != ALL_BUDGETS and not _in_index(nesting, sizes[0]):
+        return _prepare_interpolated(ckpt, arch, nesting, sizes[0], out_dtype, shard_limit, quantize)
     names = list(nesting.budgets) if sizes == [ALL_BUDGETS] else [nesting.budget_name(size) for size in sizes]
     if len(set(names)) != len(names):
         raise InputError(f"budget {next(n for n in names if names.count(n) > 1)!r} is asked for twice.")
@@ -223,6 +226,68 @@ def _prepare(
         for name in names
     ]
     return _Prepared(ckpt, nesting, plans)
+
+
+def _in_index(nesting: NestingIndex, name: str) -> bool:
+    return any(budget.lower() == name.lower() for budget in nesting.budgets)
+
+
+def _prepare_interpolated(
+    ckpt: Checkpoint,
+    arch: Architecture,
+    nesting: NestingIndex,
+    size: str,
+    out_dtype: str | None,
+    shard_limit: int,
+    quantize: QuantOptions | None,
+) -> _Prepared:
+    """A budget between two trained ones: `--size 18B` (by the budgets' nominal sizes) or `--size 18e9`-style
+    parameter targets given as `--target-params`."""
+    target_params = _target_params(ckpt, arch, nesting, size)
+    resolved = {name: resolve_budget(nesting, name, ckpt.config, arch).sizes for name in nesting.budgets}
+
+    def params_of(sizes: dict[str, Any]) -> int:
+        probe = Budget(name=size, sizes=sizes, is_parent=False, norm_semantics=nesting.norm_semantics)
+        return build_plan(ckpt, arch, probe).params.total
+
+    found = interpolate(resolved, params_of, ckpt.config, target_params)
+    sizes = arch.resolve(ckpt.config, size, found.sizes)
+    budget = Budget(
+        name=size, sizes=sizes, is_parent=False, norm_semantics=nesting.norm_semantics, requested=found.sizes,
+        warning=f"budget {size!r} is interpolated between the trained budgets {found.lower!r} and {found.upper!r} "
+        f"({found.params:,} parameters for a target of {target_params:,.0f}); it was not trained as a nested "
+        "budget, so check its quality before use.",
+    )
+    request = quantize.request(ckpt, arch) if quantize is not None else None
+    return _Prepared(ckpt, nesting, [build_plan(ckpt, arch, budget, out_dtype, shard_limit, request, _version())])
+
+
+def _target_params(ckpt: Checkpoint, arch: Architecture, nesting: NestingIndex, size: str) -> float:
+    """Parameters for `size`: a plain number is a count; '18B' is placed between the budgets named by sizes."""
+    try:
+        return float(size)
+    except ValueError:
+        pass
+    wanted = nominal(size)
+    named = {name: nominal(name) for name in nesting.budgets}
+    if wanted is None or any(value is None for value in named.values()):
+        raise InputError(
+            f"budget {size!r} is not in the nesting index ({nesting.source}); known budgets: "
+            f"{', '.join(nesting.budgets)}. For a size between them, give a parameter count (--size 18e9) or, "
+            "when the budgets are named by size, a size such as 18B."
+        )
+    points = sorted((value, name) for name, value in named.items() if value is not None)
+    for (low_value, low), (high_value, high) in zip(points, points[1:]):
+        if low_value < wanted < high_value:
+            low_params, high_params = (
+                build_plan(ckpt, arch, resolve_budget(nesting, name, ckpt.config, arch)).params.total
+                for name in (low, high)
+            )
+            return low_params + (wanted - low_value) / (high_value - low_value) * (high_params - low_params)
+    raise InputError(
+        f"budget {size!r} is not in the nesting index ({nesting.source}) and not between two of its budgets; "
+        f"known budgets: {', '.join(nesting.budgets)}."
+    )
 
 
 def _prepare_custom(

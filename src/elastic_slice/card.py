@@ -23,10 +23,8 @@ def model_card(plan: Plan, parent_name: str, parent_sizes: Mapping[str, Any], co
         f"| `{axis}` | {_size(parent_sizes[axis])} | {_size(budget.sizes[axis])} |" for axis in budget.sizes
     )
     how = f"\n```bash\n{command}\n```\n" if command else ""
-    if budget.name.endswith("custom"):
-        set_axes = ", ".join(f"`{axis}`={value}" for axis, value in budget.requested.items())
-        how += (f"\nAd-hoc budget set on the command line ({set_axes}): it was not necessarily trained as a "
-                "nested budget of the parent, so check its quality before use.\n")
+    if budget.warning:
+        how += f"\nNote: {budget.warning}\n"
     return f"""---
 base_model: {parent_name}
 library_name: transformers

@@ -158,6 +158,9 @@ def extract(
     overrides = parse_set(set_axes) if set_axes else None
     quant = _quant_options(quantize, quant_format, exclude, calibration, device)
     plans = api.plan_extract_many(checkpoint, sizes, index, dtype, max_shard_size, quant, overrides)
+    for plan in plans:
+        if plan.budget.warning:
+            stderr.print(f"[bold yellow]warning:[/] {plan.budget.warning}", highlight=False)
     if dry_run:
         if as_json:
             _print_json(plans[0].to_json() if len(plans) == 1 else [plan.to_json() for plan in plans])

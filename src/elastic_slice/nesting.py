@@ -74,6 +74,8 @@ class Budget:
     is_parent: bool
     norm_semantics: str
     requested: dict[str, Any] = field(default_factory=dict)
+    #: empty for a budget of the index; otherwise how it was made, and that it was not trained as a nested budget
+    warning: str = ""
 
 
 def find_index(checkpoint: Checkpoint, index_path: Path | None = None) -> NestingIndex:
@@ -187,12 +189,15 @@ def custom_budget(
         _check_parent_budget(index, config, arch)
     requested.update(overrides)
     name = f"{base}+custom" if base is not None else "custom"
+    set_axes = ", ".join(f"{axis}={value}" for axis, value in overrides.items())
     return Budget(
         name=name,
         sizes=arch.resolve(config, name, requested),
         is_parent=False,
         norm_semantics=index.norm_semantics if index is not None else "active",
         requested=requested,
+        warning=f"budget {name!r} was set on the command line ({set_axes}); it was not necessarily trained as a "
+        "nested budget of the parent, so check its quality before use.",
     )
 
 

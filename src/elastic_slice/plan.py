@@ -85,6 +85,7 @@ class Plan:
             "budget": self.budget.name,
             "sizes": self.budget.sizes,
             "norm_semantics": self.budget.norm_semantics,
+            "warning": self.budget.warning,
             "params": asdict(self.params),
             "out_bytes": self.out_bytes,
             "shards": list(self.shards),

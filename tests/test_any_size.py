@@ -1,0 +1,38 @@
+"""Any-size budgets between two trained budgets: counts in between, monotone in the target, loadable, warned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM
+
+from elastic_slice import api
+from conftest import run_cli
+
+
+def test_sweep_between_neighbours(tiny_parent: Path, tmp_path: Path) -> None:
+    report = {b.name: b.params_total for b in api.inspect(tiny_parent).budgets}
+    low, high = report["12B"], report["23B"]
+    counts = []
+    for step in range(1, 11):
+        target = low + (high - low) * step / 11
+        out = tmp_path / f"t{step}"
+        result = api.extract(tiny_parent, f"{target:.0f}", out)
+        assert low < result.params_total < high and result.params_total <= target
+        counts.append(result.params_total)
+        model, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+        assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+        assert sum(p.numel() for p in model.parameters()) <= result.params_total
+    assert counts == sorted(counts) and counts[-1] > counts[0]
+
+
+def test_nominal_size_warns_and_records(tiny_parent: Path, tmp_path: Path) -> None:
+    result = run_cli("extract", tiny_parent, "--size", "18B", "--out", tmp_path / "o")
+    assert result.code == 0, result.stderr
+    message = " ".join(result.stderr.split())
+    assert "warning:" in message and "interpolated between the trained budgets '12B' and '23B'" in message
+    assert "not trained as a nested budget" in (tmp_path / "o" / "README.md").read_text()
+    outside = run_cli("extract", tiny_parent, "--size", "40B", "--out", tmp_path / "x")
+    assert outside.code == 2 and "not between two budgets" in outside.stderr
+    unknown = run_cli("extract", tiny_parent, "--size", "huge", "--out", tmp_path / "y")
+    assert unknown.code == 2 and "known budgets: 30B, 23B, 12B" in unknown.stderr

@@ -33,6 +33,6 @@ def test_nominal_size_warns_and_records(tiny_parent: Path, tmp_path: Path) -> No
     assert "warning:" in message and "interpolated between the trained budgets '12B' and '23B'" in message
     assert "not trained as a nested budget" in (tmp_path / "o" / "README.md").read_text()
     outside = run_cli("extract", tiny_parent, "--size", "40B", "--out", tmp_path / "x")
-    assert outside.code == 2 and "not between two budgets" in outside.stderr
+    assert outside.code == 2 and "not between two of its budgets" in outside.stderr
     unknown = run_cli("extract", tiny_parent, "--size", "huge", "--out", tmp_path / "y")
     assert unknown.code == 2 and "known budgets: 30B, 23B, 12B" in unknown.stderr

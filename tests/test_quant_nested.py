@@ -128,10 +128,33 @@ def test_quantize_usage_errors(tiny_parent: Path, tmp_path: Path, args: list[str
     assert not (tmp_path / "o").exists()
 
 
-def test_quantized_parent_refuses_dtype(quantized_parent, tmp_path: Path) -> None:
-    _, _, parent = quantized_parent
-    result = run_cli("extract", parent, "--size", "12B", "--out", tmp_path / "o", "--dtype", "bf16")
-    assert result.code == 2 and "already" in result.stderr
+def test_dtype_dequantizes_a_quantized_parent(quantized_parent, tmp_path: Path) -> None:
+    scheme, fmt, parent = quantized_parent
+    api.extract(parent, "12B", tmp_path / "dense", dtype="bf16")
+    api.extract(parent, "12B", tmp_path / "quantized")
+    dense, quantized = load_tensors(tmp_path / "dense"), load_tensors(tmp_path / "quantized")
+    assert not (tmp_path / "dense" / "hf_quant_config.json").exists()
+    assert "quantization_config" not in json.loads((tmp_path / "dense" / "config.json").read_text())
+    checked = 0
+    for name, tensor in dense.items():
+        module = name.removesuffix(".weight")
+        if f"{module}.weight_scale" not in quantized:
+            continue
+        if scheme == "nvfp4":
+            packed = quantized[f"{module}.weight" if fmt == "modelopt" else f"{module}.weight_packed"]
+            second = quantized[f"{module}.weight_scale_2" if fmt == "modelopt" else f"{module}.weight_global_scale"]
+            g = 1.0 / second.reshape(1) if fmt == "modelopt" else second
+            expected = nvfp4.dequantize(packed, quantized[f"{module}.weight_scale"], g, torch.bfloat16)
+        else:
+            expected = fp8.dequantize(quantized[name], quantized[f"{module}.weight_scale"], torch.bfloat16)
+        assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, expected), name
+        checked += 1
+    assert checked > 30
+    model, info = AutoModelForCausalLM.from_pretrained(tmp_path / "dense", output_loading_info=True)
+    assert not any(info[key] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    again = run_cli("extract", parent, "--size", "12B", "--out", tmp_path / "o", "--quantize", "fp8",
+                    "--quant-format", "compressed-tensors")
+    assert again.code == 2 and "already" in again.stderr
 
 
 def test_compressed_tensors_output_in_transformers(tiny_parent: Path, tmp_path: Path, capsys) -> None:

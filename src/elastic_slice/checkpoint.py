@@ -181,6 +181,16 @@ class ShardFiles:
         self.read_into(info, start, memoryview(buffer))
         return buffer
 
+    def read_tensor(self, name: str) -> Any:
+        """A whole (small) tensor by name, as a torch tensor."""
+        import torch
+
+        from .dtypes import torch_dtype
+
+        info = self._checkpoint.tensors[name]
+        raw = self.read(info, 0, info.nbytes)
+        return torch.frombuffer(raw, dtype=torch.uint8).view(torch_dtype(info.dtype)).reshape(info.shape)
+
     def read_into(self, info: TensorInfo, start: int, view: memoryview) -> None:
         """Fill `view` with the tensor's data bytes from `start` on."""
         label = str(self._checkpoint.root / info.file)

@@ -19,7 +19,7 @@ import torch
 from .checkpoint import Checkpoint, ShardFiles
 from .dtypes import itemsize, torch_dtype
 from .plan import Plan, TensorOp
-from .quant.apply import quantize_parts
+from .quant.apply import dequantize_weight, quantize_parts
 from .safetensors_header import TensorInfo
 from .selection import Ranges
 from .writer import ShardWriter
@@ -87,8 +87,8 @@ def _chunks(checkpoint: Checkpoint, targets: list[Target], chunk_bytes: int) -> 
         if not info.shape:
             yield _Chunk(info, 0, 1, consumers)
             continue
-        if any(op.quant is not None for _, op in consumers):
-            # quantized outputs need the parent's whole tensor: their scales come from it
+        if any(op.quant is not None or op.dequant is not None for _, op in consumers):
+            # quantizing needs the parent's whole tensor (its scales come from it); so does dequantizing
             yield _Chunk(info, 0, info.shape[0], consumers)
             continue
         needed = _union(tuple({r for _, op in consumers for r in op.selection[0]}))
@@ -132,7 +132,7 @@ class _BufferPool:
 
 def _copy_in_place(op: TensorOp, info: TensorInfo, chunk: _Chunk) -> int:
     """Bytes of the cut this op takes from a chunk, when it can be copied into a pooled buffer (0 otherwise)."""
-    if op.quant is not None or op.scale is not None or op.out_dtype != info.dtype or not info.shape:
+    if op.quant or op.dequant or op.scale is not None or op.out_dtype != info.dtype or not info.shape:
         return 0
     rows = sum(max(0, min(b, chunk.stop) - max(a, chunk.start)) for a, b in op.selection[0])
     if all(r == ((0, size),) for r, size in zip(op.selection[1:], info.shape[1:])):
@@ -176,6 +176,11 @@ def _process(
     results = []
     quantized: dict[int, dict[str, torch.Tensor]] = {}
     for position, (index, op) in enumerate(chunk.consumers):
+        if op.dequant is not None:
+            scales = {part: files.read_tensor(name) for part, name in op.dequant.scales.items()}
+            dense = dequantize_weight(rows, scales, op.dequant)
+            results.append((index, op, convert(_select(dense, op.selection, 0), op).contiguous()))
+            continue
         if op.quant is not None:
             if index not in quantized:
                 child = _select(rows, op.selection, 0)

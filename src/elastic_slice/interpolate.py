@@ -1,14 +1,14 @@
 """Any-size budgets: sizes between two trained budgets, axis by axis, for a parameter target.
 
-Every integer axis moves from the smaller budget's size towards the larger one's by the same fraction, rounded
-down to a multiple that keeps the structural rules (heads per group, 64-aligned matrix dimensions, or 16 when 64
-does not divide both neighbours' sizes); the fraction is bisected until the total parameter count meets the
-target. Layers are the larger budget's. Such a budget was not trained as a nested budget: callers warn.
+Starting from the smaller budget, axes grow one step at a time towards the larger budget's sizes, always taking
+the step that adds the fewest parameters, in steps that keep the structural rules (whole groups of heads, 64-aligned
+matrix dimensions, or the largest power of two that divides both neighbours' sizes). The path does not depend on
+the target, so the parameter count is monotone in it; the walk stops before the step that would pass the target.
+Layers are the larger budget's. Such a budget was not trained as a nested budget: callers warn.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,23 +43,22 @@ def _alignment(low: int, high: int) -> int:
     return 1
 
 
-def sizes_at(low: dict[str, Any], high: dict[str, Any], fraction: float, config: dict[str, Any]) -> dict[str, Any]:
-    """Axis sizes a `fraction` of the way from `low` to `high`, rounded to sizes that keep every rule."""
-    sizes: dict[str, Any] = {}
+def _steps(low: dict[str, Any], high: dict[str, Any], config: dict[str, Any]) -> dict[str, int]:
+    """The step of every axis that differs between the two budgets."""
+    steps: dict[str, int] = {}
     for axis, small in low.items():
         large = high[axis]
         if axis == "layers" or small == large:
-            sizes[axis] = large
             continue
-        if axis in _GROUPED:
-            unit = int(config[_GROUPED[axis]]) if axis == "mamba_num_heads" else int(high["num_key_value_heads"])
+        if axis == "mamba_num_heads":
+            steps[axis] = int(config["n_groups"])
+        elif axis == "num_attention_heads":
+            steps[axis] = int(high["num_key_value_heads"])
         elif axis in ("num_key_value_heads", "n_routed_experts"):
-            unit = 1
+            steps[axis] = 1
         else:
-            unit = _alignment(small, large)
-        value = small + fraction * (large - small)
-        sizes[axis] = max(small, int(math.floor(value / unit + 1e-9)) * unit)
-    return sizes
+            steps[axis] = _alignment(small, large)
+    return steps
 
 
 def interpolate(
@@ -78,21 +77,28 @@ def interpolate(
             f"a target of {target:,.0f} parameters is not strictly between two budgets "
             f"({', '.join(f'{n} {p:,}' for p, n in counted)}); pick one of them or a target in between."
         )
-    best: tuple[float, dict[str, Any], int] | None = None
-    lo, hi = 0.0, 1.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        sizes = sizes_at(budgets[low], budgets[high], mid, config)
-        count = params_of(sizes)
-        if count <= target:
-            lo = mid
-            if low_params < count:
-                best = (mid, sizes, count)
-        else:
-            hi = mid
-    if best is None:
+    sizes = dict(budgets[low])
+    sizes["layers"] = budgets[high]["layers"]
+    steps = _steps(budgets[low], budgets[high], config)
+    count = params_of(sizes)
+    while True:
+        options = []
+        for axis, step in steps.items():
+            if sizes[axis] + step <= budgets[high][axis]:
+                trial = {**sizes, axis: sizes[axis] + step}
+                if axis == "num_key_value_heads":  # keep the heads per group: grow the query heads with it
+                    trial["num_attention_heads"] = min(
+                        budgets[high]["num_attention_heads"],
+                        trial[axis] * (sizes["num_attention_heads"] // sizes[axis]),
+                    )
+                options.append((params_of(trial), axis, trial))
+        options = [option for option in options if option[0] <= target]
+        if not options:
+            break
+        count, _, sizes = min(options, key=lambda option: (option[0], option[1]))
+    if not low_params < count < high_params:
         raise InputError(
             f"no size strictly between budgets {low!r} and {high!r} keeps every alignment rule below "
             f"{target:,.0f} parameters; choose a larger target."
         )
-    return Interpolated(sizes=best[1], lower=low, upper=high, params=best[2])
+    return Interpolated(sizes=sizes, lower=low, upper=high, params=count)

@@ -15,6 +15,8 @@ from .checkpoint import Checkpoint
 from .quant.formats import parts
 from .quant.output import HF_QUANT_CONFIG, output_quantization
 from .quant.planning import (
+    Dequant,
+    ParentQuantization,
     QuantPart,
     QuantRequest,
     StoredPart,
@@ -48,6 +50,8 @@ class TensorOp:
     shard: str
     #: set when this op is one stored part of a weight quantized during the run
     quant: QuantPart | None = None
+    #: set when this op dequantizes a quantized parent's weight (its source is the stored weight)
+    dequant: Dequant | None = None
 
     @property
     def nbytes(self) -> int:
@@ -116,11 +120,12 @@ def build_plan(
 ) -> Plan:
     """Plan a child: cut every parent tensor by the architecture's rules, in the parent's on-disk order."""
     parent_quant = parent_quantization(checkpoint.config, checkpoint.read_json(HF_QUANT_CONFIG), checkpoint.tensors)
-    if parent_quant is not None and (dtype is not None or quantize is not None):
+    if parent_quant is not None and quantize is not None:
         raise InputError(
-            f"the parent is already {parent_quant.scheme.upper()} ({parent_quant.fmt}); --dtype and --quantize "
-            "apply to unquantized parents only: slice it as it is."
+            f"the parent is already {parent_quant.scheme.upper()} ({parent_quant.fmt}); --quantize applies to "
+            "unquantized parents: slice it as it is, or add --dtype bf16 to dequantize."
         )
+    dequantize = parent_quant is not None and dtype is not None
     stored = parent_quant.stored if parent_quant is not None else {}
     present = set(checkpoint.tensors) | {part.dense_name for part in stored.values()}
     missing = [name for name in arch.required_tensors(checkpoint.config) if name not in present]
@@ -132,6 +137,10 @@ def build_plan(
     ops: list[TensorOp] = []
     for info in checkpoint.tensors.values():
         part = stored.get(info.name)
+        if part is not None and dequantize:
+            assert parent_quant is not None and dtype is not None
+            ops.extend(_dequantized_op(arch, checkpoint, budget, info, part, parent_quant, dtype))
+            continue
         if part is not None:
             ops.extend(_stored_op(arch, checkpoint, budget, info, part))
             continue
@@ -149,8 +158,14 @@ def build_plan(
     child_config = arch.child_config(checkpoint.config, budget.sizes)
     if dtype is not None:
         _set_config_dtype(child_config, dtype)
-    extra_files = output_quantization(checkpoint, child_config, budget, placed, parent_quant, quantize, version)
-    dense_shapes = {op.out_name: op.out_shape for op in placed if op.quant is None and op.source not in stored}
+    if dequantize:
+        child_config.pop("quantization_config", None)
+        extra_files: dict[str, Any] = {}
+    else:
+        extra_files = output_quantization(checkpoint, child_config, budget, placed, parent_quant, quantize, version)
+    dense_shapes = {
+        op.out_name: op.out_shape for op in placed if op.quant is None and (op.source not in stored or op.dequant)
+    }
     dense_shapes.update(_dense_shapes_of_quantized(placed, stored, arch, checkpoint, budget))
     return Plan(
         parent=str(checkpoint.root),
@@ -165,7 +180,8 @@ def build_plan(
 
 
 def _op(info: TensorInfo, selection: Selection, out_name: str, out_dtype: str, scale: float | None = None,
-        out_shape: tuple[int, ...] | None = None, quant: QuantPart | None = None) -> TensorOp:
+        out_shape: tuple[int, ...] | None = None, quant: QuantPart | None = None,
+        dequant: Dequant | None = None) -> TensorOp:
     return TensorOp(
         source=info.name,
         source_file=info.file,
@@ -178,6 +194,7 @@ def _op(info: TensorInfo, selection: Selection, out_name: str, out_dtype: str, s
         scale=scale,
         shard="",
         quant=quant,
+        dequant=dequant,
     )
 
 
@@ -208,6 +225,21 @@ def _stored_op(arch: Architecture, checkpoint: Checkpoint, budget: Budget, info:
     return [_op(info, selection, cut.out_name.removesuffix("weight") + suffix, info.dtype)]
 
 
+def _dequantized_op(arch: Architecture, checkpoint: Checkpoint, budget: Budget, info: TensorInfo,
+                    part: StoredPart, parent: ParentQuantization, dtype: str) -> list[TensorOp]:
+    """A quantized parent's weight, dequantized and cut like the dense weight; its scales feed it and vanish."""
+    if part.part != "weight":
+        return []
+    cut = arch.cut(part.dense_name, part.dense_shape, checkpoint.config, budget.sizes, budget.norm_semantics)
+    if cut is None:
+        return []
+    module = part.dense_name.removesuffix("weight")
+    scales = {other.part: name for name, other in parent.stored.items() if name.startswith(module)
+              and other.dense_name == part.dense_name}
+    dequant = Dequant(parent.scheme, parent.fmt, scales)
+    return [_op(info, cut.selection, cut.out_name, dtype, dequant=dequant)]
+
+
 def _dense_shapes_of_quantized(ops: list[TensorOp], stored: dict[str, StoredPart], arch: Architecture,
                                checkpoint: Checkpoint, budget: Budget) -> dict[str, tuple[int, ...]]:
     """Logical (dense) shapes of quantized weights, so that parameter counts ignore packing and scales."""
@@ -216,7 +248,7 @@ def _dense_shapes_of_quantized(ops: list[TensorOp], stored: dict[str, StoredPart
         if op.quant is not None and op.quant.part == "weight":
             shapes[op.out_name] = tuple(length(r) for r in op.selection)
         part = stored.get(op.source)
-        if part is not None and part.part == "weight":
+        if part is not None and part.part == "weight" and op.dequant is None:
             cut = arch.cut(part.dense_name, part.dense_shape, checkpoint.config, budget.sizes, budget.norm_semantics)
             assert cut is not None
             shapes[cut.out_name] = tuple(length(r) for r in cut.selection)

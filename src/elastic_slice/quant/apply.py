@@ -6,7 +6,7 @@ import torch
 
 from . import fp8, nvfp4
 from .formats import BLOCK_SCALE, GLOBAL_SCALE, INPUT_SCALE, MODELOPT, TENSOR_SCALE, WEIGHT
-from .planning import QuantPart
+from .planning import Dequant, QuantPart
 
 
 def _scalar(value: torch.Tensor | float, fmt: str) -> torch.Tensor:
@@ -36,3 +36,12 @@ def quantize_parts(parent: torch.Tensor, child: torch.Tensor, spec: QuantPart) -
     if spec.input_amax is not None:
         result[INPUT_SCALE] = _scalar(spec.input_amax / fp8.E4M3_MAX, spec.fmt)
     return result
+
+
+def dequantize_weight(stored: torch.Tensor, scales: dict[str, torch.Tensor], spec: Dequant) -> torch.Tensor:
+    """The fp32 values of a stored FP8 or NVFP4 weight (ModelOpt or compressed-tensors)."""
+    if spec.scheme == "nvfp4":
+        second = scales[GLOBAL_SCALE].to(torch.float32).reshape(1)
+        global_scale = 1.0 / second if spec.fmt == MODELOPT else second
+        return nvfp4.dequantize(stored, scales[BLOCK_SCALE], global_scale, torch.float32)
+    return fp8.dequantize(stored, scales[TENSOR_SCALE], torch.float32)

@@ -51,6 +51,15 @@ class QuantPart:
 
 
 @dataclass(frozen=True)
+class Dequant:
+    """Marks a plan op that dequantizes a quantized parent's weight: its scheme, format and scale tensors."""
+
+    scheme: str
+    fmt: str
+    scales: dict[str, str]
+
+
+@dataclass(frozen=True)
 class StoredPart:
     """A tensor of an already-quantized parent: the dense weight it belongs to, and which part it is."""
 

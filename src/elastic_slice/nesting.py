@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
+from .preset import match_preset
 
 if TYPE_CHECKING:
     from .arch.base import Architecture
@@ -79,7 +80,7 @@ class Budget:
 
 
 def find_index(checkpoint: Checkpoint, index_path: Path | None = None) -> NestingIndex:
-    """Locate the nesting index: --index FILE, then nesting_index.json, then config.json["nesting_index"]."""
+    """Locate the nesting index: --index FILE, nesting_index.json, config.json["nesting_index"], then a preset."""
     if index_path is not None:
         if not index_path.is_file():
             raise InputError(f"--index {index_path} does not exist.")
@@ -90,9 +91,13 @@ def find_index(checkpoint: Checkpoint, index_path: Path | None = None) -> Nestin
     embedded = checkpoint.config.get(CONFIG_KEY)
     if embedded is not None:
         return parse_index(embedded, f"{checkpoint.root / 'config.json'}[{CONFIG_KEY!r}]")
+    preset = match_preset(checkpoint.config)
+    if preset is not None:
+        return parse_index(preset.index, f"preset {preset.file} ({preset.release}; sizes from {preset.source})")
     raise InputError(
         f"no nesting index found for {checkpoint.root}: looked for --index FILE, {in_folder}, "
-        f"and the key {CONFIG_KEY!r} in config.json; add one of them (see docs/nesting-index.md)."
+        f"and the key {CONFIG_KEY!r} in config.json, and no preset matches; add one of them, or author one with "
+        "`elastic-slice index` (see docs/nesting-index.md)."
     )
 
 

@@ -121,8 +121,8 @@ class _BufferPool:
         self._free: list[bytearray] = []
 
     def take(self, nbytes: int) -> bytearray:
-        if nbytes > self.size:
-            return bytearray(nbytes)
+        if nbytes > self.size or nbytes < self.size // 4:
+            return bytearray(nbytes)  # small buffers are cheap; only near-full chunks are worth pooling
         return self._free.pop() if self._free else bytearray(self.size)
 
     def give(self, buffer: bytearray) -> None:

@@ -216,6 +216,8 @@ def parse_set(values: list[str]) -> dict[str, Any]:
         try:
             numbers = [int(part) for part in value.split(",")]
         except ValueError:
-            raise InputError(f"--set {item!r}: the value must be an integer or a comma-separated list of integers.")
+            raise InputError(
+                f"--set {item!r}: the value must be an integer or a comma-separated list of integers."
+            ) from None
         overrides[axis.strip()] = numbers if "," in value or axis.strip() == "layers" else numbers[0]
     return overrides

@@ -110,7 +110,7 @@ def parent_quantization(config: dict[str, Any], hf_quant_config: dict[str, Any] 
     weight_suffix = next(s for s, part in suffixes[algo].items() if part == WEIGHT)
     scale_suffix = next(s for s, part in suffixes[algo].items() if part in (BLOCK_SCALE, TENSOR_SCALE))
     stored: dict[str, StoredPart] = {}
-    for name, info in tensors.items():
+    for name in tensors:
         if not name.endswith("." + scale_suffix):
             continue
         module = name[: -len(scale_suffix) - 1]

@@ -10,6 +10,9 @@ from .units import human_count
 
 
 def _size(value: Any) -> str:
+    if isinstance(value, list) and any(v is None for v in value):
+        sizes = [v for v in value if v is not None]
+        return f"per layer {min(sizes)}-{max(sizes)} (zero-padded to {max(sizes)})"
     if isinstance(value, list):
         return f"{len(value)} layers"
     return str(value)

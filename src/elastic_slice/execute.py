@@ -87,7 +87,7 @@ def _chunks(checkpoint: Checkpoint, targets: list[Target], chunk_bytes: int) -> 
         if not info.shape:
             yield _Chunk(info, 0, 1, consumers)
             continue
-        if any(op.quant is not None or op.dequant is not None for _, op in consumers):
+        if any(op.quant is not None or op.dequant is not None or op.pad_value is not None for _, op in consumers):
             # quantizing needs the parent's whole tensor (its scales come from it); so does dequantizing
             yield _Chunk(info, 0, info.shape[0], consumers)
             continue
@@ -132,7 +132,9 @@ class _BufferPool:
 
 def _copy_in_place(op: TensorOp, info: TensorInfo, chunk: _Chunk) -> int:
     """Bytes of the cut this op takes from a chunk, when it can be copied into a pooled buffer (0 otherwise)."""
-    if op.quant or op.dequant or op.scale is not None or op.out_dtype != info.dtype or not info.shape:
+    if op.quant or op.dequant or op.pad_value is not None or op.scale is not None or op.out_dtype != info.dtype:
+        return 0
+    if not info.shape:
         return 0
     rows = sum(max(0, min(b, chunk.stop) - max(a, chunk.start)) for a, b in op.selection[0])
     if all(r == ((0, size),) for r, size in zip(op.selection[1:], info.shape[1:])):
@@ -180,6 +182,12 @@ def _process(
             scales = {part: files.read_tensor(name) for part, name in op.dequant.scales.items()}
             dense = dequantize_weight(rows, scales, op.dequant)
             results.append((index, op, convert(_select(dense, op.selection, 0), op).contiguous()))
+            continue
+        if op.pad_value is not None:
+            kept = convert(_select(rows, op.selection, 0), op)
+            padded = torch.full(op.out_shape, op.pad_value, dtype=kept.dtype)
+            padded[tuple(slice(0, size) for size in kept.shape)] = kept
+            results.append((index, op, padded))
             continue
         if op.quant is not None:
             if index not in quantized:

@@ -52,6 +52,8 @@ class TensorOp:
     quant: QuantPart | None = None
     #: set when this op dequantizes a quantized parent's weight (its source is the stored weight)
     dequant: Dequant | None = None
+    #: the cut is zero-padded to out_shape (per-layer budgets); the padding holds pad_value
+    pad_value: float | None = None
 
     @property
     def nbytes(self) -> int:
@@ -147,13 +149,19 @@ def build_plan(
         cut = arch.cut(info.name, info.shape, checkpoint.config, budget.sizes, budget.norm_semantics)
         if cut is None:
             continue
+        if cut.pad_to is not None and quantize is not None:
+            raise InputError(
+                f"budget {budget.name!r} has per-layer sizes, which --quantize cannot combine with in this version; "
+                "extract it unquantized."
+            )
         if quantize is not None and quantize.applies(arch.module_kind(info.name), info.name, cut.out_name):
             ops.extend(_quantized_ops(info, cut, quantize, budget))
             continue
         out_dtype = info.dtype
         if dtype is not None and info.dtype in CASTABLE_FLOATS and not cut.keep_dtype:
             out_dtype = dtype
-        ops.append(_op(info, cut.selection, cut.out_name, out_dtype, cut.scale))
+        ops.append(_op(info, cut.selection, cut.out_name, out_dtype, cut.scale, out_shape=cut.pad_to,
+                       pad_value=cut.pad_value if cut.pad_to is not None else None))
     placed, shards = assign_shards(ops, max_shard_size)
     child_config = arch.child_config(checkpoint.config, budget.sizes)
     if dtype is not None:
@@ -181,7 +189,7 @@ def build_plan(
 
 def _op(info: TensorInfo, selection: Selection, out_name: str, out_dtype: str, scale: float | None = None,
         out_shape: tuple[int, ...] | None = None, quant: QuantPart | None = None,
-        dequant: Dequant | None = None) -> TensorOp:
+        dequant: Dequant | None = None, pad_value: float | None = None) -> TensorOp:
     return TensorOp(
         source=info.name,
         source_file=info.file,
@@ -195,6 +203,7 @@ def _op(info: TensorInfo, selection: Selection, out_name: str, out_dtype: str, s
         shard="",
         quant=quant,
         dequant=dequant,
+        pad_value=pad_value,
     )
 
 
@@ -220,6 +229,8 @@ def _stored_op(arch: Architecture, checkpoint: Checkpoint, budget: Budget, info:
     cut = arch.cut(part.dense_name, part.dense_shape, checkpoint.config, budget.sizes, budget.norm_semantics)
     if cut is None:
         return []
+    if cut.pad_to is not None:
+        raise InputError(f"budget {budget.name!r} has per-layer sizes, which quantized parents cannot take yet.")
     selection = stored_selection(part, cut.selection, info.shape, info.name, budget.name)
     suffix = info.name[len(part.dense_name.removesuffix("weight")):]
     return [_op(info, selection, cut.out_name.removesuffix("weight") + suffix, info.dtype)]

@@ -22,6 +22,9 @@ class TensorCut:
     scale: float | None = None
     #: keep the parent's dtype even when --dtype asks for another (router tensors run in fp32)
     keep_dtype: bool = False
+    #: zero-pad the cut to this shape (per-layer budgets stored in a uniform config); the padding holds pad_value
+    pad_to: tuple[int, ...] | None = None
+    pad_value: float = 0.0
 
 
 @dataclass(frozen=True)

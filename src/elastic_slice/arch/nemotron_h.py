@@ -97,6 +97,8 @@ class _Rule:
     selection: Selection
     scale: float | None = None
     keep_dtype: bool = False
+    pad_to: tuple[int, ...] | None = None
+    pad_value: float = 0.0
 
 
 class NemotronH:
@@ -131,11 +133,8 @@ class NemotronH:
                 sizes["layers"] = _check_layers(budget, value, len(parent["layers"]))
                 continue
             if isinstance(value, list):
-                raise BudgetError(
-                    budget, axis,
-                    "per-layer (heterogeneous) sizes are not supported by this version of elastic-slice; "
-                    "give one integer for every layer",
-                )
+                sizes[axis] = _check_per_layer(budget, axis, value, layer_pattern(config), parent[axis], config)
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise BudgetError(budget, axis, f"the size must be a positive integer, not {value!r}")
             if value > parent[axis]:
@@ -146,15 +145,16 @@ class NemotronH:
             sizes["num_attention_heads"] = sizes["num_key_value_heads"] * (
                 parent["num_attention_heads"] // parent["num_key_value_heads"]
             )
-        _check_structure(budget, config, parent, sizes)
+        _check_structure(budget, config, parent, uniform_sizes(sizes))
         return sizes
 
     def child_config(self, config: Mapping[str, Any], sizes: Mapping[str, Any]) -> dict[str, Any]:
         child = copy.deepcopy(dict(config))
         child.pop("nesting_index", None)
+        uniform = uniform_sizes(sizes)
         for axis in AXES:
             if axis != "layers":
-                child[axis] = sizes[axis]
+                child[axis] = uniform[axis]
         kept = list(sizes["layers"])
         if kept != list(range(len(layer_pattern(config)))):
             if isinstance(child.get("layers_block_type"), list):
@@ -204,7 +204,7 @@ class NemotronH:
         self, name: str, shape: tuple[int, ...], config: Mapping[str, Any], sizes: Mapping[str, Any], norm: str
     ) -> TensorCut | None:
         parent = _parent_shape(config)
-        child = parent.with_sizes(sizes)
+        child = parent.with_sizes(uniform_sizes(sizes))
         out_name = name
         if name in ("backbone.embeddings.weight", "lm_head.weight"):
             rule = _Rule((parent.vocab, parent.hidden), (full(parent.vocab), prefix(child.hidden)))
@@ -225,7 +225,8 @@ class NemotronH:
             if local == "norm.weight":
                 rule = _norm_rule(parent.hidden, child.hidden, norm)
             elif local.startswith("mixer."):
-                rule = _MIXER_RULES[pattern[layer]](local, parent, child, norm, name)
+                kept_here = parent.with_sizes(uniform_sizes(layer_sizes(sizes, layer)))
+                rule = _MIXER_RULES[pattern[layer]](local, parent, child, norm, name, kept_here)
             else:
                 rule = None
             if rule is _DROPPED:
@@ -237,7 +238,10 @@ class NemotronH:
             raise InputError(
                 f"tensor {name!r} has shape {list(shape)}, but config.json implies {list(rule.expected)}."
             )
-        return TensorCut(out_name=out_name, selection=rule.selection, scale=rule.scale, keep_dtype=rule.keep_dtype)
+        return TensorCut(
+            out_name=out_name, selection=rule.selection, scale=rule.scale, keep_dtype=rule.keep_dtype,
+            pad_to=rule.pad_to, pad_value=rule.pad_value,
+        )
 
     def count_parameters(self, shapes: Mapping[str, tuple[int, ...]], child_config: Mapping[str, Any]) -> ParamCounts:
         total = sum(math.prod(s) for s in shapes.values())
@@ -340,6 +344,56 @@ def _parent_shape(config: Mapping[str, Any]) -> _Shape:
     return shape
 
 
+#: axes a per-layer budget may vary, and the layer kind each applies to: these can be zero-padded exactly
+PER_LAYER_AXES = {
+    "n_routed_experts": MOE,
+    "moe_intermediate_size": MOE,
+    "moe_shared_expert_intermediate_size": MOE,
+    "intermediate_size": MLP,
+}
+
+
+def uniform_sizes(sizes: Mapping[str, Any]) -> dict[str, Any]:
+    """The child config's sizes: a per-layer axis takes its largest entry (smaller layers are zero-padded to it)."""
+    return {
+        axis: max(v for v in value if v is not None) if axis in PER_LAYER_AXES and isinstance(value, list) else value
+        for axis, value in sizes.items()
+    }
+
+
+def layer_sizes(sizes: Mapping[str, Any], layer: int) -> dict[str, Any]:
+    """The sizes that hold at one parent layer."""
+    return {
+        axis: value[layer] if axis in PER_LAYER_AXES and isinstance(value, list) else value
+        for axis, value in sizes.items()
+    }
+
+
+def _check_per_layer(
+    budget: str, axis: str, value: list[Any], pattern: str, parent_size: int, config: Mapping[str, Any]
+) -> list[Any]:
+    kind = PER_LAYER_AXES.get(axis)
+    if kind is None:
+        raise BudgetError(
+            budget, axis,
+            "per-layer sizes cannot be represented exactly in a standard nemotron_h config for this axis (only "
+            f"{', '.join(PER_LAYER_AXES)} can be zero-padded); give one integer",
+        )
+    if len(value) != len(pattern):
+        raise BudgetError(budget, axis, f"a per-layer list needs {len(pattern)} entries, one per parent layer")
+    floor = _config_int(config, "num_experts_per_tok") if axis == "n_routed_experts" else 1
+    for layer, (letter, size) in enumerate(zip(pattern, value)):
+        if letter != kind:
+            if size is not None:
+                raise BudgetError(budget, axis, f"layer {layer} is a {_KIND_NAMES[letter]} layer: its entry must be null")
+            continue
+        if not isinstance(size, int) or isinstance(size, bool) or not floor <= size <= parent_size:
+            raise BudgetError(
+                budget, axis, f"layer {layer} needs an integer from {floor} to {parent_size}, not {size!r}"
+            )
+    return [v if letter == kind else None for letter, v in zip(pattern, value)]
+
+
 def _kept_layers(parent: str, child: str, budget: str) -> list[int]:
     """The parent layers a child kept, when its layer kinds fit the parent's in exactly one way."""
     n, m = len(parent), len(child)
@@ -419,7 +473,7 @@ def _norm_rule(parent_hidden: int, child_hidden: int, norm: str) -> _Rule:
     return _Rule((parent_hidden,), (prefix(child_hidden),), _norm_scale(parent_hidden, child_hidden, norm))
 
 
-def _mamba_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str) -> _Rule | None:
+def _mamba_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str, kept: _Shape) -> _Rule | None:
     inner = p.mamba_heads * p.mamba_head_dim
     bc = 2 * p.groups * p.state
     per_group, keep = p.mamba_heads // p.groups, c.mamba_heads // p.groups
@@ -443,7 +497,7 @@ def _mamba_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str) -> _Rule
     return rules.get(local)
 
 
-def _attention_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str) -> _Rule | None:
+def _attention_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str, kept: _Shape) -> _Rule | None:
     q_rows = grouped_prefix(c.kv_heads, p.q_heads // p.kv_heads, c.q_heads // c.kv_heads, unit=p.head_dim)
     kv_rows = prefix(c.kv_heads * p.head_dim)
     q_size, kv_size = p.q_heads * p.head_dim, p.kv_heads * p.head_dim
@@ -460,17 +514,25 @@ def _attention_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str) -> _
     return rules.get(local)
 
 
-def _ffn_rules(module: str, hidden: int, child_hidden: int, ffn: int, child_ffn: int) -> dict[str, _Rule]:
-    """up_proj/down_proj of a non-gated MLP whose input and output are `hidden` wide."""
+def _ffn_rules(module: str, hidden: int, child_hidden: int, ffn: int, kept_ffn: int, padded_ffn: int) -> dict[str, _Rule]:
+    """up_proj/down_proj of a non-gated MLP whose input and output are `hidden` wide; channels past `kept_ffn` are
+    zero up to `padded_ffn` (exact: relu2(0) = 0 and zero columns add nothing)."""
+    pad = kept_ffn != padded_ffn
     return {
-        f"{module}.up_proj.weight": _Rule((ffn, hidden), (prefix(child_ffn), prefix(child_hidden))),
-        f"{module}.up_proj.bias": _Rule((ffn,), (prefix(child_ffn),)),
-        f"{module}.down_proj.weight": _Rule((hidden, ffn), (prefix(child_hidden), prefix(child_ffn))),
+        f"{module}.up_proj.weight": _Rule((ffn, hidden), (prefix(kept_ffn), prefix(child_hidden)),
+                                          pad_to=(padded_ffn, child_hidden) if pad else None),
+        f"{module}.up_proj.bias": _Rule((ffn,), (prefix(kept_ffn),), pad_to=(padded_ffn,) if pad else None),
+        f"{module}.down_proj.weight": _Rule((hidden, ffn), (prefix(child_hidden), prefix(kept_ffn)),
+                                            pad_to=(child_hidden, padded_ffn) if pad else None),
         f"{module}.down_proj.bias": _Rule((hidden,), (prefix(child_hidden),)),
     }
 
 
-def _moe_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str) -> _Rule | None:
+#: router bias of padded experts: never among the top-k (finite, so that no inf - inf arises)
+_NEVER_ROUTED = -1.0e30
+
+
+def _moe_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str, kept: _Shape) -> _Rule | None:
     expert = _EXPERT_NAME.match(local)
     if expert is not None:
         index = int(expert.group(1))
@@ -479,12 +541,16 @@ def _moe_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str) -> _Rule |
         if index >= c.experts:
             return _DROPPED
         width, child_width = (p.latent, p.latent) if p.latent else (p.hidden, c.hidden)
-        rules = _ffn_rules(f"mixer.experts.{index}", width, child_width, p.moe_ffn, c.moe_ffn)
+        kept_ffn = kept.moe_ffn if index < kept.experts else 0  # an all-zero expert pads this layer to c.experts
+        rules = _ffn_rules(f"mixer.experts.{index}", width, child_width, p.moe_ffn, kept_ffn, c.moe_ffn)
         return rules[local]
+    pad = kept.experts != c.experts
     rules = {
-        "mixer.gate.weight": _Rule((p.experts, p.hidden), (prefix(c.experts), prefix(c.hidden)), keep_dtype=True),
-        "mixer.gate.e_score_correction_bias": _Rule((p.experts,), (prefix(c.experts),), keep_dtype=True),
-        **_ffn_rules("mixer.shared_experts", p.hidden, c.hidden, p.shared_ffn, c.shared_ffn),
+        "mixer.gate.weight": _Rule((p.experts, p.hidden), (prefix(kept.experts), prefix(c.hidden)), keep_dtype=True,
+                                   pad_to=(c.experts, c.hidden) if pad else None),
+        "mixer.gate.e_score_correction_bias": _Rule((p.experts,), (prefix(kept.experts),), keep_dtype=True,
+                                                    pad_to=(c.experts,) if pad else None, pad_value=_NEVER_ROUTED),
+        **_ffn_rules("mixer.shared_experts", p.hidden, c.hidden, p.shared_ffn, kept.shared_ffn, c.shared_ffn),
     }
     if p.latent:
         rules["mixer.fc1_latent_proj.weight"] = _Rule((p.latent, p.hidden), (full(p.latent), prefix(c.hidden)))
@@ -492,14 +558,14 @@ def _moe_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str) -> _Rule |
     return rules.get(local)
 
 
-def _mlp_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str) -> _Rule | None:
-    return _ffn_rules("mixer", p.hidden, c.hidden, p.dense_ffn, c.dense_ffn).get(local)
+def _mlp_rule(local: str, p: _Shape, c: _Shape, norm: str, name: str, kept: _Shape) -> _Rule | None:
+    return _ffn_rules("mixer", p.hidden, c.hidden, p.dense_ffn, kept.dense_ffn, c.dense_ffn).get(local)
 
 
 #: marks a tensor the budget drops (an expert beyond the kept ones)
 _DROPPED = _Rule((), ())
 
-_MIXER_RULES: dict[str, Callable[[str, _Shape, _Shape, str, str], _Rule | None]] = {
+_MIXER_RULES: dict[str, Callable[[str, _Shape, _Shape, str, str, _Shape], _Rule | None]] = {
     MAMBA: _mamba_rule,
     ATTENTION: _attention_rule,
     MOE: _moe_rule,

@@ -22,7 +22,7 @@ class Masks:
 
     def __init__(self, cfg: Any, sizes: dict[str, Any]) -> None:
         full = lambda axis: getattr(cfg, axis)  # noqa: E731
-        size = lambda axis: sizes.get(axis, full(axis))  # noqa: E731
+        size = lambda axis: full(axis) if sizes.get(axis) is None else sizes[axis]  # noqa: E731
         self.hidden = torch.arange(cfg.hidden_size) < size("hidden_size")
         heads, groups, hd = cfg.mamba_num_heads, cfg.n_groups, cfg.mamba_head_dim
         per_group, keep = heads // groups, size("mamba_num_heads") // groups
@@ -31,7 +31,7 @@ class Masks:
         self.mamba_group_width = (per_group * hd, keep * hd)
         kv = size("num_key_value_heads")
         rep = cfg.num_attention_heads // cfg.num_key_value_heads
-        q = sizes.get("num_attention_heads", kv * rep)
+        q = sizes.get("num_attention_heads") or kv * rep
         head = torch.arange(cfg.num_attention_heads)
         self.q_heads = (head // rep < kv) & (head % rep < q // kv)
         self.q_channels = self.q_heads.repeat_interleave(cfg.head_dim)
@@ -41,6 +41,13 @@ class Masks:
         self.shared_ffn = torch.arange(cfg.moe_shared_expert_intermediate_size) < size("moe_shared_expert_intermediate_size")
         self.dense_ffn = torch.arange(cfg.intermediate_size) < size("intermediate_size")
         self.layers = list(sizes.get("layers", range(len(cfg.layers_block_type))))
+
+
+def _at_layer(sizes: dict[str, Any], layer: int) -> dict[str, Any]:
+    """A budget's sizes at one layer: per-layer lists (with null for other layer kinds) give their entry."""
+    return {
+        axis: value[layer] if isinstance(value, list) and axis != "layers" else value for axis, value in sizes.items()
+    }
 
 
 def _masked_rmsnorm(module: nn.Module, mask: torch.Tensor, full_width: bool) -> None:
@@ -82,7 +89,7 @@ def _skip_block(module: nn.Module) -> None:
 def apply_masked_forward(model: nn.Module, sizes: dict[str, Any], norm_semantics: str) -> nn.Module:
     """Patch an fp32 NemotronHForCausalLM in place so that it computes the budget's masked forward."""
     cfg = model.config
-    masks = Masks(cfg, sizes)
+    masks = Masks(cfg, _at_layer(sizes, 0))
     full_width = norm_semantics == "full"
     keep_h = masks.hidden
     backbone = model.model
@@ -93,6 +100,7 @@ def apply_masked_forward(model: nn.Module, sizes: dict[str, Any], norm_semantics
             _skip_block(block)
             continue
         _masked_rmsnorm(block.norm, keep_h, full_width)
+        masks = Masks(cfg, _at_layer(sizes, index))  # per-layer budgets vary experts and FFN widths by layer
         mixer = block.mixer
         kind = cfg.layers_block_type[index]
         if kind == "linear_attention":

@@ -36,3 +36,17 @@ def test_nominal_size_warns_and_records(tiny_parent: Path, tmp_path: Path) -> No
     assert outside.code == 2 and "not between two of its budgets" in outside.stderr
     unknown = run_cli("extract", tiny_parent, "--size", "huge", "--out", tmp_path / "y")
     assert unknown.code == 2 and "known budgets: 30B, 23B, 12B" in unknown.stderr
+
+
+def test_target_and_active_params_options(tiny_parent: Path, tmp_path: Path) -> None:
+    budgets = {b.name: b for b in api.inspect(tiny_parent).budgets}
+    middle = (budgets["12B"].params_active + budgets["23B"].params_active) / 2
+    result = run_cli("extract", tiny_parent, "--active-params", f"{middle:.0f}", "--out", tmp_path / "a", "--json")
+    assert result.code == 0, result.stderr
+    data = result.json()
+    assert budgets["12B"].params_active < data["params_active"] <= middle and data["budget"].endswith("-active")
+    total = (budgets["12B"].params_total + budgets["23B"].params_total) / 2
+    result = run_cli("extract", tiny_parent, "--target-params", f"{total:.0f}", "--out", tmp_path / "t", "--json")
+    assert result.code == 0 and budgets["12B"].params_total < result.json()["params_total"] <= total
+    both = run_cli("extract", tiny_parent, "--target-params", "1", "--active-params", "1", "--out", tmp_path / "x")
+    assert both.code == 2 and "one parameter target" in both.stderr

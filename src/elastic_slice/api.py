@@ -106,6 +106,25 @@ ALL_BUDGETS = "*"
 
 
 @dataclass(frozen=True)
+class ParamTarget:
+    """An any-size budget by parameter count: `total` parameters, or `active` (per-token) parameters."""
+
+    total: float | None = None
+    active: float | None = None
+
+    @property
+    def measure(self) -> str:
+        return "active" if self.active is not None else "total"
+
+    @property
+    def value(self) -> float:
+        value = self.active if self.active is not None else self.total
+        if value is None or (self.total is not None and self.active is not None):
+            raise InputError("give one parameter target: --target-params N or --active-params N.")
+        return value
+
+
+@dataclass(frozen=True)
 class QuantOptions:
     """Quantize the output: `scheme` fp8 or nvfp4, `fmt` modelopt or compressed-tensors."""
 
@@ -205,6 +224,7 @@ def _prepare(
     max_shard_size: str | int,
     quantize: QuantOptions | None = None,
     overrides: dict[str, Any] | None = None,
+    target: ParamTarget | None = None,
 ) -> _Prepared:
     ckpt = open_checkpoint(checkpoint)
     arch = get_architecture(ckpt.model_type)
@@ -213,6 +233,11 @@ def _prepare(
     if overrides:
         return _prepare_custom(ckpt, arch, sizes, index, out_dtype, shard_limit, quantize, overrides)
     nesting = find_index(ckpt, Path(index) if index is not None else None)
+    if target is not None:
+        if sizes:
+            raise InputError("give either --size or a parameter target (--target-params / --active-params).")
+        name = f"{target.value:.0f}-{target.measure}"
+        return _prepare_interpolated(ckpt, arch, nesting, name, out_dtype, shard_limit, quantize, target)
     if len(sizes) == 1 and sizes[0] != ALL_BUDGETS and not _in_index(nesting, sizes[0]):
         return _prepare_interpolated(ckpt, arch, nesting, sizes[0], out_dtype, shard_limit, quantize)
     names = list(nesting.budgets) if sizes == [ALL_BUDGETS] else [nesting.budget_name(size) for size in sizes]
@@ -240,22 +265,25 @@ def _prepare_interpolated(
     out_dtype: str | None,
     shard_limit: int,
     quantize: QuantOptions | None,
+    target: ParamTarget | None = None,
 ) -> _Prepared:
-    """A budget between two trained ones: `--size 18B` (by the budgets' nominal sizes) or `--size 18e9`-style
-    parameter targets given as `--target-params`."""
-    target_params = _target_params(ckpt, arch, nesting, size)
+    """A budget between two trained ones: `--size 18B` (by the budgets' nominal sizes), `--size 18e9` (a total
+    parameter count), or a ParamTarget on total or active parameters."""
+    measure = target.measure if target is not None else "total"
+    target_params = target.value if target is not None else _target_params(ckpt, arch, nesting, size)
     resolved = {name: resolve_budget(nesting, name, ckpt.config, arch).sizes for name in nesting.budgets}
 
     def params_of(sizes: dict[str, Any]) -> int:
         probe = Budget(name=size, sizes=sizes, is_parent=False, norm_semantics=nesting.norm_semantics)
-        return build_plan(ckpt, arch, probe).params.total
+        counts = build_plan(ckpt, arch, probe).params
+        return counts.active if measure == "active" else counts.total
 
     found = interpolate(resolved, params_of, ckpt.config, target_params)
     sizes = arch.resolve(ckpt.config, size, found.sizes)
     budget = Budget(
         name=size, sizes=sizes, is_parent=False, norm_semantics=nesting.norm_semantics, requested=found.sizes,
         warning=f"budget {size!r} is interpolated between the trained budgets {found.lower!r} and {found.upper!r} "
-        f"({found.params:,} parameters for a target of {target_params:,.0f}); it was not trained as a nested "
+        f"({found.params:,} {measure} parameters for a target of {target_params:,.0f}); it was not trained as a nested "
         "budget, so check its quality before use.",
     )
     request = quantize.request(ckpt, arch) if quantize is not None else None
@@ -335,9 +363,10 @@ def plan_extract_many(
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     quantize: QuantOptions | None = None,
     overrides: dict[str, Any] | None = None,
+    target: ParamTarget | None = None,
 ) -> list[Plan]:
     """The plans of several budgets (`[ALL_BUDGETS]` for every budget of the index)."""
-    return _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides).plans
+    return _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target).plans
 
 
 def extract(
@@ -378,12 +407,13 @@ def extract_many(
     quantize: QuantOptions | None = None,
     keep_index: bool = False,
     overrides: dict[str, Any] | None = None,
+    target: ParamTarget | None = None,
 ) -> list[ExtractResult]:
     """Cut several budgets in one pass over the parent: each source tensor is read once and cut for every budget.
 
     With `nest` (the default), each budget goes to `out/<budget name>`; otherwise `out` is the one budget's folder.
     """
-    prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides)
+    prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target)
     ckpt, plans = prepared.checkpoint, prepared.plans
     arch = get_architecture(ckpt.model_type)
     outs = [Path(out) / plan.budget.name if nest else Path(out) for plan in plans]

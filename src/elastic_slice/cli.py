@@ -130,6 +130,12 @@ def extract(
         None, "--size", help="Budget name from the nesting index, e.g. 12B (case-insensitive); repeat for several."
     ),
     all_budgets: bool = typer.Option(False, "--all", help="Every budget of the nesting index, in one pass."),
+    target_params: Optional[float] = typer.Option(
+        None, "--target-params", help="Any-size budget: this many total parameters, between two trained budgets."
+    ),
+    active_params: Optional[float] = typer.Option(
+        None, "--active-params", help="Any-size budget: this many active (per-token) parameters."
+    ),
     set_axes: Optional[list[str]] = typer.Option(
         None, "--set", help="Set an axis for an ad-hoc budget, e.g. --set hidden_size=2048 (repeatable)."
     ),
@@ -152,12 +158,16 @@ def extract(
     """Cut budgets out of an elastic checkpoint into standalone Hugging Face folders."""
     if all_budgets and size:
         raise InputError("give either --size or --all, not both.")
-    if not all_budgets and not size and not set_axes:
+    target = (
+        api.ParamTarget(target_params, active_params)
+        if target_params is not None or active_params is not None else None
+    )
+    if not all_budgets and not size and not set_axes and target is None:
         raise InputError("give the budget to extract with --size NAME (or --all, or --set); `inspect` lists them.")
     sizes = [api.ALL_BUDGETS] if all_budgets else list(size or [])
     overrides = parse_set(set_axes) if set_axes else None
     quant = _quant_options(quantize, quant_format, exclude, calibration, device)
-    plans = api.plan_extract_many(checkpoint, sizes, index, dtype, max_shard_size, quant, overrides)
+    plans = api.plan_extract_many(checkpoint, sizes, index, dtype, max_shard_size, quant, overrides, target)
     for plan in plans:
         if plan.budget.warning:
             stderr.print(f"[bold yellow]warning:[/] {plan.budget.warning}", highlight=False)
@@ -178,7 +188,7 @@ def extract(
         results = api.extract_many(
             checkpoint, sizes, out, index, dtype, max_shard_size, overwrite, command, workers,
             on_bytes=lambda count: progress.advance(task, count), nest=len(plans) > 1, quantize=quant,
-            overrides=overrides,
+            overrides=overrides, target=target,
         )
     if as_json:
         _print_json(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results])

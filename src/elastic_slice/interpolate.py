@@ -74,7 +74,7 @@ def interpolate(
             break
     else:
         raise InputError(
-            f"a target of {target:,.0f} parameters is not strictly between two budgets "
+            f"a target of {target:,.0f} parameters is not strictly between two budgets' counts "
             f"({', '.join(f'{n} {p:,}' for p, n in counted)}); pick one of them or a target in between."
         )
     sizes = dict(budgets[low])

@@ -1,0 +1,50 @@
+"""Every --json output is one JSON document on stdout, valid against its documented schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from elastic_slice import api
+from elastic_slice.schemas import SCHEMAS
+from conftest import run_cli
+
+
+def _valid(kind: str, text: str) -> object:
+    document = json.loads(text)  # exactly one document: json.loads refuses trailing text
+    jsonschema.validate(document, SCHEMAS[kind])
+    return document
+
+
+def test_every_command_json(tiny_parent: Path, tmp_path: Path) -> None:
+    runs = {
+        "inspect": ["inspect", tiny_parent, "--json"],
+        "plan": ["extract", tiny_parent, "--size", "12B", "--dry-run", "--json"],
+        "extract": ["extract", tiny_parent, "--size", "12B", "--out", tmp_path / "one", "--json"],
+        "quantize": ["quantize", tiny_parent, "--to", "fp8", "--quant-format", "compressed-tensors",
+                     "--out", tmp_path / "q", "--json"],
+        "verify": ["verify", tmp_path / "one", "--parent", tiny_parent, "--json"],
+        "index": ["index", tiny_parent, "--from-config", f"12B={tmp_path / 'one'}"],
+    }
+    for kind, args in runs.items():
+        result = run_cli(*args)
+        assert result.code == 0, (kind, result.stderr)
+        _valid(kind, result.stdout)
+    many = run_cli("extract", tiny_parent, "--size", "23B", "--size", "12B", "--out", tmp_path / "many", "--json")
+    assert len(_valid("extract", many.stdout)) == 2
+    plans = run_cli("extract", tiny_parent, "--all", "--dry-run", "--json")
+    assert len(_valid("plan", plans.stdout)) == 3
+
+
+def test_api_and_cli_agree(tiny_parent: Path, tmp_path: Path) -> None:
+    assert json.loads(run_cli("inspect", tiny_parent, "--json").stdout) == api.inspect(tiny_parent).to_json()
+    cli = json.loads(run_cli("extract", tiny_parent, "--size", "12B", "--dry-run", "--json").stdout)
+    assert cli == json.loads(json.dumps(api.plan_extract(tiny_parent, "12B").to_json()))
+
+
+@pytest.mark.parametrize("kind", sorted(SCHEMAS))
+def test_schemas_are_valid(kind: str) -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMAS[kind])

@@ -15,8 +15,8 @@ from .checkpoint import Checkpoint, open_checkpoint, read_json_object
 from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError, RunFailure
 from .execute import Target, execute
-from .interpolate import interpolate, nominal
-from .nesting import INDEX_FILE, Budget, NestingIndex, custom_budget, find_index, parse_index, resolve_budget
+from .budgets import ALL_BUDGETS, ParamTarget, select_budgets
+from .nesting import INDEX_FILE, NestingIndex, find_index, parse_index, resolve_budget
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
 from .manifest import describe_parent_files, write_manifest
 from .quant.calibrate import calibrate, calibration_texts
@@ -101,27 +101,6 @@ class ExtractResult:
         return asdict(self)
 
 
-#: `sizes` value that selects every budget of the index
-ALL_BUDGETS = "*"
-
-
-@dataclass(frozen=True)
-class ParamTarget:
-    """An any-size budget by parameter count: `total` parameters, or `active` (per-token) parameters."""
-
-    total: float | None = None
-    active: float | None = None
-
-    @property
-    def measure(self) -> str:
-        return "active" if self.active is not None else "total"
-
-    @property
-    def value(self) -> float:
-        value = self.active if self.active is not None else self.total
-        if value is None or (self.total is not None and self.active is not None):
-            raise InputError("give one parameter target: --target-params N or --active-params N.")
-        return value
 
 
 @dataclass(frozen=True)
@@ -230,117 +209,10 @@ def _prepare(
     arch = get_architecture(ckpt.model_type)
     out_dtype = parse_user_dtype(dtype) if dtype is not None else None
     shard_limit = parse_size(str(max_shard_size))
-    if overrides:
-        return _prepare_custom(ckpt, arch, sizes, index, out_dtype, shard_limit, quantize, overrides)
-    nesting = find_index(ckpt, Path(index) if index is not None else None)
-    if target is not None:
-        if sizes:
-            raise InputError("give either --size or a parameter target (--target-params / --active-params).")
-        name = f"{target.value:.0f}-{target.measure}"
-        return _prepare_interpolated(ckpt, arch, nesting, name, out_dtype, shard_limit, quantize, target)
-    if len(sizes) == 1 and sizes[0] != ALL_BUDGETS and not _in_index(nesting, sizes[0]):
-        return _prepare_interpolated(ckpt, arch, nesting, sizes[0], out_dtype, shard_limit, quantize)
-    names = list(nesting.budgets) if sizes == [ALL_BUDGETS] else [nesting.budget_name(size) for size in sizes]
-    if len(set(names)) != len(names):
-        raise InputError(f"budget {next(n for n in names if names.count(n) > 1)!r} is asked for twice.")
+    nesting, budgets = select_budgets(ckpt, arch, sizes, Path(index) if index is not None else None, overrides, target)
     request = quantize.request(ckpt, arch) if quantize is not None else None
-    plans = [
-        build_plan(
-            ckpt, arch, resolve_budget(nesting, name, ckpt.config, arch), out_dtype, shard_limit, request, _version()
-        )
-        for name in names
-    ]
+    plans = [build_plan(ckpt, arch, budget, out_dtype, shard_limit, request, _version()) for budget in budgets]
     return _Prepared(ckpt, nesting, plans)
-
-
-def _in_index(nesting: NestingIndex, name: str) -> bool:
-    return any(budget.lower() == name.lower() for budget in nesting.budgets)
-
-
-def _prepare_interpolated(
-    ckpt: Checkpoint,
-    arch: Architecture,
-    nesting: NestingIndex,
-    size: str,
-    out_dtype: str | None,
-    shard_limit: int,
-    quantize: QuantOptions | None,
-    target: ParamTarget | None = None,
-) -> _Prepared:
-    """A budget between two trained ones: `--size 18B` (by the budgets' nominal sizes), `--size 18e9` (a total
-    parameter count), or a ParamTarget on total or active parameters."""
-    measure = target.measure if target is not None else "total"
-    target_params = target.value if target is not None else _target_params(ckpt, arch, nesting, size)
-    resolved = {name: resolve_budget(nesting, name, ckpt.config, arch).sizes for name in nesting.budgets}
-
-    def params_of(sizes: dict[str, Any]) -> int:
-        probe = Budget(name=size, sizes=sizes, is_parent=False, norm_semantics=nesting.norm_semantics)
-        counts = build_plan(ckpt, arch, probe).params
-        return counts.active if measure == "active" else counts.total
-
-    found = interpolate(resolved, params_of, ckpt.config, target_params)
-    sizes = arch.resolve(ckpt.config, size, found.sizes)
-    budget = Budget(
-        name=size, sizes=sizes, is_parent=False, norm_semantics=nesting.norm_semantics, requested=found.sizes,
-        warning=f"budget {size!r} is interpolated between the trained budgets {found.lower!r} and {found.upper!r} "
-        f"({found.params:,} {measure} parameters for a target of {target_params:,.0f}); it was not trained as a nested "
-        "budget, so check its quality before use.",
-    )
-    request = quantize.request(ckpt, arch) if quantize is not None else None
-    return _Prepared(ckpt, nesting, [build_plan(ckpt, arch, budget, out_dtype, shard_limit, request, _version())])
-
-
-def _target_params(ckpt: Checkpoint, arch: Architecture, nesting: NestingIndex, size: str) -> float:
-    """Parameters for `size`: a plain number is a count; '18B' is placed between the budgets named by sizes."""
-    try:
-        return float(size)
-    except ValueError:
-        pass
-    wanted = nominal(size)
-    named = {name: nominal(name) for name in nesting.budgets}
-    if wanted is None or any(value is None for value in named.values()):
-        raise InputError(
-            f"budget {size!r} is not in the nesting index ({nesting.source}); known budgets: "
-            f"{', '.join(nesting.budgets)}. For a size between them, give a parameter count (--size 18e9) or, "
-            "when the budgets are named by size, a size such as 18B."
-        )
-    points = sorted((value, name) for name, value in named.items() if value is not None)
-    for (low_value, low), (high_value, high) in zip(points, points[1:]):
-        if low_value < wanted < high_value:
-            low_params, high_params = (
-                build_plan(ckpt, arch, resolve_budget(nesting, name, ckpt.config, arch)).params.total
-                for name in (low, high)
-            )
-            return low_params + (wanted - low_value) / (high_value - low_value) * (high_params - low_params)
-    raise InputError(
-        f"budget {size!r} is not in the nesting index ({nesting.source}) and not between two of its budgets; "
-        f"known budgets: {', '.join(nesting.budgets)}."
-    )
-
-
-def _prepare_custom(
-    ckpt: Checkpoint,
-    arch: Architecture,
-    sizes: list[str],
-    index: str | Path | None,
-    out_dtype: str | None,
-    shard_limit: int,
-    quantize: QuantOptions | None,
-    overrides: dict[str, Any],
-) -> _Prepared:
-    """One ad-hoc budget from --set, on top of --size's budget or of the parent; the index is optional."""
-    if len(sizes) > 1 or sizes == [ALL_BUDGETS]:
-        raise InputError("--set applies to one budget: give at most one --size with it.")
-    try:
-        nesting: NestingIndex | None = find_index(ckpt, Path(index) if index is not None else None)
-    except InputError:
-        if index is not None:
-            raise
-        nesting = None
-    budget = custom_budget(nesting, sizes[0] if sizes else None, overrides, ckpt.config, arch)
-    request = quantize.request(ckpt, arch) if quantize is not None else None
-    plan = build_plan(ckpt, arch, budget, out_dtype, shard_limit, request, _version())
-    return _Prepared(ckpt, nesting, [plan])
 
 
 def plan_extract(

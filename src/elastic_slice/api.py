@@ -32,6 +32,7 @@ from .verify import (
     open_child,
     open_output,
 )
+from . import hub
 from .writer import (
     CARD_FILE,
     ShardWriter,
@@ -137,9 +138,10 @@ def _version() -> str:
     return __version__
 
 
-def inspect(checkpoint: str | Path, index: str | Path | None = None) -> InspectReport:
-    """Read a checkpoint and its nesting index and describe every budget; problems are listed, not raised."""
-    ckpt = open_checkpoint(checkpoint)
+def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: str | None = None) -> InspectReport:
+    """Read a checkpoint (a folder or a Hub repo id) and its nesting index and describe every budget; problems are
+    listed, not raised."""
+    ckpt = open_checkpoint(hub.resolve(checkpoint, revision))
     dtype_bytes = ckpt.dtype_bytes()
     report = InspectReport(
         checkpoint=str(ckpt.root),
@@ -204,8 +206,9 @@ def _prepare(
     quantize: QuantOptions | None = None,
     overrides: dict[str, Any] | None = None,
     target: ParamTarget | None = None,
+    revision: str | None = None,
 ) -> _Prepared:
-    ckpt = open_checkpoint(checkpoint)
+    ckpt = open_checkpoint(hub.resolve(checkpoint, revision))
     arch = get_architecture(ckpt.model_type)
     out_dtype = parse_user_dtype(dtype) if dtype is not None else None
     shard_limit = parse_size(str(max_shard_size))
@@ -236,9 +239,10 @@ def plan_extract_many(
     quantize: QuantOptions | None = None,
     overrides: dict[str, Any] | None = None,
     target: ParamTarget | None = None,
+    revision: str | None = None,
 ) -> list[Plan]:
     """The plans of several budgets (`[ALL_BUDGETS]` for every budget of the index)."""
-    return _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target).plans
+    return _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target, revision).plans
 
 
 def extract(
@@ -280,12 +284,13 @@ def extract_many(
     keep_index: bool = False,
     overrides: dict[str, Any] | None = None,
     target: ParamTarget | None = None,
+    revision: str | None = None,
 ) -> list[ExtractResult]:
     """Cut several budgets in one pass over the parent: each source tensor is read once and cut for every budget.
 
     With `nest` (the default), each budget goes to `out/<budget name>`; otherwise `out` is the one budget's folder.
     """
-    prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target)
+    prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target, revision)
     ckpt, plans = prepared.checkpoint, prepared.plans
     arch = get_architecture(ckpt.model_type)
     outs = [Path(out) / plan.budget.name if nest else Path(out) for plan in plans]
@@ -305,8 +310,9 @@ def extract_many(
             if keep_index and prepared.nesting is not None:
                 for staging in stagings:
                     write_json(staging / INDEX_FILE, prepared.nesting.to_json(), sort_keys=False)
+            parent_name = str(checkpoint) if hub.is_repo_id(str(checkpoint)) else None
             copied = [
-                _finish_folder(ckpt, arch, target, staging, command, parent_files, options)
+                _finish_folder(ckpt, arch, target, staging, command, parent_files, options, parent_name)
                 for target, staging in zip(targets, stagings)
             ]
         except OSError as exc:
@@ -342,6 +348,7 @@ def _finish_folder(
     command: str | None,
     parent_files: dict[str, Any],
     options: dict[str, Any],
+    parent_name: str | None = None,
 ) -> list[str]:
     """Everything but the shards: weights index, config, companion files, model card, manifest (last)."""
     plan = target.plan
@@ -350,7 +357,7 @@ def _finish_folder(
     for name, content in plan.extra_files.items():
         write_json(staging / name, content)
     copied = copy_companion_files(ckpt, staging)
-    parent_name = ckpt.config.get("_name_or_path") or ckpt.root.name
+    parent_name = parent_name or ckpt.config.get("_name_or_path") or ckpt.root.name
     card = model_card(plan, str(parent_name), arch.parent_sizes(ckpt.config), command, _version())
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
     write_manifest(staging, plan, target.writer.sha256, parent_files, options, command, _version())

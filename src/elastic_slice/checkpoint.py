@@ -27,6 +27,11 @@ class Checkpoint:
     tensors: dict[str, TensorInfo]
 
     @property
+    def trusted_root(self) -> Path:
+        """The folder that links inside the checkpoint may point into (see `trusted_root`)."""
+        return trusted_root(self.root)
+
+    @property
     def model_type(self) -> str:
         return str(self.config.get("model_type", ""))
 
@@ -124,13 +129,22 @@ def _shard_files(root: Path) -> list[str]:
     raise InputError(f"{root} holds no *.safetensors weights.")
 
 
+def trusted_root(root: Path) -> Path:
+    """Where a checkpoint's links may point: the folder itself, or, for a Hugging Face cache snapshot
+    (`models--org--name/snapshots/<commit>`), the repo's cache folder, whose `blobs/` hold the files."""
+    resolved = root.resolve()
+    if resolved.parent.name == "snapshots" and resolved.parent.parent.name.startswith(("models--", "datasets--")):
+        return resolved.parent.parent
+    return resolved
+
+
 def _inside(root: Path, name: str) -> Path:
     """The path of shard `name`, refused when it escapes the checkpoint folder or is missing."""
     path = root / name
     if Path(name).is_absolute() or ".." in Path(name).parts:
         raise InputError(f"shard name {name!r} in {root / WEIGHTS_INDEX_FILE} escapes the checkpoint folder.")
     resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
+    if not resolved.is_relative_to(trusted_root(root)):
         raise InputError(f"shard {name!r} in {root} is a link that points outside the checkpoint folder.")
     if not resolved.is_file():
         raise InputError(f"shard {name!r} listed by {root / WEIGHTS_INDEX_FILE} is missing.")

@@ -39,6 +39,7 @@ CalibrationOption = typer.Option(
     None, "--calibration", help="Text file for activation scales, or 'default' for the built-in sample."
 )
 DeviceOption = typer.Option("cpu", "--device", help="Device for calibration runs (cpu, cuda).")
+RevisionOption = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit) of a repo id CKPT.")
 IndexOption = typer.Option(None, "--index", help="Nesting index JSON file (default: nesting_index.json, then config.json).")
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
 
@@ -75,12 +76,13 @@ def _print_json(data: Any) -> None:
 @app.command()
 @_reports_errors
 def inspect(
-    checkpoint: str = typer.Argument(..., help="Checkpoint folder (config.json + *.safetensors)."),
+    checkpoint: str = typer.Argument(..., help="Checkpoint folder, or a Hub repo id (org/name)."),
     index: Optional[Path] = IndexOption,
+    revision: Optional[str] = RevisionOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Show the checkpoint, its nesting index and every budget: sizes, parameters, bytes, problems."""
-    report = api.inspect(checkpoint, index)
+    report = api.inspect(checkpoint, index, revision)
     if as_json:
         _print_json(report.to_json())
     else:
@@ -125,7 +127,8 @@ def _axis_value(value: Any) -> str:
 @app.command()
 @_reports_errors
 def extract(
-    checkpoint: str = typer.Argument(..., help="Parent checkpoint folder."),
+    checkpoint: str = typer.Argument(..., help="Parent checkpoint folder, or a Hub repo id (org/name)."),
+    revision: Optional[str] = RevisionOption,
     size: Optional[list[str]] = typer.Option(
         None, "--size", help="Budget name from the nesting index, e.g. 12B (case-insensitive); repeat for several."
     ),
@@ -167,7 +170,9 @@ def extract(
     sizes = [api.ALL_BUDGETS] if all_budgets else list(size or [])
     overrides = parse_set(set_axes) if set_axes else None
     quant = _quant_options(quantize, quant_format, exclude, calibration, device)
-    plans = api.plan_extract_many(checkpoint, sizes, index, dtype, max_shard_size, quant, overrides, target)
+    plans = api.plan_extract_many(
+        checkpoint, sizes, index, dtype, max_shard_size, quant, overrides, target, revision
+    )
     for plan in plans:
         if plan.budget.warning:
             stderr.print(f"[bold yellow]warning:[/] {plan.budget.warning}", highlight=False)
@@ -188,7 +193,7 @@ def extract(
         results = api.extract_many(
             checkpoint, sizes, out, index, dtype, max_shard_size, overwrite, command, workers,
             on_bytes=lambda count: progress.advance(task, count), nest=len(plans) > 1, quantize=quant,
-            overrides=overrides, target=target,
+            overrides=overrides, target=target, revision=revision,
         )
     if as_json:
         _print_json(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results])

@@ -226,7 +226,7 @@ def write_json(path: Path, data: Any, sort_keys: bool = True) -> None:
 def copy_companion_files(checkpoint: Checkpoint, folder: Path) -> list[str]:
     """Copy tokenizer, generation config, chat template and custom-code files; never weights, never links out."""
     copied = []
-    root = checkpoint.root.resolve()
+    root = checkpoint.trusted_root
     for path in sorted(checkpoint.root.iterdir()):
         if path.name.startswith(".") or path.name in _NOT_COPIED or path.name.endswith(_NOT_COPIED_SUFFIXES):
             continue

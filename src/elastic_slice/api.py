@@ -429,7 +429,7 @@ def derive_index(
     norm_semantics: str = "active",
 ) -> dict[str, Any]:
     """A nesting index whose budgets are read off children's config.json files (local paths or Hub repo ids)."""
-    ckpt = open_checkpoint(parent)
+    ckpt = open_checkpoint(hub.resolve(parent))
     arch = get_architecture(ckpt.model_type)
     parent_sizes = {axis: value for axis, value in arch.parent_sizes(ckpt.config).items() if axis != "layers"}
     budgets: dict[str, Any] = {parent_name: parent_sizes}

@@ -279,19 +279,25 @@ def extract_many(
     command: str | None = None,
     workers: int = 2,
     on_bytes: Callable[[int], None] | None = None,
-    nest: bool = True,
+    nest: bool | None = True,
     quantize: QuantOptions | None = None,
     keep_index: bool = False,
     overrides: dict[str, Any] | None = None,
     target: ParamTarget | None = None,
     revision: str | None = None,
+    on_plans: Callable[[list[Plan]], None] | None = None,
 ) -> list[ExtractResult]:
     """Cut several budgets in one pass over the parent: each source tensor is read once and cut for every budget.
 
-    With `nest` (the default), each budget goes to `out/<budget name>`; otherwise `out` is the one budget's folder.
+    With `nest` (the default), each budget goes to `out/<budget name>`; otherwise `out` is the one budget's folder;
+    None nests only when there are several budgets. `on_plans` sees the plans before anything is written.
     """
     prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target, revision)
     ckpt, plans = prepared.checkpoint, prepared.plans
+    if nest is None:
+        nest = len(plans) > 1
+    if on_plans is not None:
+        on_plans(plans)
     arch = get_architecture(ckpt.model_type)
     outs = [Path(out) / plan.budget.name if nest else Path(out) for plan in plans]
     check_free_space(Path(out).absolute(), sum(plan.out_bytes for plan in plans))

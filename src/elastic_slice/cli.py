@@ -170,13 +170,11 @@ def extract(
     sizes = [api.ALL_BUDGETS] if all_budgets else list(size or [])
     overrides = parse_set(set_axes) if set_axes else None
     quant = _quant_options(quantize, quant_format, exclude, calibration, device)
-    plans = api.plan_extract_many(
-        checkpoint, sizes, index, dtype, max_shard_size, quant, overrides, target, revision
-    )
-    for plan in plans:
-        if plan.budget.warning:
-            stderr.print(f"[bold yellow]warning:[/] {plan.budget.warning}", highlight=False)
     if dry_run:
+        plans = api.plan_extract_many(
+            checkpoint, sizes, index, dtype, max_shard_size, quant, overrides, target, revision
+        )
+        _warn(plans)
         if as_json:
             _print_json(plans[0].to_json() if len(plans) == 1 else [plan.to_json() for plan in plans])
         else:
@@ -187,18 +185,28 @@ def extract(
         raise InputError("--out DIR is required unless --dry-run is given.")
     command = "elastic-slice " + shlex.join(sys.argv[1:])
     with _progress(as_json) as progress:
-        task = progress.add_task(
-            f"extract {', '.join(p.budget.name for p in plans)}", total=sum(p.out_bytes for p in plans)
-        )
+        task = progress.add_task("extract", total=None)
+
+        def started(plans: list[Plan]) -> None:
+            _warn(plans)
+            progress.update(task, description=f"extract {', '.join(p.budget.name for p in plans)}",
+                            total=sum(p.out_bytes for p in plans))
+
         results = api.extract_many(
             checkpoint, sizes, out, index, dtype, max_shard_size, overwrite, command, workers,
-            on_bytes=lambda count: progress.advance(task, count), nest=len(plans) > 1, quantize=quant,
-            overrides=overrides, target=target, revision=revision,
+            on_bytes=lambda count: progress.advance(task, count), nest=None, quantize=quant,
+            overrides=overrides, target=target, revision=revision, on_plans=started,
         )
     if as_json:
         _print_json(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results])
         return
     _print_results(results)
+
+
+def _warn(plans: list[Plan]) -> None:
+    for plan in plans:
+        if plan.budget.warning:
+            stderr.print(f"[bold yellow]warning:[/] {plan.budget.warning}", highlight=False)
 
 
 def _print_results(results: list[api.ExtractResult]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from .arch import Architecture, ParamCounts, TensorCut
@@ -306,8 +305,3 @@ def parse_size(text: str) -> int:
     if size <= 0:
         raise InputError(f"size {text!r} must be larger than zero.")
     return size
-
-
-def describe_source(path: str | Path) -> str:
-    """A short name for a checkpoint path, for cards and messages."""
-    return Path(path).name or str(path)

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from elastic_slice import api
 from elastic_slice.checkpoint import open_checkpoint
+from elastic_slice.errors import RunFailure
 from elastic_slice.execute import Target, execute
 from elastic_slice.manifest import sha256_file
 from elastic_slice.writer import ShardWriter
@@ -69,3 +76,28 @@ def test_manifest_records_parent_budget_options_and_hashes(tiny_parent: Path, tm
     assert sorted(files) == sorted(p.name for p in out.iterdir() if p.name != "elastic_slice_manifest.json")
     for name, entry in files.items():
         assert entry["sha256"] == sha256_file(out / name) and entry["size"] == (out / name).stat().st_size
+
+
+def test_plain_cut_never_imports_torch(tiny_parent: Path, tmp_path: Path) -> None:
+    """Torch costs seconds to import; a cut that only moves bytes runs without it (casts and quantizing use it)."""
+    script = (
+        "import atexit, sys\nfrom elastic_slice import cli\n"
+        "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules))\n"
+        f"sys.argv = ['elastic-slice', 'extract', {str(tiny_parent)!r}, '--size', '12B', '--out', {str(tmp_path / 'o')!r}]\n"
+        "cli.main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "torch imported: False" in result.stdout
+
+
+def test_parent_shortened_during_the_run_is_a_clean_error(tiny_parent: Path, tmp_path: Path) -> None:
+    parent = tmp_path / "parent"
+    shutil.copytree(tiny_parent, parent)
+    checkpoint = open_checkpoint(parent)  # headers read, then the shard loses its tail
+    for shard in parent.glob("*.safetensors"):
+        os.truncate(shard, shard.stat().st_size // 2)
+    plan = api.plan_extract(tiny_parent, "12B")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(RunFailure, match="ended early while reading tensor"):
+        execute(checkpoint, [Target(plan, ShardWriter(tmp_path / "out", plan))])

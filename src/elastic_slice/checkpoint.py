@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,10 +169,11 @@ def _check_index_agrees(root: Path, shard_files: list[str], tensors: dict[str, T
 
 
 class ShardFiles:
-    """Positioned reads (pread) of byte ranges from the parent's shards, one descriptor per shard.
+    """Byte ranges of the parent's shards, one descriptor per shard; safe to share between threads.
 
-    Unlike a memory map, pread leaves no file pages mapped into the process, so resident memory stays bounded by the
-    buffers in flight, whatever the checkpoint's size. Safe to share between threads.
+    `map` gives a memory map of just the range asked for (page-cache reads without a copy, several times faster
+    than pread on the machines measured); the map is unmapped when the last view of it is dropped, so resident
+    memory stays bounded by the ranges in flight, whatever the checkpoint's size. `read` copies with pread.
     """
 
     def __init__(self, checkpoint: Checkpoint) -> None:
@@ -189,10 +191,40 @@ class ShardFiles:
             os.close(fd)
         self._fds.clear()
 
+    def _locate(self, info: TensorInfo, start: int, size: int) -> tuple[int, int]:
+        """The descriptor and file offset of a tensor's data bytes [start, start + size), checked against the file."""
+        label = str(self._checkpoint.root / info.file)
+        fd = self._fds[label]
+        offset = self._data_start[label] + info.begin + start
+        if os.fstat(fd).st_size < offset + size:
+            raise self._ended_early(info)
+        return fd, offset
+
+    def _ended_early(self, info: TensorInfo) -> RunFailure:
+        path = self._checkpoint.root / info.file
+        return RunFailure(f"{path} ended early while reading tensor {info.name!r}; was it changed during the run?")
+
+    def map(self, info: TensorInfo, start: int, size: int) -> memoryview:
+        """A writable copy-on-write view of a tensor's data bytes [start, start + size); the file is never changed."""
+        if size == 0:
+            return memoryview(bytearray())
+        fd, offset = self._locate(info, start, size)
+        skip = offset % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(fd, skip + size, access=mmap.ACCESS_COPY, offset=offset - skip)
+        mapped.madvise(mmap.MADV_WILLNEED)  # read ahead the whole range on a cold page cache
+        return memoryview(mapped)[skip:]
+
     def read(self, info: TensorInfo, start: int, stop: int) -> bytearray:
         """Bytes [start, stop) of a tensor's data, in a new buffer."""
         buffer = bytearray(stop - start)
-        self.read_into(info, start, memoryview(buffer))
+        view = memoryview(buffer)
+        fd, offset = self._locate(info, start, len(buffer))
+        done = 0
+        while done < len(buffer):
+            count = os.preadv(fd, [view[done:]], offset + done)
+            if count == 0:
+                raise self._ended_early(info)
+            done += count
         return buffer
 
     def read_tensor(self, name: str) -> Any:
@@ -204,15 +236,3 @@ class ShardFiles:
         info = self._checkpoint.tensors[name]
         raw = self.read(info, 0, info.nbytes)
         return torch.frombuffer(raw, dtype=torch.uint8).view(torch_dtype(info.dtype)).reshape(info.shape)
-
-    def read_into(self, info: TensorInfo, start: int, view: memoryview) -> None:
-        """Fill `view` with the tensor's data bytes from `start` on."""
-        label = str(self._checkpoint.root / info.file)
-        fd = self._fds[label]
-        offset = self._data_start[label] + info.begin + start
-        done = 0
-        while done < len(view):
-            count = os.preadv(fd, [view[done:]], offset + done)
-            if count == 0:
-                raise RunFailure(f"{label} ended early while reading tensor {info.name!r}; was it changed during the run?")
-            done += count

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 
-#: safetensors dtype code -> (torch dtype, bytes per element)
-SAFETENSORS_DTYPES: dict[str, tuple[torch.dtype, int]] = {
-    "BOOL": (torch.bool, 1),
-    "U8": (torch.uint8, 1),
-    "I8": (torch.int8, 1),
-    "F8_E4M3": (torch.float8_e4m3fn, 1),
-    "F8_E5M2": (torch.float8_e5m2, 1),
-    "I16": (torch.int16, 2),
-    "U16": (torch.uint16, 2),
-    "F16": (torch.float16, 2),
-    "BF16": (torch.bfloat16, 2),
-    "I32": (torch.int32, 4),
-    "U32": (torch.uint32, 4),
-    "F32": (torch.float32, 4),
-    "I64": (torch.int64, 8),
-    "U64": (torch.uint64, 8),
-    "F64": (torch.float64, 8),
+if TYPE_CHECKING:
+    import torch
+
+#: safetensors dtype code -> (torch dtype name, bytes per element); torch itself is imported only to convert values
+SAFETENSORS_DTYPES: dict[str, tuple[str, int]] = {
+    "BOOL": ("bool", 1),
+    "U8": ("uint8", 1),
+    "I8": ("int8", 1),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
+    "I16": ("int16", 2),
+    "U16": ("uint16", 2),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I32": ("int32", 4),
+    "U32": ("uint32", 4),
+    "F32": ("float32", 4),
+    "I64": ("int64", 8),
+    "U64": ("uint64", 8),
+    "F64": ("float64", 8),
 }
 
 #: names accepted by --dtype -> safetensors code
@@ -46,7 +49,9 @@ def itemsize(code: str) -> int:
 
 def torch_dtype(code: str) -> torch.dtype:
     """The torch dtype of a safetensors dtype code."""
-    return SAFETENSORS_DTYPES[code][0]
+    import torch
+
+    return getattr(torch, SAFETENSORS_DTYPES[code][0])
 
 
 def parse_user_dtype(name: str) -> str:

@@ -88,9 +88,6 @@ class _ComparingWriter:
         if start + size > info.nbytes or self._files.read(info, start, start + size) != memoryview(data).cast("B"):
             self.mismatched.add(op.out_name)
 
-    def wait_hashed(self) -> None:
-        pass
-
     def close(self) -> None:
         pass
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 import json
+import mmap
 import os
 import re
 import shutil
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +21,11 @@ from .nesting import INDEX_FILE
 from .plan import Plan, TensorOp
 
 CARD_FILE = "README.md"
-#: chunks waiting to be hashed, at most (each holds its buffer alive)
-_HASH_QUEUE = 8
+#: bytes per write() call: measured on a 2-core VM (Linux 6.18), writing 2 GB to the page cache took 0.7 s in
+#: 128-256 KiB calls, 4.7 s in 1 MiB calls and 9 s in 64 MiB calls
+WRITE_BLOCK = 256 * 2**10
+#: bytes of a shard hashed per step, read back from the page cache
+_HASH_WINDOW = 64 * 2**20
 MANIFEST_FILE = "elastic_slice_manifest.json"
 #: parent files that the child never inherits as they are: weights, indexes and files the writer makes itself
 _NOT_COPIED = {CONFIG_FILE, WEIGHTS_INDEX_FILE, INDEX_FILE, CARD_FILE, MANIFEST_FILE, "hf_quant_config.json"}
@@ -115,6 +118,46 @@ def safetensors_header(ops: list[TensorOp]) -> bytes:
     return len(raw).to_bytes(8, "little") + raw
 
 
+class _FileHasher:
+    """The sha256 of a file while it is being written, read back from the page cache in a thread of its own.
+
+    Hashing what is already written, rather than the buffers on their way to the file, leaves the writer free to
+    reuse its buffers at once and keeps the (sequential) hash busy on the second core the whole run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._hash = hashlib.sha256()
+        self._thread = ThreadPoolExecutor(max_workers=1)
+        self._queued = 0
+        self._tasks: list[Future[None]] = []
+
+    def written(self, size: int, final: bool = False) -> None:
+        """The file now holds `size` bytes: hash the next window of them (all of them when `final`)."""
+        if size - self._queued >= _HASH_WINDOW or (final and size > self._queued):
+            self._tasks.append(self._thread.submit(self._update, self._queued, size))
+            self._queued = size
+
+    def _update(self, start: int, stop: int) -> None:
+        skip = start % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(self._fd, skip + stop - start, access=mmap.ACCESS_READ, offset=start - skip) as mapped:
+            with memoryview(mapped) as view:
+                self._hash.update(view[skip:])
+
+    def hexdigest(self) -> str:
+        """Wait for every queued window; the file's sha256."""
+        for task in self._tasks:
+            task.result()
+        self.close()
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._thread.shutdown(cancel_futures=True)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class ShardWriter:
     """Streams tensor bytes into the planned shard files, strictly in plan order, hashing as it writes.
 
@@ -130,11 +173,9 @@ class ShardWriter:
         self._next = 0
         self._remaining = 0
         self._file: IO[bytes] | None = None
+        self._hasher: _FileHasher | None = None
+        self._size = 0
         self._shard = ""
-        self._hash = hashlib.sha256()
-        # hashing runs in its own thread (hashlib releases the GIL), overlapping the file writes
-        self._hasher = ThreadPoolExecutor(max_workers=1)
-        self._hashing: deque[Future[None]] = deque()
         #: sha256 of every finished shard file, by file name
         self.sha256: dict[str, str] = {}
         self._start_op()
@@ -143,16 +184,22 @@ class ShardWriter:
         """Append the next bytes of `op`, which must be the tensor the plan expects now."""
         if self._next >= len(self._ops) or op.out_name != self._ops[self._next].out_name:
             raise RunFailure(f"internal error: {op.out_name} arrived out of plan order.")
-        size = memoryview(data).nbytes
-        if size > self._remaining:
-            raise RunFailure(f"internal error: {op.out_name} got {size} bytes, {self._remaining} were left.")
-        assert self._file is not None
-        self._file.write(data)
-        self._hash_later(data)
-        self._remaining -= size
+        view = memoryview(data).cast("B")
+        if len(view) > self._remaining:
+            raise RunFailure(f"internal error: {op.out_name} got {len(view)} bytes, {self._remaining} were left.")
+        self._write(view)
+        self._remaining -= len(view)
         if self._remaining == 0:
             self._next += 1
             self._start_op()
+
+    def _write(self, view: memoryview) -> None:
+        assert self._file is not None and self._hasher is not None
+        done = 0
+        while done < len(view):
+            done += self._file.write(view[done : done + WRITE_BLOCK]) or 0
+        self._size += len(view)
+        self._hasher.written(self._size)
 
     def _start_op(self) -> None:
         """Open the shard of the next op with bytes, finishing shards (and empty tensors) on the way."""
@@ -166,31 +213,22 @@ class ShardWriter:
             self._next += 1
         self._finish_shard()
 
-    def wait_hashed(self) -> None:
-        """Block until every byte written so far is hashed (its buffer may then be reused)."""
-        while self._hashing:
-            self._hashing.popleft().result()
-
-    def _hash_later(self, data: Any) -> None:
-        while len(self._hashing) >= _HASH_QUEUE:
-            self._hashing.popleft().result()
-        self._hashing.append(self._hasher.submit(self._hash.update, data))
-
     def _open(self, shard: str) -> None:
         self._finish_shard()
-        self._file = (self._folder / shard).open("wb")
-        self._hash = hashlib.sha256()
-        header = safetensors_header(self._by_shard[shard])
-        self._file.write(header)
-        self._hash_later(header)
+        path = self._folder / shard
+        self._file = path.open("wb", buffering=0)
+        self._hasher = _FileHasher(path)
+        self._size = 0
         self._shard = shard
+        self._write(memoryview(safetensors_header(self._by_shard[shard])))
 
     def _finish_shard(self) -> None:
-        if self._file is not None:
+        if self._file is not None and self._hasher is not None:
             self._file.close()
             self._file = None
-            self.wait_hashed()
-            self.sha256[self._shard] = self._hash.hexdigest()
+            self._hasher.written(self._size, final=True)
+            self.sha256[self._shard] = self._hasher.hexdigest()
+            self._hasher = None
 
     def close(self) -> None:
         """Finish the last shard; every planned byte must have been written."""
@@ -198,14 +236,15 @@ class ShardWriter:
             self.abort()
             raise RunFailure(f"internal error: the run ended before tensor {self._ops[self._next].out_name} was written.")
         self._finish_shard()
-        self._hasher.shutdown()
 
     def abort(self) -> None:
         """Close without finishing (the staged folder is removed by its owner)."""
         if self._file is not None:
             self._file.close()
             self._file = None
-        self._hasher.shutdown(cancel_futures=True)
+        if self._hasher is not None:
+            self._hasher.close()
+            self._hasher = None
 
 
 def write_weights_index(folder: Path, plan: Plan) -> None:

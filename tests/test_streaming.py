@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from elastic_slice import api
 from elastic_slice.checkpoint import open_checkpoint
@@ -17,7 +18,6 @@ from elastic_slice.errors import RunFailure
 from elastic_slice.execute import Target, execute
 from elastic_slice.manifest import sha256_file
 from elastic_slice.writer import ShardWriter
-from conftest import run_cli
 
 
 def _files(folder: Path) -> dict[str, bytes]:

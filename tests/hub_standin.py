@@ -131,8 +131,11 @@ class HubStandIn:
             def do_GET(self) -> None:  # noqa: N802
                 path, query = self._record()
                 match = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/(.+))?", path)
+                tree = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)/?", path)
                 if match:
                     self._repo_info(match.group(1), match.group(2) or "main", query)
+                elif tree:
+                    self._tree(tree.group(1), tree.group(2))
                 else:
                     self._resolve(path, query)
 
@@ -141,6 +144,8 @@ class HubStandIn:
                 body = self._body()
                 if path == "/api/repos/create":
                     self._create(json.loads(body))
+                elif path == "/api/validate-yaml":
+                    self._validate_yaml(json.loads(body).get("content", ""))
                 elif match := re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/(.+)", path):
                     self._preupload(match.group(1), json.loads(body))
                 elif match := re.fullmatch(r"/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path):
@@ -180,6 +185,20 @@ class HubStandIn:
                 self._json({"id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
                             "siblings": siblings, "tags": [], "downloads": 0, "likes": 0})
 
+            def _tree(self, repo_id: str, revision: str) -> None:
+                repo = hub.repos.get(repo_id)
+                found = repo.at(revision) if repo else None
+                if found is None:
+                    self._not_found(f"Repository {repo_id} not found")
+                    return
+                entries = []
+                for name, data in sorted(found[1].items()):
+                    entry: dict[str, Any] = {"type": "file", "path": name, "size": len(data), "oid": _git_sha1(data)}
+                    if name.endswith(_LFS_SUFFIXES):
+                        entry["lfs"] = {"oid": _sha256(data), "size": len(data), "pointerSize": 134}
+                    entries.append(entry)
+                self._json(entries)
+
             def _resolve(self, path: str, query: dict[str, list[str]]) -> None:
                 match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
                 if not match:
@@ -213,11 +232,21 @@ class HubStandIn:
             def _create(self, request: dict[str, Any]) -> None:
                 repo_id = f"{request['organization']}/{request['name']}" if request.get("organization") else request["name"]
                 if repo_id in hub.repos:
-                    self._send(409, json.dumps({"error": "You already created this model repo", "url": ""}).encode())
+                    self._send(409, json.dumps({"error": "You already created this model repo",
+                                                     "url": f"{hub.endpoint}/{repo_id}"}).encode())
                     return
-                repo = hub.repos[repo_id] = StoredRepo(private=bool(request.get("private")))
+                private = request.get("visibility", "private" if request.get("private") else "public") == "private"
+                repo = hub.repos[repo_id] = StoredRepo(private=private)
                 repo.commit({".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}, "initial commit")
                 self._json({"url": f"{hub.endpoint}/{repo_id}", "name": repo_id, "id": repo_id})
+
+            def _validate_yaml(self, content: str) -> None:
+                """Only the card's shape: a YAML block between '---' lines at the top (the Hub checks its fields)."""
+                lines = content.splitlines()
+                if lines and lines[0] == "---" and "---" in lines[1:]:
+                    self._json({"errors": [], "warnings": []})
+                else:
+                    self._send(400, json.dumps({"errors": [{"message": "no YAML metadata block"}]}).encode())
 
             def _preupload(self, repo_id: str, request: dict[str, Any]) -> None:
                 if repo_id not in hub.repos:

@@ -65,6 +65,9 @@ def test_quantized_child_equals_independent_quantization(tiny_parent: Path, tmp_
     assert torch.equal(child[name + ".weight_global_scale"], g)
     assert torch.equal(_bytes(child[name + ".weight_scale"]), _bytes(scales))
     assert torch.equal(child[name + ".weight_packed"], nvfp4.quantize(kept, scales, g))
+    card = (tmp_path / "q" / "README.md").read_text()
+    assert "\n- nvfp4\n" in card and "Quantization: compressed-tensors nvfp4-pack-quantized" in card
+    assert "Quantization: none" in (tmp_path / "p" / "README.md").read_text()
 
 
 def test_modelopt_layout_and_config(tiny_parent: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from .arch import Architecture, get_architecture
 from .card import model_card
-from .checkpoint import Checkpoint, open_checkpoint, read_json_object
+from .checkpoint import Checkpoint, read_json_object
 from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError, RunFailure
 from .execute import Target, execute
@@ -55,6 +55,20 @@ class BudgetReport:
     params_active: int
     bytes: dict[str, int]
     tensors: int
+    #: bytes of weight shards this budget reads that are not downloaded yet (Hub repo ids; 0 for a local folder)
+    download_bytes: int = 0
+
+
+@dataclass
+class HubReport:
+    """Where a checkpoint named by repo id is on the Hub, and what downloading it would cost."""
+
+    repo_id: str
+    commit: str
+    #: weight shard bytes not in the local cache, for every shard
+    download_bytes: int
+    #: weight shard bytes already in the local cache
+    cached_bytes: int
 
 
 @dataclass
@@ -77,6 +91,8 @@ class InspectReport:
     #: module kind -> how the checkpoint stores its weights (bf16, fp8, nvfp4, ...)
     module_quantization: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: set when the checkpoint was named by Hub repo id (read from metadata and headers only, no weights)
+    hub: HubReport | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +113,8 @@ class ExtractResult:
     seconds: float
     gb_per_s: float
     copied_files: list[str]
+    #: the Hub commit the folder was uploaded as, with --push-to-hub
+    hub_url: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,7 +159,7 @@ def _version() -> str:
 def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: str | None = None) -> InspectReport:
     """Read a checkpoint (a folder or a Hub repo id) and its nesting index and describe every budget; problems are
     listed, not raised."""
-    ckpt = open_checkpoint(hub.resolve(checkpoint, revision))
+    ckpt = hub.open_source(checkpoint, revision)
     dtype_bytes = ckpt.dtype_bytes()
     report = InspectReport(
         checkpoint=str(ckpt.root),
@@ -156,6 +174,7 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
         index_source=None,
         parent_budget=None,
         norm_semantics=None,
+        hub=_hub_report(ckpt),
     )
     try:
         arch = get_architecture(ckpt.model_type)
@@ -185,9 +204,31 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
                     "stored": plan.out_bytes,
                 },
                 tensors=len(plan.ops),
+                download_bytes=_download_bytes(ckpt, [plan]),
             )
         )
     return report
+
+
+def _hub_report(ckpt: Checkpoint) -> HubReport | None:
+    if ckpt.hub is None:
+        return None
+    sizes = ckpt.hub.file_sizes
+    missing = sum(size for name, size in sizes.items() if name in ckpt.hub.missing)
+    return HubReport(ckpt.hub.repo_id, ckpt.hub.commit, missing, sum(sizes.values()) - missing)
+
+
+def _needed_files(plans: list[Plan], ckpt: Checkpoint) -> set[str]:
+    """The parent's weight files that executing `plans` reads (sources and dequantization scales)."""
+    names = {op.source for plan in plans for op in plan.ops}
+    names |= {name for plan in plans for op in plan.ops if op.dequant for name in op.dequant.scales.values()}
+    return {ckpt.tensors[name].file for name in names}
+
+
+def _download_bytes(ckpt: Checkpoint, plans: list[Plan]) -> int:
+    if ckpt.hub is None:
+        return 0
+    return sum(ckpt.hub.file_sizes.get(name, 0) for name in _needed_files(plans, ckpt) & ckpt.hub.missing)
 
 
 @dataclass(frozen=True)
@@ -208,8 +249,10 @@ def _prepare(
     target: ParamTarget | None = None,
     revision: str | None = None,
 ) -> _Prepared:
-    ckpt = open_checkpoint(hub.resolve(checkpoint, revision))
+    ckpt = hub.open_source(checkpoint, revision)
     arch = get_architecture(ckpt.model_type)
+    if quantize is not None and quantize.calibration is not None:
+        ckpt = hub.fetch_all(ckpt)  # calibration runs the whole parent in transformers
     out_dtype = parse_user_dtype(dtype) if dtype is not None else None
     shard_limit = parse_size(str(max_shard_size))
     nesting, budgets = select_budgets(ckpt, arch, sizes, Path(index) if index is not None else None, overrides, target)
@@ -258,13 +301,18 @@ def extract(
     on_bytes: Callable[[int], None] | None = None,
     quantize: QuantOptions | None = None,
     overrides: dict[str, Any] | None = None,
+    revision: str | None = None,
+    push_to_hub: str | None = None,
+    private: bool = False,
 ) -> ExtractResult:
-    """Cut budget `size` (None with `overrides` alone) out of `checkpoint` into a Hugging Face folder at `out`.
+    """Cut budget `size` (None with `overrides` alone) out of `checkpoint` (a folder or a Hub repo id at
+    `revision`) into a Hugging Face folder at `out`, then upload it to repo `push_to_hub` if given.
 
     `overrides` ({"hidden_size": 2048, ...}) sets axes on top of that budget, or of the parent."""
     return extract_many(
         checkpoint, [size] if size is not None else [], out, index, dtype, max_shard_size, overwrite, command,
-        workers, on_bytes, nest=False, quantize=quantize, overrides=overrides,
+        workers, on_bytes, nest=False, quantize=quantize, overrides=overrides, revision=revision,
+        push_to_hub=push_to_hub, private=private,
     )[0]
 
 
@@ -286,21 +334,26 @@ def extract_many(
     target: ParamTarget | None = None,
     revision: str | None = None,
     on_plans: Callable[[list[Plan]], None] | None = None,
+    push_to_hub: str | None = None,
+    private: bool = False,
 ) -> list[ExtractResult]:
     """Cut several budgets in one pass over the parent: each source tensor is read once and cut for every budget.
 
     With `nest` (the default), each budget goes to `out/<budget name>`; otherwise `out` is the one budget's folder;
     None nests only when there are several budgets. `on_plans` sees the plans before anything is written.
+    `push_to_hub` ("org/name", with "{budget}" in it for several budgets) uploads each finished folder.
     """
     prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target, revision)
     ckpt, plans = prepared.checkpoint, prepared.plans
     if nest is None:
         nest = len(plans) > 1
+    repos = _push_targets(push_to_hub, plans)
     if on_plans is not None:
         on_plans(plans)
     arch = get_architecture(ckpt.model_type)
     outs = [Path(out) / plan.budget.name if nest else Path(out) for plan in plans]
     check_free_space(Path(out).absolute(), sum(plan.out_bytes for plan in plans))
+    ckpt = hub.fetch(ckpt, _needed_files(plans, ckpt))
     parent_files = describe_parent_files(ckpt)
     options = {
         "dtype": dtype, "max_shard_size": str(max_shard_size),
@@ -328,6 +381,11 @@ def extract_many(
                 target.writer.abort()
     seconds = time.perf_counter() - started
     total = sum(plan.out_bytes for plan in plans)
+    urls = [
+        hub.push(path, repo, private, f"elastic-slice: budget {plan.budget.name} of {ckpt.hub.repo_id if ckpt.hub else ckpt.root.name}")
+        if repo else None
+        for path, plan, repo in zip(outs, plans, repos)
+    ]
     return [
         ExtractResult(
             out=str(path),
@@ -341,9 +399,22 @@ def extract_many(
             seconds=round(seconds, 4),
             gb_per_s=round(total / seconds / 1e9, 4) if seconds > 0 else 0.0,
             copied_files=files,
+            hub_url=url,
         )
-        for path, plan, files in zip(outs, plans, copied)
+        for path, plan, files, url in zip(outs, plans, copied, urls)
     ]
+
+
+def _push_targets(push_to_hub: str | None, plans: list[Plan]) -> list[str | None]:
+    """The repo id each budget is pushed to; several budgets need "{budget}" in the name."""
+    if push_to_hub is None:
+        return [None] * len(plans)
+    if len(plans) > 1 and "{budget}" not in push_to_hub:
+        raise InputError(
+            f"--push-to-hub {push_to_hub!r} names one repo for {len(plans)} budgets; put {{budget}} in the name "
+            "(for example org/model-{budget})."
+        )
+    return [hub.check_repo_id(push_to_hub.replace("{budget}", plan.budget.name)) for plan in plans]
 
 
 def _finish_folder(
@@ -395,10 +466,13 @@ def verify(
         raise InputError("verify --parent needs --size NAME: the output has no manifest naming its budget.")
     options = (manifest or {}).get("options", {})
     prepared = _prepare(parent, [budget], index, options.get("dtype"), options.get("max_shard_size", "5GB"))
+    plan = prepared.plans[0]
+    ckpt = hub.fetch_all(prepared.checkpoint) if numerics else hub.fetch(
+        prepared.checkpoint, _needed_files([plan], prepared.checkpoint))
     if child is not None:
-        check_against_parent(child, prepared.plans[0], prepared.checkpoint, report)
+        check_against_parent(child, plan, ckpt, report)
     if numerics:
-        check_numerics(folder, prepared.checkpoint, prepared.plans[0], report, device, tolerance)
+        check_numerics(folder, ckpt, plan, report, device, tolerance)
     return report
 
 
@@ -435,7 +509,7 @@ def derive_index(
     norm_semantics: str = "active",
 ) -> dict[str, Any]:
     """A nesting index whose budgets are read off children's config.json files (local paths or Hub repo ids)."""
-    ckpt = open_checkpoint(hub.resolve(parent))
+    ckpt = hub.open_source(parent)
     arch = get_architecture(ckpt.model_type)
     parent_sizes = {axis: value for axis, value in arch.parent_sizes(ckpt.config).items() if axis != "layers"}
     budgets: dict[str, Any] = {parent_name: parent_sizes}

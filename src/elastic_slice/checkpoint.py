@@ -18,6 +18,20 @@ SINGLE_WEIGHTS_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
+@dataclass(frozen=True)
+class HubOrigin:
+    """Where a checkpoint opened by Hub repo id comes from, and which of its weight shards are not downloaded."""
+
+    repo_id: str
+    commit: str
+    #: the repo id and revision as the user named them, for messages
+    where: str
+    #: weight shard sizes in bytes on the Hub (what downloading them costs)
+    file_sizes: dict[str, int]
+    #: weight shards whose headers were read over HTTP but whose bytes are not in the local cache
+    missing: frozenset[str]
+
+
 @dataclass
 class Checkpoint:
     """A parent checkpoint: config, shard headers and every tensor in on-disk order (shard, then offset)."""
@@ -26,6 +40,7 @@ class Checkpoint:
     config: dict[str, Any]
     shards: tuple[ShardHeader, ...]
     tensors: dict[str, TensorInfo]
+    hub: HubOrigin | None = None
 
     @property
     def trusted_root(self) -> Path:
@@ -75,14 +90,27 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
         raise InputError(f"checkpoint {str(source)!r} does not exist; give a folder holding config.json and *.safetensors.")
     if not root.is_dir():
         raise InputError(f"checkpoint {str(source)!r} is a file; give the folder that holds config.json.")
+    config = read_config(root)
+    shard_files = _shard_files(root)
+    shards = [read_shard_header(_inside(root, name), str(root / name)) for name in shard_files]
+    return assemble_checkpoint(root, config, shard_files, shards)
+
+
+def read_config(root: Path) -> dict[str, Any]:
+    """A checkpoint's config.json, which must name a `model_type`."""
     config_path = root / CONFIG_FILE
     if not config_path.is_file():
         raise InputError(f"{config_path} is missing; a checkpoint folder needs a Hugging Face config.json.")
     config = read_json_object(config_path, str(config_path))
     if not isinstance(config.get("model_type"), str):
         raise InputError(f"{config_path} has no string `model_type`; it is not a Hugging Face model config.")
-    shard_files = _shard_files(root)
-    shards = tuple(read_shard_header(_inside(root, name), str(root / name)) for name in shard_files)
+    return config
+
+
+def assemble_checkpoint(
+    root: Path, config: dict[str, Any], shard_files: list[str], shards: list[ShardHeader], hub: HubOrigin | None = None
+) -> Checkpoint:
+    """A Checkpoint from checked shard headers: tensor names unique across shards, agreeing with the weights index."""
     tensors: dict[str, TensorInfo] = {}
     for name, shard in zip(shard_files, shards):
         for info in shard.tensors:
@@ -90,7 +118,7 @@ def open_checkpoint(source: str | Path) -> Checkpoint:
                 raise InputError(f"tensor {info.name!r} appears in both {tensors[info.name].file} and {name}.")
             tensors[info.name] = TensorInfo(info.name, name, info.dtype, info.shape, info.begin, info.end)
     _check_index_agrees(root, shard_files, tensors)
-    return Checkpoint(root=root, config=config, shards=shards, tensors=tensors)
+    return Checkpoint(root=root, config=config, shards=tuple(shards), tensors=tensors, hub=hub)
 
 
 def read_json_object(path: Path, label: str) -> dict[str, Any]:
@@ -106,16 +134,23 @@ def read_json_object(path: Path, label: str) -> dict[str, Any]:
     return data
 
 
-def _shard_files(root: Path) -> list[str]:
+def weight_map_files(root: Path) -> list[str]:
+    """The shard files a folder's weights index names, sorted ([] without an index)."""
     index_path = root / WEIGHTS_INDEX_FILE
-    if index_path.is_file():
-        weight_map = read_json_object(index_path, str(index_path)).get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise InputError(f"{index_path} has no valid `weight_map` object of tensor name -> shard file.")
-        files = list(dict.fromkeys(weight_map.values()))
+    if not index_path.is_file():
+        return []
+    weight_map = read_json_object(index_path, str(index_path)).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise InputError(f"{index_path} has no valid `weight_map` object of tensor name -> shard file.")
+    return sorted(dict.fromkeys(weight_map.values()))
+
+
+def _shard_files(root: Path) -> list[str]:
+    files = weight_map_files(root)
+    if files:
         for name in files:
             _inside(root, name)
-        return sorted(files)
+        return files
     if (root / SINGLE_WEIGHTS_FILE).is_file():
         return [SINGLE_WEIGHTS_FILE]
     found = sorted(p.name for p in root.glob("*.safetensors"))
@@ -182,8 +217,10 @@ class ShardFiles:
         self._data_start = {shard.file: shard.data_start for shard in checkpoint.shards}
 
     def __enter__(self) -> ShardFiles:
+        missing = self._checkpoint.hub.missing if self._checkpoint.hub is not None else frozenset()
         for shard in self._checkpoint.shards:
-            self._fds[shard.file] = os.open(shard.file, os.O_RDONLY)
+            if Path(shard.file).name not in missing:
+                self._fds[shard.file] = os.open(shard.file, os.O_RDONLY)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -100,6 +100,10 @@ def _render_report(report: api.InspectReport) -> None:
     facts.add_row("shards / tensors", f"{report.shards} / {report.tensors}")
     facts.add_row("tensor bytes", human_bytes(report.total_bytes))
     facts.add_row("nesting index", report.index_source or "none")
+    if report.hub is not None:
+        facts.add_row("hub", f"{report.hub.repo_id} @ {report.hub.commit[:12]} (metadata and headers only)")
+        facts.add_row("download", f"{human_bytes(report.hub.download_bytes)} of weights "
+                      f"({human_bytes(report.hub.cached_bytes)} already cached)")
     if report.norm_semantics:
         facts.add_row("norm semantics", report.norm_semantics)
     stdout.print(facts)
@@ -115,6 +119,8 @@ def _render_report(report: api.InspectReport) -> None:
         for fmt in ("stored", "bf16", "fp8", "nvfp4"):
             table.add_row(f"size {fmt}", *(human_bytes(b.bytes[fmt]) for b in report.budgets))
         table.add_row("tensors", *(str(b.tensors) for b in report.budgets))
+        if report.hub is not None:
+            table.add_row("download", *(human_bytes(b.download_bytes) for b in report.budgets))
         stdout.print(table)
     for problem in report.problems:
         stdout.print(f"[bold red]problem:[/] {problem}", highlight=False)
@@ -156,6 +162,10 @@ def extract(
     device: str = DeviceOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and output size; write nothing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder when done."),
+    push_to_hub: Optional[str] = typer.Option(
+        None, "--push-to-hub", help="Upload each finished folder to this Hub repo (ORG/NAME; {budget} for several)."
+    ),
+    private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repo private."),
     as_json: bool = JsonOption,
 ) -> None:
     """Cut budgets out of an elastic checkpoint into standalone Hugging Face folders."""
@@ -196,6 +206,7 @@ def extract(
             checkpoint, sizes, out, index, dtype, max_shard_size, overwrite, command, workers,
             on_bytes=lambda count: progress.advance(task, count), nest=None, quantize=quant,
             overrides=overrides, target=target, revision=revision, on_plans=started,
+            push_to_hub=push_to_hub, private=private,
         )
     if as_json:
         _print_json(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results])
@@ -217,6 +228,8 @@ def _print_results(results: list[api.ExtractResult]) -> None:
             f"({human_count(result.params_active)} active)",
             highlight=False,
         )
+        if result.hub_url:
+            stdout.print(f"pushed {result.out} to {result.hub_url}", highlight=False)
     total = sum(r.bytes for r in results)
     stdout.print(
         f"{sum(r.tensors for r in results)} tensors, {human_bytes(total)} in {results[0].seconds:.2f} s "

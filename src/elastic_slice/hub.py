@@ -1,46 +1,179 @@
-"""Checkpoints named by Hugging Face Hub repo id: files come through huggingface_hub's standard cache.
+"""Checkpoints named by Hugging Face Hub repo id, and publishing outputs to the Hub.
 
-`HF_TOKEN`, `HF_HOME` / `HF_HUB_CACHE` and `HF_HUB_OFFLINE` work as they do for every Hub client. Only weights
-(`*.safetensors`), configs, tokenizer files, chat templates and custom-code files are fetched; pickled weights never.
+Opening a repo id reads only its metadata: config, nesting index, weights index (through the standard cache) and
+the safetensors headers (HTTP range requests, `HfApi.get_safetensors_metadata`); weight shards are downloaded by
+`fetch`, and only those a plan reads. `HF_TOKEN`, `HF_HOME` / `HF_HUB_CACHE`, `HF_ENDPOINT` and `HF_HUB_OFFLINE`
+work as they do for every Hub client; offline, everything comes from the cache. Pickled weights are never fetched.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from .checkpoint import WEIGHTS_INDEX_FILE, read_json_object
+from .checkpoint import (
+    CONFIG_FILE,
+    SINGLE_WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
+    Checkpoint,
+    HubOrigin,
+    assemble_checkpoint,
+    open_checkpoint,
+    read_config,
+    weight_map_files,
+)
 from .errors import InputError, RunFailure
+from .safetensors_header import ShardHeader, header_from_entries, read_shard_header
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-ALLOW_PATTERNS = [
-    "*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py", "tokenizer*", "*.md",
-]
+#: the files that describe a checkpoint (read by inspect and planning)
+METADATA_FILES = [CONFIG_FILE, WEIGHTS_INDEX_FILE, "nesting_index.json", "hf_quant_config.json"]
+#: files copied into every output beside the weights: tokenizer, generation config, templates, custom code, card
+COMPANION_PATTERNS = ["*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.py", "tokenizer*", "*.md"]
 
 
 def is_repo_id(source: str) -> bool:
     return bool(_REPO_ID.match(source)) and not Path(source).exists()
 
 
-def resolve(source: str | Path, revision: str | None = None) -> Path:
-    """A local folder for `source`: the folder itself, or the Hub repo's snapshot in the local cache."""
+def open_source(source: str | Path, revision: str | None = None) -> Checkpoint:
+    """A local checkpoint folder, or a Hub repo opened from its metadata alone (see `fetch` for the weights)."""
     text = str(source)
     if not is_repo_id(text):
         if revision is not None:
             raise InputError(f"--revision applies to Hub repo ids; {text!r} is a local path.")
-        return Path(source)
-    try:
+        return open_checkpoint(Path(source))
+    return _open_repo(text, revision)
+
+
+def fetch(checkpoint: Checkpoint, files: set[str]) -> Checkpoint:
+    """Download the companion files and the weight `files` of a Hub checkpoint not yet in the cache; the returned
+    checkpoint reads them. A local checkpoint is returned as it is."""
+    origin = checkpoint.hub
+    if origin is None:
+        return checkpoint
+    wanted = sorted(files & origin.missing)
+    with _hub_errors(origin.where):
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import (
-            LocalEntryNotFoundError,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
-    except ImportError as exc:  # pragma: no cover - huggingface_hub is a dependency
-        raise RunFailure("huggingface_hub is not installed.") from exc
-    where = f"{text}" + (f" at revision {revision}" if revision else "")
+
+        folder = Path(snapshot_download(origin.repo_id, revision=origin.commit,
+                                        allow_patterns=[*wanted, *COMPANION_PATTERNS]))
+    shards = []
+    for shard in checkpoint.shards:
+        name = Path(shard.file).name
+        if name in wanted:
+            local = _local_header(folder, name, origin.where)
+            if local.tensors != shard.tensors:
+                raise RunFailure(f"{name} of {origin.where} on disk does not match the header read from the Hub.")
+            shard = local
+        shards.append(shard)
+    return replace(checkpoint, shards=tuple(shards), hub=replace(origin, missing=origin.missing - set(wanted)))
+
+
+def fetch_all(checkpoint: Checkpoint) -> Checkpoint:
+    """Every weight shard and companion file (loading the whole model with transformers needs them)."""
+    return fetch(checkpoint, {Path(shard.file).name for shard in checkpoint.shards})
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if it is a valid ORG/NAME for --push-to-hub."""
+    if not _REPO_ID.match(repo_id):
+        raise InputError(f"--push-to-hub {repo_id!r} is not a Hub repo id; use ORG/NAME.")
+    return repo_id
+
+
+def push(folder: Path, repo_id: str, private: bool, commit_message: str) -> str:
+    """Create `repo_id` if needed and upload the finished `folder` as one commit; returns the commit URL."""
+    with _hub_errors(check_repo_id(repo_id)):
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message=commit_message)
+    return str(info.commit_url)
+
+
+def _open_repo(repo_id: str, revision: str | None) -> Checkpoint:
+    from huggingface_hub import constants
+
+    where = repo_id + (f" at revision {revision}" if revision else "")
+    with _hub_errors(where):
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=METADATA_FILES))
+    config = read_config(folder)
+    cached = {p.name for p in folder.glob("*.safetensors")}
+    if constants.HF_HUB_OFFLINE:
+        names = weight_map_files(folder) or sorted(cached)
+        for name in names:
+            if name not in cached:
+                raise InputError(
+                    f"file {name} of {where} is not in the Hugging Face cache ({folder}) and downloads are off "
+                    "(HF_HUB_OFFLINE); download it first, or unset HF_HUB_OFFLINE."
+                )
+        headers = [_local_header(folder, name, where) for name in names]
+        sizes = {name: (folder / name).stat().st_size for name in names}
+    else:
+        names, headers, sizes = _remote_headers(repo_id, folder, where)
+    origin = HubOrigin(repo_id=repo_id, commit=folder.name, where=where, file_sizes=sizes,
+                       missing=frozenset(set(names) - cached))
+    return assemble_checkpoint(folder, config, names, headers, origin)
+
+
+def _remote_headers(repo_id: str, folder: Path, where: str) -> tuple[list[str], list[ShardHeader], dict[str, int]]:
+    """Shard names, headers (from the cache where present, else over HTTP ranges) and sizes on the Hub."""
+    with _hub_errors(where):
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import NotASafetensorsRepoError
+
+        api = HfApi()
+        try:
+            metadata = api.get_safetensors_metadata(repo_id, revision=folder.name)
+        except NotASafetensorsRepoError as exc:
+            raise InputError(f"{where} holds no {SINGLE_WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}; "
+                             "elastic-slice reads safetensors checkpoints only.") from exc
+        siblings = api.model_info(repo_id, revision=folder.name, files_metadata=True).siblings or []
+    names = sorted(metadata.files_metadata)
+    sizes = {s.rfilename: int(s.size or 0) for s in siblings if s.rfilename in metadata.files_metadata}
+    headers = []
+    for name in names:
+        if (folder / name).is_file():
+            headers.append(_local_header(folder, name, where))
+            continue
+        file_metadata = metadata.files_metadata[name]
+        entries: dict[str, Any] = {
+            tensor: {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": list(info.data_offsets)}
+            for tensor, info in file_metadata.tensors.items()
+        }
+        headers.append(header_from_entries(str(folder / name), entries, file_metadata.metadata or {},
+                                           max(0, sizes.get(name, 0) - 8)))
+    return names, headers, sizes
+
+
+def _local_header(folder: Path, name: str, where: str) -> ShardHeader:
+    path = folder / name
+    if not path.is_file():
+        raise InputError(f"file {name} of {where} is not in the Hugging Face cache ({folder}); download it first.")
+    return read_shard_header(path, str(path))
+
+
+@contextmanager
+def _hub_errors(where: str) -> Iterator[None]:
+    """huggingface_hub's exceptions as one sentence naming the repo and what to do."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
     try:
-        folder = Path(snapshot_download(text, revision=revision, allow_patterns=ALLOW_PATTERNS))
+        yield
     except LocalEntryNotFoundError as exc:
         raise InputError(
             f"{where} is not in the Hugging Face cache and downloads are off (HF_HUB_OFFLINE) or the Hub cannot be "
@@ -48,23 +181,15 @@ def resolve(source: str | Path, revision: str | None = None) -> Path:
         ) from exc
     except RevisionNotFoundError as exc:
         raise InputError(f"{where}: the revision does not exist on the Hub.") from exc
+    except GatedRepoError as exc:
+        raise InputError(f"{where} is gated: accept its terms on the Hub and set HF_TOKEN.") from exc
     except RepositoryNotFoundError as exc:
         raise InputError(f"{where}: no such repository on the Hub (or it is private: set HF_TOKEN).") from exc
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "no"
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        if status in (401, 403):
+            raise InputError(f"{where}: the Hub refused access ({status}); set HF_TOKEN to a token that may do this.") from exc
+        raise RunFailure(f"the Hub answered {status} for {where}: {detail}") from exc
     except OSError as exc:
-        raise RunFailure(f"downloading {where} failed: {exc}.") from exc
-    _check_complete(folder, where)
-    return folder
-
-
-def _check_complete(folder: Path, where: str) -> None:
-    """Every shard the weights index lists must be there: a partial cache is named as such, not as a broken repo."""
-    index = folder / WEIGHTS_INDEX_FILE
-    if not index.is_file():
-        return
-    weight_map = read_json_object(index, str(index)).get("weight_map") or {}
-    for shard in sorted(set(weight_map.values()) if isinstance(weight_map, dict) else ()):
-        if not (folder / str(shard)).exists():
-            raise InputError(
-                f"file {shard} of {where} is not in the Hugging Face cache ({folder}); download it first, "
-                "or unset HF_HUB_OFFLINE."
-            )
+        raise RunFailure(f"talking to the Hub about {where} failed: {exc}.") from exc

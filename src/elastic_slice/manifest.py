@@ -46,7 +46,10 @@ def describe_parent_files(checkpoint: Checkpoint) -> dict[str, Any]:
         else:
             entry["sha256"] = sha256_file(path)
         files[path.name] = entry
-    return {"path": str(checkpoint.root), "files": files}
+    described: dict[str, Any] = {"path": str(checkpoint.root), "files": files}
+    if checkpoint.hub is not None:
+        described["hub"] = {"repo_id": checkpoint.hub.repo_id, "commit": checkpoint.hub.commit}
+    return described
 
 
 def write_manifest(

@@ -7,6 +7,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .dtypes import SAFETENSORS_DTYPES, itemsize
 from .errors import InputError
@@ -70,12 +71,18 @@ def read_shard_header(path: Path, file_label: str) -> ShardHeader:
         raise InputError(f"{file_label} has a safetensors header that is not valid JSON ({exc}).") from exc
     if not isinstance(header, dict):
         raise InputError(f"{file_label} has a safetensors header that is not a JSON object.")
-    data_start = 8 + header_len
-    data_size = size - data_start
     metadata = header.pop("__metadata__", None) or {}
+    return header_from_entries(file_label, header, metadata, size - 8 - header_len, data_start=8 + header_len)
+
+
+def header_from_entries(
+    file_label: str, entries: dict[str, Any], metadata: object, data_size: int, data_start: int = 0
+) -> ShardHeader:
+    """A checked ShardHeader from a header's tensor entries (name -> dtype, shape, data_offsets), whether read
+    from a local file or from the Hub, where `data_size` bounds the data section."""
     if not isinstance(metadata, dict):
         raise InputError(f"{file_label} has a `__metadata__` entry that is not a JSON object.")
-    tensors = [_tensor_info(file_label, name, entry, data_size) for name, entry in header.items()]
+    tensors = [_tensor_info(file_label, name, entry, data_size) for name, entry in entries.items()]
     tensors.sort(key=lambda info: info.begin)
     previous: TensorInfo | None = None
     for info in tensors:

@@ -17,6 +17,11 @@ BUDGET_REPORT = _object({
     "name": {"type": "string"}, "is_parent": {"type": "boolean"}, "sizes": _SIZES,
     "params_total": _COUNT, "params_active": _COUNT,
     "bytes": _object({k: _COUNT for k in ("stored", "bf16", "fp8", "nvfp4")}), "tensors": _COUNT,
+    "download_bytes": _COUNT,
+})
+
+HUB_REPORT = _object({
+    "repo_id": {"type": "string"}, "commit": {"type": "string"}, "download_bytes": _COUNT, "cached_bytes": _COUNT,
 })
 
 INSPECT = _object({
@@ -27,14 +32,14 @@ INSPECT = _object({
     "norm_semantics": {"enum": ["active", "full", None]},
     "budgets": {"type": "array", "items": BUDGET_REPORT},
     "module_quantization": {"type": "object", "additionalProperties": {"type": "string"}},
-    "problems": _STRINGS,
+    "problems": _STRINGS, "hub": {"oneOf": [{"type": "null"}, HUB_REPORT]},
 })
 
 EXTRACT_RESULT = _object({
     "out": {"type": "string"}, "budget": {"type": "string"}, "sizes": _SIZES, "params_total": _COUNT,
     "params_active": _COUNT, "tensors": _COUNT, "bytes": _COUNT, "shards": _STRINGS,
     "seconds": {"type": "number", "minimum": 0}, "gb_per_s": {"type": "number", "minimum": 0},
-    "copied_files": _STRINGS,
+    "copied_files": _STRINGS, "hub_url": {"type": ["string", "null"]},
 })
 
 #: `extract --json`: one result for one budget, a list for several

@@ -165,11 +165,17 @@ class HubStandIn:
                 hub.uploads[match.group(1)] = body
                 self._send(200)
 
-            def _repo_info(self, repo_id: str, revision: str, query: dict[str, list[str]]) -> None:
+            def _lookup(self, repo_id: str, revision: str) -> tuple[str, dict[str, bytes]] | None:
+                """The commit sha and files of a repo at a revision; None after answering 404."""
                 repo = hub.repos.get(repo_id)
                 found = repo.at(revision) if repo else None
                 if found is None:
                     self._not_found(f"Repository {repo_id} not found")
+                return found
+
+            def _repo_info(self, repo_id: str, revision: str, query: dict[str, list[str]]) -> None:
+                found = self._lookup(repo_id, revision)
+                if found is None:
                     return
                 sha, files = found
                 blobs = query.get("blobs") == ["true"]
@@ -182,14 +188,12 @@ class HubStandIn:
                         if name.endswith(_LFS_SUFFIXES):
                             entry["lfs"] = {"sha256": _sha256(data), "size": len(data), "pointerSize": 134}
                     siblings.append(entry)
-                self._json({"id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
+                self._json({"id": repo_id, "modelId": repo_id, "sha": sha, "private": hub.repos[repo_id].private,
                             "siblings": siblings, "tags": [], "downloads": 0, "likes": 0})
 
             def _tree(self, repo_id: str, revision: str) -> None:
-                repo = hub.repos.get(repo_id)
-                found = repo.at(revision) if repo else None
+                found = self._lookup(repo_id, revision)
                 if found is None:
-                    self._not_found(f"Repository {repo_id} not found")
                     return
                 entries = []
                 for name, data in sorted(found[1].items()):
@@ -205,10 +209,8 @@ class HubStandIn:
                     self._not_found(f"no stand-in for {self.command} {path}", "EntryNotFound")
                     return
                 repo_id, revision, name = match.groups()
-                repo = hub.repos.get(repo_id)
-                found = repo.at(revision) if repo else None
+                found = self._lookup(repo_id, revision)
                 if found is None:
-                    self._not_found(f"Repository {repo_id} not found")
                     return
                 sha, files = found
                 if name not in files:

@@ -48,3 +48,10 @@ def test_api_and_cli_agree(tiny_parent: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", sorted(SCHEMAS))
 def test_schemas_are_valid(kind: str) -> None:
     jsonschema.Draft202012Validator.check_schema(SCHEMAS[kind])
+
+
+def test_documented_schemas_are_the_ones_in_code() -> None:
+    """docs/json-output.md shows every schema exactly as elastic_slice.schemas defines it."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "json-output.md").read_text()
+    for name, schema in SCHEMAS.items():
+        assert json.dumps(schema, indent=2) in doc, name

@@ -21,8 +21,9 @@ from .nesting import INDEX_FILE
 from .plan import Plan, TensorOp
 
 CARD_FILE = "README.md"
-#: bytes per write() call: measured on a 2-core VM (Linux 6.18), writing 2 GB to the page cache took 0.7 s in
-#: 128-256 KiB calls, 4.7 s in 1 MiB calls and 9 s in 64 MiB calls
+#: bytes per write() call: measured on a 2-core VM (Linux 6.18), writing 2 GB to the page cache typically took
+#: 0.7-0.8 s in 128-256 KiB calls, 4.7 s in 1 MiB calls and 9-10 s in 64 MiB calls (the VM had rare slow outliers
+#: at every size)
 WRITE_BLOCK = 256 * 2**10
 #: bytes of a shard hashed per step, read back from the page cache
 _HASH_WINDOW = 64 * 2**20

@@ -239,7 +239,7 @@ class _Prepared:
 
 
 def _prepare(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Checkpoint,
     sizes: list[str],
     index: str | Path | None,
     dtype: str | None,
@@ -249,7 +249,7 @@ def _prepare(
     target: ParamTarget | None = None,
     revision: str | None = None,
 ) -> _Prepared:
-    ckpt = hub.open_source(checkpoint, revision)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else hub.open_source(checkpoint, revision)
     arch = get_architecture(ckpt.model_type)
     if quantize is not None and quantize.calibration is not None:
         ckpt = hub.fetch_all(ckpt)  # calibration runs the whole parent in transformers
@@ -317,7 +317,7 @@ def extract(
 
 
 def extract_many(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Checkpoint,
     sizes: list[str],
     out: str | Path,
     index: str | Path | None = None,
@@ -341,6 +341,7 @@ def extract_many(
 
     With `nest` (the default), each budget goes to `out/<budget name>`; otherwise `out` is the one budget's folder;
     None nests only when there are several budgets. `on_plans` sees the plans before anything is written.
+    `checkpoint` may be a Checkpoint already opened (its headers are then not read again).
     `push_to_hub` ("org/name", with "{budget}" in it for several budgets) uploads each finished folder.
     """
     prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target, revision)
@@ -369,9 +370,8 @@ def extract_many(
             if keep_index and prepared.nesting is not None:
                 for staging in stagings:
                     write_json(staging / INDEX_FILE, prepared.nesting.to_json(), sort_keys=False)
-            parent_name = str(checkpoint) if hub.is_repo_id(str(checkpoint)) else None
             copied = [
-                _finish_folder(ckpt, arch, target, staging, command, parent_files, options, parent_name)
+                _finish_folder(ckpt, arch, target, staging, command, parent_files, options)
                 for target, staging in zip(targets, stagings)
             ]
         except OSError as exc:
@@ -425,7 +425,6 @@ def _finish_folder(
     command: str | None,
     parent_files: dict[str, Any],
     options: dict[str, Any],
-    parent_name: str | None = None,
 ) -> list[str]:
     """Everything but the shards: weights index, config, companion files, model card, manifest (last)."""
     plan = target.plan
@@ -434,7 +433,7 @@ def _finish_folder(
     for name, content in plan.extra_files.items():
         write_json(staging / name, content)
     copied = copy_companion_files(ckpt, staging)
-    parent_name = parent_name or ckpt.config.get("_name_or_path") or ckpt.root.name
+    parent_name = ckpt.hub.repo_id if ckpt.hub else ckpt.config.get("_name_or_path") or ckpt.root.name
     card = model_card(plan, str(parent_name), arch.parent_sizes(ckpt.config), command, _version())
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
     write_manifest(staging, plan, target.writer.sha256, parent_files, options, command, _version())
@@ -492,7 +491,7 @@ def quantize(
     # every budget must slice the quantized parent into whole NVFP4 blocks: plan them all before writing
     checked = _prepare(checkpoint, [ALL_BUDGETS], index, None, max_shard_size, _without_calibration(options))
     return extract_many(
-        checkpoint, [checked.nesting.parent], out, index, None, max_shard_size, overwrite, command, workers, on_bytes,
+        checked.checkpoint, [checked.nesting.parent], out, index, None, max_shard_size, overwrite, command, workers, on_bytes,
         nest=False, quantize=options, keep_index=True,
     )[0]
 

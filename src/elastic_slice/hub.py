@@ -109,12 +109,6 @@ def _open_repo(repo_id: str, revision: str | None) -> Checkpoint:
     cached = {p.name for p in folder.glob("*.safetensors")}
     if constants.HF_HUB_OFFLINE:
         names = weight_map_files(folder) or sorted(cached)
-        for name in names:
-            if name not in cached:
-                raise InputError(
-                    f"file {name} of {where} is not in the Hugging Face cache ({folder}) and downloads are off "
-                    "(HF_HUB_OFFLINE); download it first, or unset HF_HUB_OFFLINE."
-                )
         headers = [_local_header(folder, name, where) for name in names]
         sizes = {name: (folder / name).stat().st_size for name in names}
     else:
@@ -157,7 +151,10 @@ def _remote_headers(repo_id: str, folder: Path, where: str) -> tuple[list[str], 
 def _local_header(folder: Path, name: str, where: str) -> ShardHeader:
     path = folder / name
     if not path.is_file():
-        raise InputError(f"file {name} of {where} is not in the Hugging Face cache ({folder}); download it first.")
+        raise InputError(
+            f"file {name} of {where} is not in the Hugging Face cache ({folder}) and downloads are off "
+            "(HF_HUB_OFFLINE); download it first, or unset HF_HUB_OFFLINE."
+        )
     return read_shard_header(path, str(path))
 
 

@@ -63,6 +63,14 @@ def run_cli(*args: str) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
+def add_budgets(parent: Path, **budgets: Any) -> None:
+    """Add budgets (name -> axis sizes) to the nesting_index.json of a parent folder."""
+    path = parent / "nesting_index.json"
+    index = json.loads(path.read_text())
+    index["budgets"].update(budgets)
+    path.write_text(json.dumps(index))
+
+
 def load_tensors(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a model folder, by name."""
     tensors: dict[str, torch.Tensor] = {}

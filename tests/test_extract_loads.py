@@ -11,7 +11,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from elastic_slice import api
-from conftest import load_tensors, run_cli
+from conftest import add_budgets, load_tensors, run_cli
 
 
 @pytest.mark.parametrize("budget", ["30B", "23B", "12B"])
@@ -90,9 +90,7 @@ def test_hybrid_override_pattern_configs_are_cut_too(tiny_parent: Path, tmp_path
     config["hybrid_override_pattern"] = "ME*-ME*M"
     config["num_hidden_layers"] = 8
     (parent / "config.json").write_text(json.dumps(config))
-    index = json.loads((parent / "nesting_index.json").read_text())
-    index["budgets"]["short"] = {"layers": [0, 1, 2, 3, 4, 5]}
-    (parent / "nesting_index.json").write_text(json.dumps(index))
+    add_budgets(parent, short={"layers": [0, 1, 2, 3, 4, 5]})
     api.extract(parent, "short", tmp_path / "out")
     child = json.loads((tmp_path / "out" / "config.json").read_text())
     assert child["hybrid_override_pattern"] == "ME*-ME" and child["num_hidden_layers"] == 6

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from elastic_slice import api
-from conftest import load_tensors, run_cli
+from conftest import add_budgets, load_tensors, run_cli
 
 
 def test_inspect_table(tiny_parent: Path) -> None:
@@ -41,9 +40,7 @@ def test_inspect_json_matches_extracted_children(tiny_parent: Path, tmp_path: Pa
 def test_inspect_reports_problems_with_exit_code(tiny_parent: Path, tmp_path: Path) -> None:
     parent = tmp_path / "p"
     shutil.copytree(tiny_parent, parent)
-    index = json.loads((parent / "nesting_index.json").read_text())
-    index["budgets"]["bad"] = {"mamba_num_heads": 6}
-    (parent / "nesting_index.json").write_text(json.dumps(index))
+    add_budgets(parent, bad={"mamba_num_heads": 6})
     result = run_cli("inspect", parent, "--json")
     assert result.code == 2
     data = result.json()

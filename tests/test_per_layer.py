@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from elastic_slice import api
 from elastic_slice.arch.nemotron_h_torch import apply_masked_forward
-from conftest import load_tensors, run_cli
+from conftest import add_budgets, load_tensors, run_cli
 
 # pattern ME*-ME*M: MoE layers 1 and 5, the dense MLP layer 3
 PER_LAYER = {
@@ -29,10 +29,8 @@ TOKENS = torch.tensor([[5, 17, 99, 4, 250, 31, 7, 77, 123, 9, 41, 42, 43, 200, 8
 def parent(axis_parents: dict[str, Path], tmp_path: Path) -> Path:
     folder = tmp_path / "parent"
     shutil.copytree(axis_parents["active"], folder)
-    index = json.loads((folder / "nesting_index.json").read_text())
-    index["budgets"]["hetero"] = PER_LAYER
-    index["budgets"]["mamba-per-layer"] = {"mamba_num_heads": [8, None, None, None, 12, None, None, 16]}
-    (folder / "nesting_index.json").write_text(json.dumps(index))
+    per_layer_mamba = {"mamba_num_heads": [8, None, None, None, 12, None, None, 16]}
+    add_budgets(folder, hetero=PER_LAYER, **{"mamba-per-layer": per_layer_mamba})
     return folder
 
 
@@ -70,9 +68,7 @@ def test_non_paddable_per_layer_budget_is_refused(parent: Path, tmp_path: Path) 
     ],
 )
 def test_per_layer_rules(parent: Path, tmp_path: Path, value: list, words: tuple[str, ...]) -> None:
-    index = json.loads((parent / "nesting_index.json").read_text())
-    index["budgets"]["bad"] = {"n_routed_experts": value}
-    (parent / "nesting_index.json").write_text(json.dumps(index))
+    add_budgets(parent, bad={"n_routed_experts": value})
     result = run_cli("extract", parent, "--size", "bad", "--out", tmp_path / "o")
     assert result.code == 2
     for word in words:

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from elastic_slice import api
 from elastic_slice.api import QuantOptions
 from elastic_slice.quant import fp8, nvfp4
-from conftest import load_tensors, run_cli
+from conftest import add_budgets, load_tensors, run_cli
 
 FORMATS = [("nvfp4", "modelopt"), ("fp8", "modelopt"), ("nvfp4", "compressed-tensors"), ("fp8", "compressed-tensors")]
 
@@ -102,9 +102,7 @@ def test_exclusions_are_renumbered_after_depth_cuts(axis_parents: dict[str, Path
 def test_nvfp4_block_alignment_errors(tiny_parent: Path, tmp_path: Path) -> None:
     parent = tmp_path / "p"
     shutil.copytree(tiny_parent, parent)
-    index = json.loads((parent / "nesting_index.json").read_text())
-    index["budgets"]["odd"] = {"moe_intermediate_size": 40}
-    (parent / "nesting_index.json").write_text(json.dumps(index))
+    add_budgets(parent, odd={"moe_intermediate_size": 40})
     result = run_cli("quantize", parent, "--to", "nvfp4", "--quant-format", "compressed-tensors", "--out", tmp_path / "q")
     assert result.code == 2 and "budget 'odd'" in result.stderr and "multiple of 16" in result.stderr
     assert "down_proj" in result.stderr and not (tmp_path / "q").exists()

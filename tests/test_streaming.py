@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from elastic_slice.checkpoint import open_checkpoint
 from elastic_slice.errors import RunFailure
 from elastic_slice.execute import Target, execute
 from elastic_slice.manifest import sha256_file
+from elastic_slice import writer as writer_module
 from elastic_slice.writer import ShardWriter
 
 
@@ -37,6 +39,35 @@ def test_tiny_chunks_and_threads_give_identical_bytes(tiny_parent: Path, tmp_pat
         for shard in plan.shards:
             assert (folder / shard).read_bytes() == (reference / shard).read_bytes(), (workers, chunk, shard)
             assert writer.sha256[shard] == sha256_file(folder / shard)
+
+
+def test_direct_and_buffered_writes_in_any_block_size_give_identical_bytes(
+    tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = tmp_path / "ref"
+    opened: list[bool] = []
+    real_open = writer_module._open_for_writing
+    monkeypatch.setattr(writer_module, "_open_for_writing", lambda path: (r := real_open(path), opened.append(r[1]))[0])
+    api.extract(tiny_parent, "12B", reference, max_shard_size="400KB")
+    assert opened and all(opened)  # this filesystem takes direct writes
+    monkeypatch.setattr(writer_module, "DIRECT_BLOCK", 3 * writer_module.DIRECT_ALIGN)  # many blocks, a partial last
+    api.extract(tiny_parent, "12B", tmp_path / "small-blocks", max_shard_size="400KB")
+    real_os_open = os.open
+
+    def no_direct_io(path: object, flags: int, *args: object) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_os_open(path, flags, *args)
+
+    opened.clear()
+    monkeypatch.setattr(writer_module.os, "open", no_direct_io)
+    api.extract(tiny_parent, "12B", tmp_path / "buffered", max_shard_size="400KB")
+    assert opened and not any(opened)
+    manifest = json.loads((reference / "elastic_slice_manifest.json").read_text())
+    for folder in (tmp_path / "small-blocks", tmp_path / "buffered"):
+        for shard in sorted(p.name for p in reference.glob("*.safetensors")):
+            assert (folder / shard).read_bytes() == (reference / shard).read_bytes(), (folder.name, shard)
+            assert manifest["files"][shard]["sha256"] == sha256_file(folder / shard)
 
 
 def test_one_pass_equals_separate_runs(tiny_parent: Path, tmp_path: Path) -> None:
@@ -101,3 +132,22 @@ def test_parent_shortened_during_the_run_is_a_clean_error(tiny_parent: Path, tmp
     (tmp_path / "out").mkdir()
     with pytest.raises(RunFailure, match="ended early while reading tensor"):
         execute(checkpoint, [Target(plan, ShardWriter(tmp_path / "out", plan))])
+
+
+def test_disk_full_after_many_blocks_fails_cleanly(
+    tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "DIRECT_BLOCK", writer_module.DIRECT_ALIGN)  # every block in flight fails
+    real_pwrite, calls = os.pwrite, []
+
+    def disk_fills_up(fd: int, data: object, offset: int) -> int:
+        calls.append(offset)
+        if len(calls) > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(writer_module.os, "pwrite", disk_fills_up)
+    out = tmp_path / "out"
+    with pytest.raises(RunFailure, match="No space left on device"):
+        api.extract(tiny_parent, "12B", out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -143,7 +143,6 @@ class _ShardFile:
         self._block = self._free.get()
         self._filled = 0
         self._offset = 0
-        self.size = 0
 
     def append(self, view: memoryview) -> None:
         """Add bytes at the end of the file."""
@@ -155,7 +154,6 @@ class _ShardFile:
             done += count
             if self._filled == DIRECT_BLOCK:
                 self._submit()
-        self.size += len(view)
 
     def _submit(self) -> None:
         while self._tasks and self._tasks[0].done():
@@ -167,6 +165,13 @@ class _ShardFile:
         self._block, self._filled = self._free.get(), 0
 
     def _store(self, block: mmap.mmap, length: int, offset: int, hashed: Future[None]) -> None:
+        try:
+            self._write_block(block, length, offset)
+        finally:
+            wait([hashed])
+            self._free.put(block)  # even after a failed write: the next submit reports the failure
+
+    def _write_block(self, block: mmap.mmap, length: int, offset: int) -> None:
         with memoryview(block) as view:
             # a direct write covers whole aligned blocks: the last one is padded and the file cut back after
             padded = -(-length // DIRECT_ALIGN) * DIRECT_ALIGN
@@ -181,8 +186,6 @@ class _ShardFile:
                     self._stop_direct_writes()  # e.g. a file size limit cuts the write to an unaligned length
                 if self.direct and written % DIRECT_ALIGN:
                     self._stop_direct_writes()  # a short write (a nearly full disk): the rest goes buffered
-        hashed.result()
-        self._free.put(block)
 
     def _stop_direct_writes(self) -> None:
         """Write the rest of the file buffered, which takes any length and reports the real error (EFBIG, ENOSPC)."""

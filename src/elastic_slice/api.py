@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import hub
 from .arch import Architecture, get_architecture
+from .budgets import ALL_BUDGETS, ParamTarget, select_budgets
 from .card import model_card
 from .checkpoint import Checkpoint, read_json_object
 from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError, RunFailure
 from .execute import Target, execute
-from .budgets import ALL_BUDGETS, ParamTarget, select_budgets
+from .manifest import describe_parent_files, write_manifest
 from .nesting import INDEX_FILE, NestingIndex, find_index, parse_index, resolve_budget
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
-from .manifest import describe_parent_files, write_manifest
 from .quant.calibrate import calibrate, calibration_texts
 from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
 from .quant.planning import QuantRequest, module_quantization
@@ -32,7 +33,6 @@ from .verify import (
     open_child,
     open_output,
 )
-from . import hub
 from .writer import (
     CARD_FILE,
     ShardWriter,
@@ -118,8 +118,6 @@ class ExtractResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,12 @@ from .execute import Target, execute
 from .manifest import describe_parent_files, write_manifest
 from .nesting import INDEX_FILE, NestingIndex, find_index, parse_index, resolve_budget
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
-from .quant.calibrate import calibrate, calibration_texts
+from .arch.base import OUTPUT
+from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
+from .quant.calibrate import announce, calibrate, calibration_texts, describe
 from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
 from .quant.planning import QuantRequest, module_quantization
-from .quant.schemes import SCHEMES, footprint
+from .quant.schemes import NVIDIA, RECIPES, SCHEMES, footprint
 from .verify import (
     VerifyReport,
     check_against_parent,
@@ -122,13 +124,16 @@ class ExtractResult:
 
 @dataclass(frozen=True)
 class QuantOptions:
-    """Quantize the output: `scheme` fp8 or nvfp4, `fmt` modelopt or compressed-tensors."""
+    """Quantize the output: `scheme` fp8 or nvfp4, `fmt` modelopt or compressed-tensors, `recipe` nvidia (NVIDIA's
+    release exclusions) or broad, `exclude` globs added to it, `kv_cache` "fp8" for calibrated KV-cache scales."""
 
     scheme: str
     fmt: str = MODELOPT
     exclude: tuple[str, ...] = ()
     calibration: str | None = None
     device: str = "cpu"
+    recipe: str = NVIDIA
+    kv_cache: str | None = None
 
     def request(self, checkpoint: Checkpoint, arch: Architecture) -> QuantRequest:
         scheme = SCHEMES.get(self.scheme.lower())
@@ -136,16 +141,34 @@ class QuantOptions:
             raise InputError(f"--quantize {self.scheme!r} is not supported; use fp8 or nvfp4.")
         if self.fmt not in FORMATS:
             raise InputError(f"--quant-format {self.fmt!r} is not supported; use {' or '.join(FORMATS)}.")
-        if self.fmt == MODELOPT and self.calibration is None:
-            raise InputError(
-                "--quant-format modelopt stores static activation scales, which need --calibration FILE "
-                "(or --calibration default for the built-in sample); --quant-format compressed-tensors also "
-                "works without: FP8 with dynamic activations, NVFP4 weight-only."
-            )
+        if self.recipe not in RECIPES:
+            raise InputError(f"--recipe {self.recipe!r} is not supported; use {' or '.join(RECIPES)}.")
+        if self.kv_cache not in (None, "fp8"):
+            raise InputError(f"--kv-cache {self.kv_cache!r} is not supported; use fp8 (or leave it out).")
+        source = self.calibration_source()
         amax = None
+        if source is not None:
+            texts = calibration_texts(source)
+            announce(source, len(texts))
+            amax = calibrate(checkpoint.root, arch, texts, self.device)
+        return QuantRequest(
+            scheme=scheme, fmt=self.fmt, exclude=tuple(self.exclude), input_amax=amax, recipe=self.recipe,
+            recipe_modules=tuple(arch.recipe_exclusions(checkpoint.config)) if self.recipe == NVIDIA else (),
+            kv_amax=_outputs(amax) if self.kv_cache and amax is not None else None,
+            calibration=describe(source) if source is not None else None,
+        )
+
+    def calibration_source(self) -> str | None:
+        """What calibration runs on: the given text, else the built-in sample where the format or --kv-cache needs
+        static scales (ModelOpt stores them); None for compressed-tensors without it (dynamic / weight-only)."""
         if self.calibration is not None:
-            amax = calibrate(checkpoint.root, arch, calibration_texts(self.calibration), self.device)
-        return QuantRequest(scheme=scheme, fmt=self.fmt, exclude=tuple(self.exclude), input_amax=amax)
+            return self.calibration
+        return DEFAULT_CALIBRATION if self.fmt == MODELOPT or self.kv_cache else None
+
+
+def _outputs(amax: dict[str, float]) -> dict[str, float]:
+    """The recorded output amax of key and value projections, by module name."""
+    return {name.removesuffix(OUTPUT): value for name, value in amax.items() if name.endswith(OUTPUT)}
 
 
 def _version() -> str:
@@ -249,7 +272,7 @@ def _prepare(
 ) -> _Prepared:
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else hub.open_source(checkpoint, revision)
     arch = get_architecture(ckpt.model_type)
-    if quantize is not None and quantize.calibration is not None:
+    if quantize is not None and quantize.calibration_source() is not None:
         ckpt = hub.fetch_all(ckpt)  # calibration runs the whole parent in transformers
     out_dtype = parse_user_dtype(dtype) if dtype is not None else None
     shard_limit = parse_size(str(max_shard_size))
@@ -496,7 +519,7 @@ def quantize(
 
 def _without_calibration(options: QuantOptions) -> QuantOptions:
     """The same quantization planned without running calibration (for checks that need no scales)."""
-    return QuantOptions(options.scheme, COMPRESSED_TENSORS, options.exclude, None, options.device)
+    return replace(options, fmt=COMPRESSED_TENSORS, calibration=None, kv_cache=None)
 
 
 def derive_index(

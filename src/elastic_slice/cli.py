@@ -39,6 +39,10 @@ CalibrationOption = typer.Option(
     None, "--calibration", help="Text file for activation scales, or 'default' for the built-in sample."
 )
 DeviceOption = typer.Option("cpu", "--device", help="Device for calibration runs (cpu, cuda).")
+RecipeOption = typer.Option(
+    "nvidia", "--recipe", help="What stays unquantized: nvidia (NVIDIA's Nemotron NVFP4 release) or broad."
+)
+KvCacheOption = typer.Option(None, "--kv-cache", help="fp8: write calibrated FP8 KV-cache scales (default: none).")
 RevisionOption = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit) of a repo id CKPT.")
 IndexOption = typer.Option(None, "--index", help="Nesting index JSON file (default: nesting_index.json, then config.json).")
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
@@ -160,6 +164,8 @@ def extract(
     exclude: Optional[list[str]] = ExcludeOption,
     calibration: Optional[str] = CalibrationOption,
     device: str = DeviceOption,
+    recipe: str = RecipeOption,
+    kv_cache: Optional[str] = KvCacheOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and output size; write nothing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder when done."),
     push_to_hub: Optional[str] = typer.Option(
@@ -179,7 +185,7 @@ def extract(
         raise InputError("give the budget to extract with --size NAME (or --all, or --set); `inspect` lists them.")
     sizes = [api.ALL_BUDGETS] if all_budgets else list(size or [])
     overrides = parse_set(set_axes) if set_axes else None
-    quant = _quant_options(quantize, quant_format, exclude, calibration, device)
+    quant = _quant_options(quantize, quant_format, exclude, calibration, device, recipe, kv_cache)
     if dry_run:
         plans = api.plan_extract_many(
             checkpoint, sizes, index, dtype, max_shard_size, quant, overrides, target, revision
@@ -265,13 +271,14 @@ def verify(
 
 
 def _quant_options(
-    scheme: str | None, fmt: str, exclude: list[str] | None, calibration: str | None, device: str
+    scheme: str | None, fmt: str, exclude: list[str] | None, calibration: str | None, device: str,
+    recipe: str, kv_cache: str | None,
 ) -> api.QuantOptions | None:
     if scheme is None:
-        if calibration is not None or exclude:
-            raise InputError("--calibration and --exclude apply only with --quantize fp8|nvfp4.")
+        if calibration is not None or exclude or kv_cache is not None:
+            raise InputError("--calibration, --exclude and --kv-cache apply only with --quantize fp8|nvfp4.")
         return None
-    return api.QuantOptions(scheme, fmt, tuple(exclude or ()), calibration, device)
+    return api.QuantOptions(scheme, fmt, tuple(exclude or ()), calibration, device, recipe, kv_cache)
 
 
 @app.command()
@@ -284,6 +291,8 @@ def quantize(
     exclude: Optional[list[str]] = ExcludeOption,
     calibration: Optional[str] = CalibrationOption,
     device: str = DeviceOption,
+    recipe: str = RecipeOption,
+    kv_cache: Optional[str] = KvCacheOption,
     index: Optional[Path] = IndexOption,
     max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, "--max-shard-size", help="Largest shard, e.g. 5GB."),
     workers: int = typer.Option(2, "--workers", min=1, max=64, help="Reader threads."),
@@ -292,7 +301,7 @@ def quantize(
 ) -> None:
     """Quantize a parent once into a nested FP8/NVFP4 parent that keeps its nesting index: every budget sliced
     from it is a valid quantized model."""
-    options = _quant_options(to, quant_format, exclude, calibration, device)
+    options = _quant_options(to, quant_format, exclude, calibration, device, recipe, kv_cache)
     assert options is not None
     command = "elastic-slice " + shlex.join(sys.argv[1:])
     with _progress(as_json) as progress:

@@ -43,6 +43,11 @@ FP8 = Scheme("fp8", bits=8, block_size=None, excluded_kinds=frozenset())
 NVFP4 = Scheme("nvfp4", bits=4, block_size=16, excluded_kinds=frozenset({"attention_linear"}))
 SCHEMES = {scheme.name: scheme for scheme in (FP8, NVFP4)}
 
+#: recipes for what quantize-on-extract leaves unquantized: NVIDIA's Nemotron 3 Nano NVFP4 release (the
+#: architecture's `recipe_exclusions`), or the broader per-kind defaults of the schemes above
+NVIDIA, BROAD = "nvidia", "broad"
+RECIPES = (NVIDIA, BROAD)
+
 
 def footprint(tensors: Iterable[tuple[str, str, tuple[int, ...]]]) -> dict[str, int]:
     """Bytes on disk of (name, kind, shape) tensors in bf16, FP8 and NVFP4 with default exclusions."""

@@ -135,7 +135,8 @@ class QuantOptions:
     recipe: str = NVIDIA
     kv_cache: str | None = None
 
-    def request(self, checkpoint: Checkpoint, arch: Architecture) -> QuantRequest:
+    def request(self, checkpoint: Checkpoint, arch: Architecture, calibrated: bool = True) -> QuantRequest:
+        """The plan's quantization request; with `calibrated` False no calibration runs (no static scales)."""
         scheme = SCHEMES.get(self.scheme.lower())
         if scheme is None:
             raise InputError(f"--quantize {self.scheme!r} is not supported; use fp8 or nvfp4.")
@@ -145,7 +146,7 @@ class QuantOptions:
             raise InputError(f"--recipe {self.recipe!r} is not supported; use {' or '.join(RECIPES)}.")
         if self.kv_cache not in (None, "fp8"):
             raise InputError(f"--kv-cache {self.kv_cache!r} is not supported; use fp8 (or leave it out).")
-        source = self.calibration_source()
+        source = self.calibration_source() if calibrated else None
         amax = None
         if source is not None:
             texts = calibration_texts(source)
@@ -269,15 +270,16 @@ def _prepare(
     overrides: dict[str, Any] | None = None,
     target: ParamTarget | None = None,
     revision: str | None = None,
+    calibrated: bool = True,
 ) -> _Prepared:
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else hub.open_source(checkpoint, revision)
     arch = get_architecture(ckpt.model_type)
-    if quantize is not None and quantize.calibration_source() is not None:
+    if quantize is not None and calibrated and quantize.calibration_source() is not None:
         ckpt = hub.fetch_all(ckpt)  # calibration runs the whole parent in transformers
     out_dtype = parse_user_dtype(dtype) if dtype is not None else None
     shard_limit = parse_size(str(max_shard_size))
     nesting, budgets = select_budgets(ckpt, arch, sizes, Path(index) if index is not None else None, overrides, target)
-    request = quantize.request(ckpt, arch) if quantize is not None else None
+    request = quantize.request(ckpt, arch, calibrated) if quantize is not None else None
     plans = [build_plan(ckpt, arch, budget, out_dtype, shard_limit, request, _version()) for budget in budgets]
     return _Prepared(ckpt, nesting, plans)
 
@@ -468,9 +470,13 @@ def verify(
     index: str | Path | None = None,
     numerics: bool = False,
     device: str = "cpu",
-    tolerance: float = 1e-3,
+    tolerance: float | None = None,
 ) -> VerifyReport:
-    """Check an output folder: manifest hashes, config/shard agreement and, with `parent`, every byte and logit."""
+    """Check an output folder: manifest hashes, config/shard agreement and, with `parent`, every byte and logit.
+
+    An output quantized during extract is re-planned with the manifest's quantization (without calibration): its
+    weights and weight scales must equal the parent's bytes quantized again, and dequantize within the format's
+    bound of the parent's slice. `tolerance` defaults to the output format's (`verify.NUMERIC_TOLERANCE`)."""
     folder = open_output(out)
     report = VerifyReport(folder=str(folder))
     manifest = check_files(folder, report)
@@ -485,15 +491,29 @@ def verify(
     if budget is None:
         raise InputError("verify --parent needs --size NAME: the output has no manifest naming its budget.")
     options = (manifest or {}).get("options", {})
-    prepared = _prepare(parent, [budget], index, options.get("dtype"), options.get("max_shard_size", "5GB"))
+    quant = _manifest_quantization(options.get("quantize"))
+    shard_size = options.get("max_shard_size", "5GB")
+    prepared = _prepare(parent, [budget], index, options.get("dtype"), shard_size, quant, calibrated=False)
     plan = prepared.plans[0]
+    dense = _prepare(prepared.checkpoint, [budget], index, options.get("dtype"), shard_size).plans[0] if quant else None
     ckpt = hub.fetch_all(prepared.checkpoint) if numerics else hub.fetch(
         prepared.checkpoint, _needed_files([plan], prepared.checkpoint))
     if child is not None:
-        check_against_parent(child, plan, ckpt, report)
-    if numerics:
-        check_numerics(folder, ckpt, plan, report, device, tolerance)
+        check_against_parent(child, plan, ckpt, report, dense)
+        if numerics:
+            check_numerics(child, ckpt, plan, report, device, tolerance)
     return report
+
+
+def _manifest_quantization(recorded: Any) -> QuantOptions | None:
+    """The QuantOptions a manifest records (untrusted: a malformed entry is an input error naming the field)."""
+    if recorded is None:
+        return None
+    try:
+        options = QuantOptions(**recorded)
+        return replace(options, exclude=tuple(options.exclude))
+    except TypeError as exc:
+        raise InputError(f"the manifest's options.quantize is not understood ({exc}); verify without --parent.") from exc
 
 
 def quantize(

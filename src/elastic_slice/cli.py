@@ -253,7 +253,10 @@ def verify(
     index: Optional[Path] = IndexOption,
     numerics: bool = typer.Option(False, "--numerics", help="Also compare logits with the parent's masked forward."),
     device: str = typer.Option("cpu", "--device", help="Device for --numerics (cpu, cuda)."),
-    tolerance: float = typer.Option(1e-3, "--tolerance", help="Largest allowed logit difference for --numerics."),
+    tolerance: Optional[float] = typer.Option(
+        None, "--tolerance",
+        help="--numerics: largest max logit difference over the largest parent logit (default: the format's).",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Re-read an output folder and check its files, structure and (with --parent) its bytes and logits."""

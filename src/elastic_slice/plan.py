@@ -12,7 +12,7 @@ from typing import Any
 from .arch import Architecture, ParamCounts, TensorCut
 from .checkpoint import Checkpoint
 from .quant.formats import parts
-from .quant.output import HF_QUANT_CONFIG, output_quantization
+from .quant.output import HF_QUANT_CONFIG, QuantSummary, output_quantization, summarize
 from .quant.planning import (
     Dequant,
     ParentQuantization,
@@ -78,6 +78,8 @@ class Plan:
     extra_files: dict[str, Any] = field(default_factory=dict)
     #: logical (unpacked) shape of every weight of the child, quantized ones included
     dense_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: how the child's weights are quantized (for the model card); None when they are not
+    quantization: QuantSummary | None = None
 
     @property
     def out_bytes(self) -> int:
@@ -189,6 +191,7 @@ def build_plan(
         params=arch.count_parameters(dense_shapes, child_config),
         extra_files=extra_files,
         dense_shapes=dense_shapes,
+        quantization=None if dequantize else summarize(arch, placed, parent_quant, quantize, child_config),
     )
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .formats import MODELOPT, compressed_tensors_config, modelopt_config_entry, modelopt_quantization
+from .formats import KV_SCALE, MODELOPT, WEIGHT, compressed_tensors_config, modelopt_config_entry, modelopt_quantization
 from .planning import ParentQuantization, QuantRequest, rename_modules
 
 if TYPE_CHECKING:
@@ -18,6 +19,39 @@ if TYPE_CHECKING:
 HF_QUANT_CONFIG = "hf_quant_config.json"
 #: module kinds engines never quantize (embeddings, router gates): listing them would only lengthen the list
 _NEVER_QUANTIZED_KINDS = ("embedding", "router")
+
+
+@dataclass(frozen=True)
+class QuantSummary:
+    """How an output's weights are quantized, for its model card."""
+
+    scheme: str
+    fmt: str
+    #: the recipe and calibration of a run that quantized; None for a slice of an already quantized parent
+    recipe: str | None
+    calibration: str | None
+    exclude: tuple[str, ...]
+    kv_cache: bool
+    #: whether routed-expert weights are stored quantized (transformers mishandles them; see the card)
+    experts_quantized: bool
+
+
+def summarize(
+    arch: Architecture, ops: list[TensorOp], parent: ParentQuantization | None, request: QuantRequest | None,
+    child_config: dict[str, Any],
+) -> QuantSummary | None:
+    """The card's view of the output's quantization (None when it has none)."""
+    if request is not None:
+        experts = any(op.quant is not None and op.quant.part == WEIGHT and arch.module_kind(op.source) == "expert_linear"
+                      for op in ops)
+        return QuantSummary(request.scheme.name, request.fmt, request.recipe, request.calibration, request.exclude,
+                            request.kv_amax is not None, experts)
+    if parent is None or "quantization_config" not in child_config:
+        return None
+    experts = any(parent.stored.get(op.source) is not None and parent.stored[op.source].part == WEIGHT
+                  and arch.module_kind(op.source) == "expert_linear" for op in ops)
+    kv = any(parent.stored.get(op.source) is not None and parent.stored[op.source].part == KV_SCALE for op in ops)
+    return QuantSummary(parent.scheme, parent.fmt, None, None, (), kv, experts)
 
 
 def output_quantization(

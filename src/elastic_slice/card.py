@@ -89,9 +89,10 @@ def _public_path(option: str, value: str) -> str:
 
 
 def library_name(quant: QuantSummary | None) -> str:
-    """`transformers` where transformers loads the output correctly (checked); otherwise `vllm`, an engine whose
-    documentation covers the format, so that the Hub does not offer a transformers snippet that gives wrong output."""
-    if quant is None or (quant.fmt != MODELOPT and not (quant.scheme == "nvfp4" and quant.experts_quantized)):
+    """`transformers` where transformers loads the output correctly (checked: unquantized, compressed-tensors FP8);
+    otherwise `vllm`, an engine whose documentation covers the format, so that the Hub does not offer a
+    transformers snippet that fails or gives wrong output."""
+    if quant is None or (quant.fmt != MODELOPT and quant.scheme == "fp8"):
         return "transformers"
     return "vllm"
 
@@ -123,8 +124,10 @@ def engine_rows(quant: QuantSummary) -> list[tuple[str, str]]:
     if quant.experts_quantized:
         return rows + [(library, "loads with no warning, but its fused routed-expert NVFP4 dequantization ignores "
                                  "`weight_global_scale`: routed experts come out multiplied by it and the logits are "
-                                 "**wrong** (checked); use vLLM, or exclude the experts (`--exclude '*.experts*'`)")]
-    return rows + [(library, "loads the quantized linear layers (checked); routed experts are unquantized here")]
+                                 "**wrong** (checked); use vLLM")]
+    return rows + [(library, "reports the unquantized routed-expert weights as missing (it does not merge them into "
+                             "its fused expert parameters) and runs with them uninitialized: **wrong outputs** "
+                             "(checked); use vLLM")]
 
 
 def _quantization_section(quant: QuantSummary) -> str:

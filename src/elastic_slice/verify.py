@@ -183,8 +183,8 @@ def check_numerics(
 ) -> None:
     """The child's logits against the parent's masked forward on a few fixed tokens, in fp32.
 
-    A quantized child is first dequantized by the project's own decoder into a temporary fp32 folder (weights only:
-    activations and the KV cache run unquantized), so no third-party quantized loader is involved."""
+    A quantized child (or parent) is first dequantized by the project's own decoder into a temporary fp32 folder
+    (weights only: activations and the KV cache run unquantized), so no third-party quantized loader is involved."""
     try:
         import torch
         from transformers import AutoModelForCausalLM
@@ -194,19 +194,25 @@ def check_numerics(
             "pip install elastic-slice."
         ) from exc
     try:
-        quantization = parent_quantization(child.config, child.read_json(HF_QUANT_CONFIG), child.tensors)
+        quantizations = [parent_quantization(c.config, c.read_json(HF_QUANT_CONFIG), c.tensors) for c in (parent, child)]
     except ElasticSliceError as exc:
         report.problems.append(str(exc))
         return
+    quantization = quantizations[1]
     scheme = quantization.scheme if quantization is not None else "none"
-    limit = NUMERIC_TOLERANCE[scheme] if tolerance is None else tolerance
+    # a slice of a quantized parent holds the parent's quantized values: it must match as closely as a bf16 slice
+    rounding = "none" if quantizations[0] is not None else scheme
+    limit = NUMERIC_TOLERANCE[rounding] if tolerance is None else tolerance
     arch = get_architecture(parent.model_type)
     vocab = int(plan.child_config.get("vocab_size", 2))
     tokens = torch.randint(0, vocab, (1, 24), generator=torch.Generator().manual_seed(0)).to(device)
     logits = []
     with quiet_transformers(), tempfile.TemporaryDirectory(prefix="elastic-slice-verify-") as scratch:
-        child_folder = child.root if quantization is None else dequantized_copy(child, Path(scratch))
-        for folder, sizes in ((parent.root, plan.budget.sizes), (child_folder, None)):
+        folders = [
+            checkpoint.root if quant is None else dequantized_copy(checkpoint, Path(scratch) / role)
+            for checkpoint, quant, role in zip((parent, child), quantizations, ("parent", "child"))
+        ]
+        for folder, sizes in zip(folders, (plan.budget.sizes, None)):
             try:
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
             except (OSError, ValueError, RuntimeError) as exc:
@@ -234,6 +240,7 @@ def dequantized_copy(child: Checkpoint, folder: Path) -> Path:
     arch = get_architecture(child.model_type)
     budget = Budget(name="self", sizes=arch.parent_sizes(child.config), is_parent=True, norm_semantics="active")
     plan = build_plan(child, arch, budget, dtype=parse_user_dtype("fp32"))
+    folder.mkdir()
     execute(child, [Target(plan, ShardWriter(folder, plan))])
     write_weights_index(folder, plan)
     write_json(folder / "config.json", plan.child_config)

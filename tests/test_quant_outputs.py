@@ -4,7 +4,10 @@ model card, transformers' observed behaviour (pinned), and `verify` on every qua
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -246,8 +249,6 @@ def test_verify_passes_slices_of_quantized_parents(tiny_parent: Path, tmp_path: 
 ])
 def test_verify_catches_a_flipped_byte(outputs: dict[str, Path], tiny_parent: Path, tmp_path: Path,
                                        kind: str, part: str) -> None:
-    import shutil
-
     folder = tmp_path / kind
     shutil.copytree(outputs[kind], folder)
     module = "backbone.layers.1.mixer.experts.2.down_proj"
@@ -258,11 +259,26 @@ def test_verify_catches_a_flipped_byte(outputs: dict[str, Path], tiny_parent: Pa
 
 
 def test_verify_catches_a_bad_calibrated_scale(outputs: dict[str, Path], tiny_parent: Path, tmp_path: Path) -> None:
-    import shutil
-
     folder = tmp_path / "o"
     shutil.copytree(outputs["nvfp4-modelopt"], folder)
     _flip(folder, "backbone.layers.0.mixer.in_proj.input_scale", offset=3, mask=0x80)  # a negative scale
     report = api.verify(folder, parent=tiny_parent)
     assert "calibrated scale 'backbone.layers.0.mixer.in_proj.input_scale' is not one finite, positive number." \
         in report.problems
+
+
+# ----- the real-engine check script -----------------------------------------------------------------------------
+def test_engine_check_dry_run(tmp_path: Path) -> None:
+    """Its CPU part (transformers, and elastic-slice's own dequantization) on the committed miniature."""
+    root = Path(__file__).parent.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "engine_check.py"), "--dry-run", "--kinds", "bf16,nvfp4-modelopt",
+         "--parent", str(root / "examples" / "tiny-elastic"), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root / "src")},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = json.loads((tmp_path / "engine_check.json").read_text())["table"]
+    assert table["transformers"]["bf16"]["agreement_with_bf16"] == 1.0
+    assert not table["transformers"]["nvfp4-modelopt"]["loaded"]
+    assert "ignore_mismatched_sizes" in table["transformers"]["nvfp4-modelopt"]["error"]
+    assert table["elastic-slice dequantized, in transformers"]["nvfp4-modelopt"]["loaded"]

@@ -240,7 +240,7 @@ def dequantized_copy(child: Checkpoint, folder: Path) -> Path:
     arch = get_architecture(child.model_type)
     budget = Budget(name="self", sizes=arch.parent_sizes(child.config), is_parent=True, norm_semantics="active")
     plan = build_plan(child, arch, budget, dtype=parse_user_dtype("fp32"))
-    folder.mkdir()
+    folder.mkdir(parents=True)
     execute(child, [Target(plan, ShardWriter(folder, plan))])
     write_weights_index(folder, plan)
     write_json(folder / "config.json", plan.child_config)

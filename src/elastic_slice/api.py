@@ -150,7 +150,7 @@ class QuantOptions:
         amax = None
         if source is not None:
             texts = calibration_texts(source)
-            announce(source, len(texts))
+            announce(source, len(texts), chosen_by_default=self.calibration is None)
             amax = calibrate(checkpoint.root, arch, texts, self.device)
         return QuantRequest(
             scheme=scheme, fmt=self.fmt, exclude=tuple(self.exclude), input_amax=amax, recipe=self.recipe,

@@ -60,9 +60,9 @@ def calibrate(checkpoint_root: Path, arch: Any, texts: list[str], device: str = 
         return _run(model, tokenizer, arch, texts, device)
 
 
-def announce(source: str, paragraphs: int) -> None:
+def announce(source: str, paragraphs: int, chosen_by_default: bool) -> None:
     """One line on stderr (never stdout, which --json keeps for its document) saying what calibration runs on."""
-    hint = "; give --calibration FILE to use your own text" if source == DEFAULT else ""
+    hint = "; give --calibration FILE to use your own text" if chosen_by_default else ""
     print(f"calibrating activation scales on {describe(source)} ({paragraphs} paragraphs){hint}", file=sys.stderr)
 
 

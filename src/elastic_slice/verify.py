@@ -16,7 +16,6 @@ from .execute import Target, execute
 from .manifest import MANIFEST_FILE, sha256_file
 from .nesting import Budget
 from .plan import Plan, TensorOp, build_plan
-from .quant.checks import BoundWriter, bad_calibrated_scales, calibrated_tensors
 from .quant.output import HF_QUANT_CONFIG
 from .quant.planning import parent_quantization
 from .quiet import quiet_transformers
@@ -111,6 +110,8 @@ def check_against_parent(
     extract) must each be one finite, positive number. With `dense_plan` (the parent's unquantized plan of the same
     budget), every weight the child stores quantized must also dequantize, by the project's own decoder, to within
     its format's rounding bound of the parent's slice."""
+    from .quant.checks import BoundWriter, bad_calibrated_scales, calibrated_tensors  # torch: not for plain cuts
+
     try:
         quantization = parent_quantization(child.config, child.read_json(HF_QUANT_CONFIG), child.tensors)
     except ElasticSliceError as exc:

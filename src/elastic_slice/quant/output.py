@@ -42,16 +42,18 @@ def summarize(
 ) -> QuantSummary | None:
     """The card's view of the output's quantization (None when it has none)."""
     if request is not None:
-        experts = any(op.quant is not None and op.quant.part == WEIGHT and arch.module_kind(op.source) == "expert_linear"
-                      for op in ops)
+        parts = [(op.source, op.quant.part) for op in ops if op.quant is not None]
         return QuantSummary(request.scheme.name, request.fmt, request.recipe, request.calibration, request.exclude,
-                            request.kv_amax is not None, experts)
+                            request.kv_amax is not None, _experts_quantized(arch, parts))
     if parent is None or "quantization_config" not in child_config:
         return None
-    experts = any(parent.stored.get(op.source) is not None and parent.stored[op.source].part == WEIGHT
-                  and arch.module_kind(op.source) == "expert_linear" for op in ops)
-    kv = any(parent.stored.get(op.source) is not None and parent.stored[op.source].part == KV_SCALE for op in ops)
-    return QuantSummary(parent.scheme, parent.fmt, None, None, (), kv, experts)
+    parts = [(op.source, parent.stored[op.source].part) for op in ops if op.source in parent.stored]
+    kv_cache = any(part == KV_SCALE for _, part in parts)
+    return QuantSummary(parent.scheme, parent.fmt, None, None, (), kv_cache, _experts_quantized(arch, parts))
+
+
+def _experts_quantized(arch: Architecture, parts: list[tuple[str, str]]) -> bool:
+    return any(part == WEIGHT and arch.module_kind(source) == "expert_linear" for source, part in parts)
 
 
 def output_quantization(

@@ -36,7 +36,9 @@ QuantFormatOption = typer.Option(
 )
 ExcludeOption = typer.Option(None, "--exclude", help="Module name glob to keep unquantized (repeatable).")
 CalibrationOption = typer.Option(
-    None, "--calibration", help="Text file for activation scales, or 'default' for the built-in sample."
+    None, "--calibration",
+    help="Text file for activation scales, or 'default' for the built-in sample (ModelOpt and --kv-cache use it "
+    "when not given).",
 )
 DeviceOption = typer.Option("cpu", "--device", help="Device for calibration runs (cpu, cuda).")
 RecipeOption = typer.Option(

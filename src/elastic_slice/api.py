@@ -18,7 +18,7 @@ from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError, RunFailure
 from .execute import Target, execute
 from .manifest import describe_parent_files, write_manifest
-from .nesting import INDEX_FILE, NestingIndex, find_index, parse_index, resolve_budget
+from .nesting import INDEX_FILE, NestingIndex, check_budget_name, find_index, parse_index, resolve_budget
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
 from .quant.calibrate import calibrate, calibration_texts
 from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
@@ -460,6 +460,9 @@ def verify(
             raise InputError("verify --numerics needs --parent CKPT to compare against.")
         return report
     budget = size or (manifest or {}).get("budget", {}).get("name")
+    if budget is None and not report.ok:  # the manifest's problem is reported; no budget to compare against
+        report.problems.append("not compared with --parent: the manifest names no budget; give --size NAME.")
+        return report
     if budget is None:
         raise InputError("verify --parent needs --size NAME: the output has no manifest naming its budget.")
     options = (manifest or {}).get("options", {})
@@ -507,6 +510,9 @@ def derive_index(
     norm_semantics: str = "active",
 ) -> dict[str, Any]:
     """A nesting index whose budgets are read off children's config.json files (local paths or Hub repo ids)."""
+    check_budget_name(parent_name, "--parent-name")
+    for name in from_configs:
+        check_budget_name(name, "--from-config")
     ckpt = hub.open_source(parent)
     arch = architecture_of(ckpt)
     parent_sizes = {axis: value for axis, value in arch.parent_sizes(ckpt.config).items() if axis != "layers"}

@@ -2,7 +2,7 @@
 
 Names, paths and messages come from files the user did not write. Everything the CLI prints goes through here:
 `literal` escapes what a terminal would act on (C0/C1 controls such as ESC, CR, backspace and NUL, DEL, Unicode
-direction overrides and isolates, line separators, lone surrogates) as Python escapes (`\\x1b`, `\\u202e`), and
+direction overrides and isolates, line separators, lone surrogates) as Python escapes (`\\x1b`, `\\r`, `\\u202e`), and
 `styled` builds Rich `Text`, which Rich never parses for markup (`[/bold]` stays text) or emoji codes.
 """
 
@@ -22,9 +22,13 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u
 Part = Union[str, tuple[str, str]]
 
 
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
 def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
 def literal(value: object) -> str:

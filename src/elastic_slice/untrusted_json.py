@@ -80,39 +80,46 @@ def parse_json(raw: bytes | str, label: str, unique_keys: bool = False) -> Any:
     except _Refused as exc:
         raise InputError(f"{label} holds {exc}; it is corrupt or hostile.") from None
     except RecursionError:
-        raise InputError(f"{label} nests arrays or objects more than {MAX_DEPTH} deep; it is corrupt or hostile.") from None
+        raise _too_deep(label) from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{label} is not valid JSON ({exc}).") from None
-    _check_depth_and_strings(value, label, check_strings=_ESCAPED_SURROGATE.search(text) is not None)
+    _check_depth(value, label)
+    if _ESCAPED_SURROGATE.search(text) is not None:
+        _check_strings(value, label)
     return value
 
 
-def _check_depth_and_strings(value: Any, label: str, check_strings: bool) -> None:
-    """Depth at most MAX_DEPTH; with `check_strings`, every key and string encodes as UTF-8 (no lone surrogate)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+def _too_deep(label: str) -> InputError:
+    return InputError(f"{label} nests arrays or objects more than {MAX_DEPTH} deep; it is corrupt or hostile.")
+
+
+def _check_depth(value: Any, label: str) -> None:
+    """At most MAX_DEPTH nested arrays and objects (the decoder alone allows about a thousand)."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-            if check_strings:
-                for key in item:
-                    _check_string(key, label)
-        elif isinstance(item, list):
-            children = item
-        else:
-            if check_strings and isinstance(item, str):
-                _check_string(item, label)
-            continue
         if depth > MAX_DEPTH:
-            raise InputError(f"{label} nests arrays or objects more than {MAX_DEPTH} deep; it is corrupt or hostile.")
-        stack.extend((child, depth + 1) for child in children)
+            raise _too_deep(label)
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
 
 
-def _check_string(text: str, label: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InputError(f"{label} holds a string with an unpaired UTF-16 surrogate escape; it is corrupt or hostile.") from None
+def _check_strings(value: Any, label: str) -> None:
+    """Every key and string encodes as UTF-8: no unpaired surrogate escape such as "\\ud800"."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        texts: list[Any] = [item] if isinstance(item, str) else list(item) if isinstance(item, dict) else []
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(
+                    f"{label} holds a string with an unpaired UTF-16 surrogate escape; it is corrupt or hostile."
+                ) from None
+        if isinstance(item, (dict, list)):
+            stack.extend(item.values() if isinstance(item, dict) else item)
 
 
 def load_json_file(path: Path, label: str | None = None, unique_keys: bool = False, max_bytes: int = MAX_FILE_BYTES) -> Any:

@@ -46,15 +46,15 @@ def check_files(folder: Path, report: VerifyReport) -> dict[str, Any] | None:
     for name, entry in sorted(files.items()):
         target = folder / name
         if target.is_symlink():
-            report.problems.append(f"{name} is a link; an output folder holds regular files only.")
+            report.problems.append(f"{name!r} is a link; an output folder holds regular files only.")
         elif not target.is_file():
-            report.problems.append(f"{name} is listed in the manifest but missing.")
+            report.problems.append(f"{name!r} is listed in the manifest but missing.")
         elif target.stat().st_size != entry.get("size"):
-            report.problems.append(f"{name} is {target.stat().st_size} bytes; the manifest says {entry.get('size')}.")
+            report.problems.append(f"{name!r} is {target.stat().st_size} bytes; the manifest says {entry.get('size')}.")
         elif sha256_file(target) != entry.get("sha256"):
-            report.problems.append(f"{name} does not match its sha256 in the manifest (the file was changed).")
+            report.problems.append(f"{name!r} does not match its sha256 in the manifest (the file was changed).")
     for extra in sorted(p.name for p in folder.iterdir() if p.name not in files and p.name != MANIFEST_FILE):
-        report.problems.append(f"{extra} is not listed in the manifest.")
+        report.problems.append(f"{extra!r} is not listed in the manifest.")
     report.checks.append(f"{len(files)} files against the manifest's sizes and sha256")
     return manifest
 

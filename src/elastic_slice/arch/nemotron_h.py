@@ -114,7 +114,9 @@ class NemotronH:
         per layer or per expert, so a config claiming millions of them fails at once instead of allocating."""
         layers, top_expert = _present_layers_and_experts(shapes)
         field_name, claimed = _pattern_field(config)
-        counts = {field_name: len(claimed) if isinstance(claimed, (list, str)) else layers}
+        if claimed is None:
+            layer_pattern(config)  # raises: the field is missing or of the wrong type
+        counts = {field_name: claimed}
         if config.get("num_hidden_layers") is not None:
             counts["num_hidden_layers"] = _config_int(config, "num_hidden_layers")
         for field_name, count in counts.items():
@@ -215,9 +217,9 @@ class NemotronH:
                 derived[axis] = value
         parent_pattern = layer_pattern(config)
         claimed = _pattern_field(child)[1]
-        if isinstance(claimed, (list, str)) and len(claimed) > len(parent_pattern):
+        if claimed is not None and claimed > len(parent_pattern):
             raise BudgetError(
-                budget, "layers", f"the child's config.json has {len(claimed)} layers, more than the parent's "
+                budget, "layers", f"the child's config.json has {claimed} layers, more than the parent's "
                 f"{len(parent_pattern)}",
             )
         child_pattern = layer_pattern(child)
@@ -328,11 +330,14 @@ _KIND_PATTERNS = [
 
 
 # ----- config helpers -------------------------------------------------------------------------------------------
-def _pattern_field(config: Mapping[str, Any]) -> tuple[str, Any]:
-    """The config field that gives the layer kinds, and its raw (unchecked) value."""
+def _pattern_field(config: Mapping[str, Any]) -> tuple[str, int | None]:
+    """The config field that gives the layer kinds, and how many layers it lists (None when it is of the wrong
+    type: `layer_pattern` then says so), counted without reading its entries."""
     if config.get("layers_block_type") is not None:
-        return "layers_block_type", config["layers_block_type"]
-    return "hybrid_override_pattern", config.get("hybrid_override_pattern")
+        blocks = config["layers_block_type"]
+        return "layers_block_type", len(blocks) if isinstance(blocks, list) else None
+    pattern = config.get("hybrid_override_pattern")
+    return "hybrid_override_pattern", len(pattern) if isinstance(pattern, str) else None
 
 
 def _present_layers_and_experts(shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int]:

@@ -477,3 +477,20 @@ def test_calibration_text_is_cut_before_tokenizing(tmp_path: Path) -> None:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_progress_descriptions_on_a_terminal_are_literal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from elastic_slice import cli
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli, "stderr", Console(file=buffer, force_terminal=True, width=200))
+    result = run_cli("quantize", EXAMPLE, "--to", "[/bold]x\x1b[2J", "--out", tmp_path / "q",
+                     "--quant-format", "compressed-tensors")
+    shown = buffer.getvalue()
+    assert result.code == 2 and "Traceback" not in result.stderr + shown
+    assert "'[/bold]x\\x1b[2J'" in shown and "\x1b[2J" not in shown
+    assert not (tmp_path / "q").exists()

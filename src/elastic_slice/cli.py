@@ -333,6 +333,8 @@ def index_command(
         name, sep, source = item.partition("=")
         if not sep or not name or not source:
             raise InputError(f"--from-config {item!r} must look like NAME=PATH, for example 12B=child/config.json.")
+        if name in sources:
+            raise InputError(f"--from-config names budget {name!r} twice.")
         sources[name] = source
     document = api.derive_index(parent, sources, parent_name, norm_semantics)
     text = json.dumps(document, indent=2) + "\n"

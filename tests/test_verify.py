@@ -55,7 +55,7 @@ def test_edited_config(child: Path) -> None:
     config["hidden_size"] = 112
     (child / "config.json").write_text(json.dumps(config))
     report = api.verify(child)
-    assert any(p.startswith("config.json ") and "manifest" in p for p in report.problems)
+    assert any(p.startswith("'config.json' ") and "manifest" in p for p in report.problems)
     assert any("config.json implies" in p for p in report.problems)
 
 

@@ -23,6 +23,7 @@ MAX_INT_DIGITS = 30
 MAX_NUMBER_CHARS = 64
 MAX_FILE_BYTES = 64 * 2**20
 
+_CONTAINERS = (dict, list)
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
@@ -95,14 +96,13 @@ def _too_deep(label: str) -> InputError:
 
 def _check_depth(value: Any, label: str) -> None:
     """At most MAX_DEPTH nested arrays and objects (the decoder alone allows about a thousand)."""
-    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
+    stack: list[tuple[Any, int]] = [(value, 1)] if type(value) in _CONTAINERS else []
     while stack:
         item, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise _too_deep(label)
-        for child in item.values() if isinstance(item, dict) else item:
-            if isinstance(child, (dict, list)):
-                stack.append((child, depth + 1))
+        children = item.values() if type(item) is dict else item
+        stack.extend([(child, depth + 1) for child in children if type(child) in _CONTAINERS])
 
 
 def _check_strings(value: Any, label: str) -> None:

@@ -119,10 +119,10 @@ class NemotronH:
         counts = {field_name: claimed}
         if config.get("num_hidden_layers") is not None:
             counts["num_hidden_layers"] = _config_int(config, "num_hidden_layers")
-        for field_name, count in counts.items():
+        for name, count in counts.items():
             if count != layers:
                 raise InputError(
-                    f"config.json field {field_name!r} describes {count} layers, but the checkpoint's tensors hold "
+                    f"config.json field {name!r} describes {count} layers, but the checkpoint's tensors hold "
                     f"{layers} (backbone.layers.N with N < {layers})."
                 )
         pattern = layer_pattern(config)

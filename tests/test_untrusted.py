@@ -18,6 +18,7 @@ import pytest
 from conftest import run_cli
 from elastic_slice import api
 from elastic_slice.errors import InputError
+from elastic_slice.nesting import check_budget_name
 from elastic_slice.quant.calibrate import MAX_PARAGRAPH_CHARS, MAX_PARAGRAPHS, calibration_texts
 from elastic_slice.text import literal
 
@@ -154,6 +155,7 @@ BAD_BUDGET_NAMES = {
     "leading dot": ".hidden",
     "space": "12 B",
     "non-ascii": "zwölf",
+    "plus sign": "12B+x",
     **{f"hostile {key}": value for key, value in HOSTILE_NAMES.items()},
 }
 DEEP = "[" * 100 + "]" * 100
@@ -494,3 +496,14 @@ def test_progress_descriptions_on_a_terminal_are_literal(tmp_path: Path, monkeyp
     assert result.code == 2 and "Traceback" not in result.stderr + shown
     assert "'[/bold]x\\x1b[2J'" in shown and "\x1b[2J" not in shown
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("name", ["12B", "12b", "_x", "a.b-c_d", "x" * 64, "30B.v2"])
+def test_budget_names_the_spec_allows(name: str) -> None:
+    assert check_budget_name(name, "the index") == name
+
+
+@pytest.mark.parametrize("name", ["x" * 65, "12B+x", ".x", "-x", "a b", "a/b", ""])
+def test_budget_names_the_spec_refuses(name: str) -> None:
+    with pytest.raises(InputError, match="not allowed"):
+        check_budget_name(name, "the index")

@@ -25,9 +25,9 @@ INDEX_FILE = "nesting_index.json"
 CONFIG_KEY = "nesting_index"
 NORM_SEMANTICS = ("active", "full")
 #: budget names are folder names (`extract --all`) and appear in model cards: one safe path component
-BUDGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+BUDGET_NAME = re.compile(r"(?![.-])[A-Za-z0-9._-]{1,64}")
 BUDGET_NAME_RULE = (
-    "a budget name is 1 to 64 characters: letters, digits, '_', '.', '+' and '-', starting with a letter or digit"
+    "a budget name is 1 to 64 characters from A-Z a-z 0-9 . _ - and does not start with '.' or '-'"
 )
 #: the most budgets one index may hold (inspect and --all do work per budget)
 MAX_BUDGETS = 256
@@ -207,7 +207,7 @@ def custom_budget(
     if index is not None:
         _check_parent_budget(index, config, arch)
     requested.update(overrides)
-    name = f"{base}+custom" if base is not None else "custom"
+    name = f"{base}-custom" if base is not None else "custom"
     set_axes = ", ".join(f"{axis}={value}" for axis, value in overrides.items())
     return Budget(
         name=name,

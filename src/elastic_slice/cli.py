@@ -18,7 +18,7 @@ from rich.table import Table
 
 from . import api
 from .errors import ElasticSliceError, InputError
-from .nesting import INDEX_FILE, parse_set
+from .nesting import parse_set
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan
 from .units import human_bytes, human_count
 
@@ -327,18 +327,11 @@ def index_command(
         if not sep or not name or not source:
             raise InputError(f"--from-config {item!r} must look like NAME=PATH, for example 12B=child/config.json.")
         sources[name] = source
-    document = api.derive_index(parent, sources, parent_name, norm_semantics)
-    text = json.dumps(document, indent=2) + "\n"
-    targets = [p for p in (out, Path(parent) / INDEX_FILE if write_into else None) if p is not None]
-    for target in targets:
-        if target.exists() and not overwrite:
-            raise InputError(f"{target} already exists; pass --overwrite to replace it.")
-    for target in targets:
-        target.write_text(text, encoding="utf-8")
-    if not targets:
-        sys.stdout.write(text)
+    result = api.author_index(parent, sources, parent_name, norm_semantics, out, write_into, overwrite)
+    if not result.written:
+        sys.stdout.write(result.text)
     else:
-        stderr.print(f"wrote {', '.join(map(str, targets))}", highlight=False)
+        stderr.print(f"wrote {', '.join(result.written)}", highlight=False)
 
 
 def _render_plan(plan: Plan) -> None:

@@ -115,6 +115,11 @@ def _checked_path(out: Path, option: str) -> Path:
             f"{option} {out} does not name a file or folder of its own (it ends in '{name or '/'}'); "
             "give a path that ends in the new name."
         )
+    above = out.absolute().parent
+    while not os.path.exists(above):
+        if os.path.islink(above):  # a link to nothing: creating the folders would create its target, anywhere
+            raise InputError(f"{option} {out} cannot be created: {above} is a link to nothing, not a folder.")
+        above = above.parent
     try:
         path = out.parent.resolve() / name
     except (OSError, RuntimeError) as exc:  # a loop of links above it
@@ -258,7 +263,7 @@ def _file_problem(path: Path, entry: dict[str, object]) -> str | None:
 def check_free_space(folder: Path, needed: int) -> None:
     """Fail before writing when the disk under `folder` cannot hold `needed` bytes."""
     probe = folder.absolute()
-    while not probe.exists():
+    while not os.path.exists(probe):
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free < needed:

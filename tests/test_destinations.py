@@ -213,9 +213,9 @@ CASES: list[tuple[str, Callable[[Work], list[str]], int, tuple[str, ...]]] = [
      2, ("symbolic link", "sibling")),
     ("out link to file", with_setup(link("out", "neighbour.txt"), extract("{out}", "--overwrite")),
      2, ("symbolic link",)),
-    ("out ends in ..", extract("sibling/..", "--overwrite"), 2, ("sibling/..", "ends in '..'")),
-    ("out is .", extract(".", "--overwrite"), 2, ("ends in '/'",)),
-    ("out is /", extract("/", "--overwrite"), 2, ("ends in '/'",)),
+    ("out ends in ..", extract("sibling/..", "--overwrite"), 2, ("sibling/..", "its last part is '..'")),
+    ("out is .", extract(".", "--overwrite"), 2, ("--out . does not name", "its last part is '.'")),
+    ("out is /", extract("/", "--overwrite"), 2, ("its last part is '/'",)),
     ("out is a mount point", extract("/proc", "--overwrite"), 2,
      ("/proc", "mount point" if IS_ROOT_WRITABLE else "not writable")),
     ("out name too long", extract(LONG), 2, ("300 bytes", "longer than")),
@@ -249,6 +249,11 @@ CASES: list[tuple[str, Callable[[Work], list[str]], int, tuple[str, ...]]] = [
         lambda f: _set_manifest(f, lambda m: m.update(format="other"))), 2, ("not a manifest elastic-slice wrote",)),
     ("overwrite earlier manifest escapes", after_earlier(
         lambda f: _set_manifest(f, lambda m: m["files"].update({"../neighbour.txt": {"size": 1}}))), 2,
+     ("not a manifest elastic-slice wrote",)),
+    ("overwrite earlier manifest is a list", after_earlier(edit(MANIFEST, b"[1, 2]")), 2,
+     ("not a manifest elastic-slice wrote",)),
+    ("overwrite earlier manifest files a list", after_earlier(
+        lambda f: _set_manifest(f, lambda m: m.update(files=list(m["files"])))), 2,
      ("not a manifest elastic-slice wrote",)),
     ("overwrite earlier manifest not JSON", after_earlier(edit(MANIFEST, b"{not json")), 2,
      ("not a manifest elastic-slice wrote",)),
@@ -607,3 +612,11 @@ def _dead_pid() -> int:
         except ProcessLookupError:
             return pid
         pid += 1
+
+
+def test_long_out_name_works(ws: Work) -> None:
+    out = ws.work / ("x" * 250)  # helper names beside it (staging, lock) use a shortened, hashed form of it
+    assert run_cli("extract", ws.parent, "--size", "12B", "--out", out).code == 0
+    assert api.verify(out, parent=ws.parent).ok and _litter(ws.work) == []
+    assert run_cli("extract", ws.parent, "--size", "23B", "--out", out, "--overwrite").code == 0
+    assert _litter(ws.work) == []

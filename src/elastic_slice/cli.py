@@ -161,7 +161,7 @@ def extract(
     calibration: Optional[str] = CalibrationOption,
     device: str = DeviceOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and output size; write nothing."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder when done."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an empty folder or an earlier elastic-slice output at --out when done."),
     push_to_hub: Optional[str] = typer.Option(
         None, "--push-to-hub", help="Upload each finished folder to this Hub repo (ORG/NAME; {budget} for several)."
     ),
@@ -287,7 +287,7 @@ def quantize(
     index: Optional[Path] = IndexOption,
     max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, "--max-shard-size", help="Largest shard, e.g. 5GB."),
     workers: int = typer.Option(2, "--workers", min=1, max=64, help="Reader threads."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder when done."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an empty folder or an earlier elastic-slice output at --out when done."),
     as_json: bool = JsonOption,
 ) -> None:
     """Quantize a parent once into a nested FP8/NVFP4 parent that keeps its nesting index: every budget sliced

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import hub
 from .checkpoint import Checkpoint, trusted_root
 from .errors import InputError, RunFailure
 from .manifest import MANIFEST_FORMAT, sha256_file
@@ -61,8 +62,6 @@ class Protected:
 def parent_folders(source: str | Path | Checkpoint) -> list[Protected]:
     """The folders of a parent checkpoint (a folder, a Hub repo id or an opened checkpoint), links resolved; a Hub
     checkpoint's whole cache folder (`models--org--name`, holding its snapshots and blobs) counts as the parent."""
-    from . import hub
-
     if isinstance(source, Checkpoint):
         root = source.root
     elif hub.is_repo_id(str(source)):
@@ -112,7 +111,7 @@ def _checked_path(out: Path, option: str) -> Path:
     name = out.name
     if name in ("", ".", ".."):
         raise InputError(
-            f"{option} {out} does not name a file or folder of its own (it ends in '{name or '/'}'); "
+            f"{option} {out} does not name a new file or folder (its last part is '{name or out}'); "
             "give a path that ends in the new name."
         )
     above = out.absolute().parent
@@ -236,8 +235,10 @@ def _manifest_files(path: Path) -> dict[str, dict[str, object]] | None:
         manifest = json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError):
         return None
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):  # type: ignore[union-attr]
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    files = manifest.get("files")
+    if not isinstance(files, dict):
         return None
     plain = all(
         isinstance(entry, dict) and name not in ("", ".", "..", MANIFEST_FILE) and "/" not in name and "\0" not in name
@@ -433,7 +434,7 @@ def _stem(name: str) -> str:
     if len(os.fsencode(name)) <= _STEM_BYTES:
         return name
     digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
-    return os.fsdecode(os.fsencode(name)[:60]).rstrip("\ufffd") + "~" + digest
+    return os.fsdecode(os.fsencode(name)[:60]) + "~" + digest
 
 
 def _make_folders(folder: Path) -> list[Path]:

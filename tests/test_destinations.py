@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -544,6 +545,37 @@ def test_two_processes_to_one_out(ws: Work) -> None:
     loser = next(err for code, err in outcomes if code == 2)
     assert "Traceback" not in loser
     assert any(words in loser for words in ("being written by another", "already exists", "appeared while")), loser
+    assert api.verify(ws.out, parent=ws.parent).ok and _litter(ws.work) == []
+
+
+#: an extract that pauses at its first written bytes until the file argv[3] exists (at most a minute)
+PAUSED_EXTRACT = """
+import pathlib, sys, time
+from elastic_slice import api
+def pause(count, deadline=time.monotonic() + 60):
+    while not pathlib.Path(sys.argv[3]).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+api.extract(sys.argv[1], "12B", sys.argv[2], on_bytes=pause)
+"""
+
+
+def test_second_process_stops_at_the_lock_of_a_paused_first(ws: Work) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    go = ws.root / "go"
+    first = subprocess.Popen([sys.executable, "-c", PAUSED_EXTRACT, str(ws.parent), str(ws.out), str(go)], env=env,
+                             stderr=subprocess.PIPE)
+    lock = ws.work / ".out.lock"
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and lock.read_text()) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = subprocess.run([sys.executable, "-m", "elastic_slice", "extract", str(ws.parent), "--size", "23B",
+                             "--out", str(ws.out), "--overwrite"], env=env, capture_output=True, text=True)
+    assert first.poll() is None, "the first run ended before the second started"
+    go.touch()
+    assert first.wait(120) == 0, first.stderr.read() if first.stderr else ""
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    assert f"being written by another elastic-slice run (process {first.pid})" in " ".join(second.stderr.split())
+    assert json.loads((ws.out / MANIFEST).read_text())["budget"]["name"] == "12B"
     assert api.verify(ws.out, parent=ws.parent).ok and _litter(ws.work) == []
 
 

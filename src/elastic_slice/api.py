@@ -338,7 +338,9 @@ def extract_many(
     """Cut several budgets in one pass over the parent: each source tensor is read once and cut for every budget.
 
     With `nest` (the default), each budget goes to `out/<budget name>`; otherwise `out` is the one budget's folder;
-    None nests only when there are several budgets. `on_plans` sees the plans before anything is written.
+    None nests only when there are several budgets. Each folder is checked before any work, locked while written and
+    moved into place only when complete; `overwrite` replaces only an empty folder or an earlier elastic-slice
+    output (see `destination`). `on_plans` sees the plans before anything is written.
     `checkpoint` may be a Checkpoint already opened (its headers are then not read again).
     `push_to_hub` ("org/name", with "{budget}" in it for several budgets) uploads each finished folder.
     """

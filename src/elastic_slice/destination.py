@@ -250,14 +250,16 @@ def _manifest_files(path: Path) -> dict[str, dict[str, object]] | None:
 def _file_problem(path: Path, entry: dict[str, object]) -> str | None:
     try:
         stat = path.lstat()
+        if not path.is_file() or path.is_symlink():
+            return "is not a plain file"
+        if stat.st_size != entry.get("size"):
+            return f"has {stat.st_size} bytes where its manifest says {entry.get('size')}"
+        if stat.st_size < HASHED_BELOW and sha256_file(path) != entry.get("sha256"):
+            return "was changed after elastic-slice wrote it"
     except FileNotFoundError:
         return "is listed in its manifest but missing"
-    if not path.is_file() or path.is_symlink():
-        return "is not a plain file"
-    if stat.st_size != entry.get("size"):
-        return f"has {stat.st_size} bytes where its manifest says {entry.get('size')}"
-    if stat.st_size < HASHED_BELOW and sha256_file(path) != entry.get("sha256"):
-        return "was changed after elastic-slice wrote it"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
     return None
 
 
@@ -350,13 +352,10 @@ class _Claim:
         """Create missing folders above the destination, lock it, clean what killed runs left, stage."""
         try:
             self.created = _make_folders(self.path.parent)
-        except OSError as exc:
-            raise InputError(f"{self.option} {self.path}: cannot create {exc.filename}: {exc.strerror or exc}.") from exc
-        self.lock = _lock(self.path.parent / f".{self.stem}.lock", self.path, self.option)
-        _remove_abandoned(self.path, self.stem)
-        _check_existing(self.path, self.overwrite, self.option, self.kind, self.refusal)
-        prefix = f".{self.stem}.partial-{os.getpid()}-"
-        try:
+            self.lock = _lock(self.path.parent / f".{self.stem}.lock", self.path, self.option)
+            _remove_abandoned(self.path, self.stem)
+            _check_existing(self.path, self.overwrite, self.option, self.kind, self.refusal)
+            prefix = f".{self.stem}.partial-{os.getpid()}-"
             if self.kind == "folder":
                 self.staging = Path(tempfile.mkdtemp(prefix=prefix, dir=self.path.parent))
                 self.staging.chmod(0o777 & ~_umask())
@@ -366,8 +365,8 @@ class _Claim:
                 self.staging = Path(name)
                 self.staging.chmod(0o666 & ~_umask())
         except OSError as exc:
-            raise InputError(f"cannot create a staging {self.kind} beside {self.option} {self.path}: "
-                             f"{exc.strerror or exc}.") from exc
+            raise InputError(f"cannot prepare {self.option} {self.path}: {exc.strerror or exc}"
+                             f"{f' ({exc.filename})' if exc.filename else ''}.") from exc
 
     def retire(self) -> None:
         """With --overwrite, rename what is at the destination aside and check it again there."""
@@ -456,10 +455,7 @@ def _make_folders(folder: Path) -> list[Path]:
 def _lock(lock_path: Path, path: Path, option: str) -> int:
     """Hold an exclusive lock on `lock_path` (created if needed), or fail naming the run that holds it."""
     while True:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-        except OSError as exc:
-            raise InputError(f"cannot create a lock file beside {option} {path}: {exc.strerror or exc}.") from exc
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -485,7 +481,7 @@ def _unlock(fd: int, lock_path: Path) -> None:
     try:
         if os.stat(lock_path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
             lock_path.unlink()
-    except FileNotFoundError:
+    except OSError:  # gone already, or the folder turned read-only: the lock ends with the descriptor anyway
         pass
     os.close(fd)
 
@@ -518,10 +514,14 @@ def _process_alive(pid: int) -> bool:
 
 
 def _remove(path: Path) -> None:
+    """Remove a staging or retired path, as far as possible (what cannot be removed is cleaned by a later run)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _umask() -> int:

@@ -10,20 +10,21 @@ from pathlib import Path
 from typing import Any
 
 from . import destination, hub
-from .arch import Architecture, get_architecture
+from .arch import Architecture, architecture_of, get_architecture
 from .budgets import ALL_BUDGETS, ParamTarget, select_budgets
 from .card import model_card
-from .checkpoint import Checkpoint, read_json_object
+from .checkpoint import Checkpoint
 from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError, RunFailure
 from .execute import Target, execute
 from .manifest import describe_parent_files, write_manifest
-from .nesting import INDEX_FILE, INDEX_FORMAT, NestingIndex, find_index, parse_index, resolve_budget
+from .nesting import INDEX_FILE, INDEX_FORMAT, NestingIndex, check_budget_name, find_index, parse_index, resolve_budget
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
 from .quant.calibrate import calibrate, calibration_texts
 from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
 from .quant.planning import QuantRequest, module_quantization
 from .quant.schemes import SCHEMES, footprint
+from .untrusted_json import load_json_object
 from .verify import (
     VerifyReport,
     check_against_parent,
@@ -175,7 +176,7 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
         hub=_hub_report(ckpt),
     )
     try:
-        arch = get_architecture(ckpt.model_type)
+        arch = architecture_of(ckpt)
         nesting = find_index(ckpt, Path(index) if index is not None else None)
     except ElasticSliceError as exc:
         report.problems.append(str(exc))
@@ -248,7 +249,7 @@ def _prepare(
     revision: str | None = None,
 ) -> _Prepared:
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else hub.open_source(checkpoint, revision)
-    arch = get_architecture(ckpt.model_type)
+    arch = architecture_of(ckpt)
     if quantize is not None and quantize.calibration is not None:
         ckpt = hub.fetch_all(ckpt)  # calibration runs the whole parent in transformers
     out_dtype = parse_user_dtype(dtype) if dtype is not None else None
@@ -485,6 +486,9 @@ def verify(
             raise InputError("verify --numerics needs --parent CKPT to compare against.")
         return report
     budget = size or (manifest or {}).get("budget", {}).get("name")
+    if budget is None and not report.ok:  # the manifest's problem is reported; no budget to compare against
+        report.problems.append("not compared with --parent: the manifest names no budget; give --size NAME.")
+        return report
     if budget is None:
         raise InputError("verify --parent needs --size NAME: the output has no manifest naming its budget.")
     options = (manifest or {}).get("options", {})
@@ -533,8 +537,11 @@ def derive_index(
     norm_semantics: str = "active",
 ) -> dict[str, Any]:
     """A nesting index whose budgets are read off children's config.json files (local paths or Hub repo ids)."""
+    check_budget_name(parent_name, "--parent-name")
+    for name in from_configs:
+        check_budget_name(name, "--from-config")
     ckpt = hub.open_source(parent)
-    arch = get_architecture(ckpt.model_type)
+    arch = architecture_of(ckpt)
     parent_sizes = {axis: value for axis, value in arch.parent_sizes(ckpt.config).items() if axis != "layers"}
     budgets: dict[str, Any] = {parent_name: parent_sizes}
     for name, source in from_configs.items():
@@ -596,13 +603,11 @@ def _index_refusal(path: Path) -> str | None:
     """None when `path` is a nesting index file that --overwrite may replace; else what it is."""
     if not path.is_file() or path.is_symlink():
         return "it is not a plain file"
-    if path.stat().st_size > 2**26:
-        return "it is too large to be a nesting index"
     try:
-        document = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        document = load_json_object(path, str(path))
+    except InputError:
         return "it is not a JSON nesting index"
-    if not isinstance(document, dict) or document.get("format") != INDEX_FORMAT:
+    if document.get("format") != INDEX_FORMAT:
         return f"it is not a nesting index (no \"format\": \"{INDEX_FORMAT}\")"
     return None
 
@@ -612,7 +617,7 @@ def _child_config(source: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / "config.json"
     if path.is_file():
-        return read_json_object(path, str(path))
+        return load_json_object(path, str(path))
     if path.exists() or str(source).count("/") != 1:
         raise InputError(f"--from-config {source}: no config.json there; give a file, a folder or a Hub repo id.")
     hub.check_repo_id(str(source), "--from-config")
@@ -622,4 +627,4 @@ def _child_config(source: str | Path) -> dict[str, Any]:
         downloaded = hf_hub_download(str(source), "config.json")
     except Exception as exc:  # the hub client raises many kinds: offline, missing repo, auth
         raise InputError(f"--from-config {source}: cannot fetch config.json from the Hub ({exc}).") from exc
-    return read_json_object(Path(downloaded), f"{source}/config.json")
+    return load_json_object(Path(downloaded), f"{source}/config.json")

@@ -18,7 +18,6 @@ import errno
 import fcntl
 import functools
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -30,17 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import hub
-from .checkpoint import Checkpoint, trusted_root
+from .checkpoint import Checkpoint, is_plain_file_name, trusted_root
 from .errors import InputError, RunFailure
-from .manifest import MANIFEST_FORMAT, sha256_file
+from .manifest import MANIFEST_FORMAT, read_manifest, sha256_file
 from .units import human_bytes
 from .writer import MANIFEST_FILE
 
 #: files of an earlier output up to this size are compared by sha256 before --overwrite replaces them; larger
 #: ones (weight shards) by name and size, since hashing them would read the whole earlier output at every run
 HASHED_BELOW = 16 * 2**20
-#: a manifest larger than this is not one elastic-slice wrote
-_MANIFEST_LIMIT = 64 * 2**20
 #: names of helper files beside a destination (`.<stem>.partial-*`, `.<stem>.old-*`, `.<stem>.lock`) keep at most
 #: this many bytes of the destination's name, so that they fit wherever the destination's name itself fits
 _STEM_BYTES = 120
@@ -100,7 +97,7 @@ def check_file(out: Path, overwrite: bool, parents: Sequence[Protected], option:
 
 def budget_folder(out: Path, name: str) -> Path:
     """`out/<name>`; a budget name must be one plain path component to become a folder name."""
-    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+    if not is_plain_file_name(name):
         raise InputError(f"budget name {name!r} cannot be used as a folder name under --out {out}.")
     return out / name
 
@@ -228,23 +225,15 @@ def _some(names: list[str]) -> str:
 
 
 def _manifest_files(path: Path) -> dict[str, dict[str, object]] | None:
-    """The `files` of an elastic-slice manifest, or None when `path` is not one."""
+    """The `files` of an elastic-slice manifest (plain names inside the folder, each with a size and sha256), or
+    None when `path` is not one."""
+    if not path.is_file() or path.is_symlink():
+        return None
     try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > _MANIFEST_LIMIT:
-            return None
-        manifest = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        manifest = read_manifest(path)
+    except InputError:
         return None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        return None
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        return None
-    plain = all(
-        isinstance(entry, dict) and name not in ("", ".", "..", MANIFEST_FILE) and "/" not in name and "\0" not in name
-        for name, entry in files.items()
-    )
-    return files if plain else None
+    return manifest["files"] if manifest.get("format") == MANIFEST_FORMAT else None
 
 
 def _file_problem(path: Path, entry: dict[str, object]) -> str | None:

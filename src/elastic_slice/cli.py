@@ -18,7 +18,7 @@ from rich.table import Table
 
 from . import api
 from .errors import ElasticSliceError, InputError
-from .nesting import INDEX_FILE, parse_set
+from .nesting import parse_set
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan
 from .text import literal, say, styled
 from .units import human_bytes, human_count
@@ -168,7 +168,7 @@ def extract(
     calibration: Optional[str] = CalibrationOption,
     device: str = DeviceOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and output size; write nothing."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder when done."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an empty folder or an earlier elastic-slice output at --out when done."),
     push_to_hub: Optional[str] = typer.Option(
         None, "--push-to-hub", help="Upload each finished folder to this Hub repo (ORG/NAME; {budget} for several)."
     ),
@@ -294,7 +294,7 @@ def quantize(
     index: Optional[Path] = IndexOption,
     max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, "--max-shard-size", help="Largest shard, e.g. 5GB."),
     workers: int = typer.Option(2, "--workers", min=1, max=64, help="Reader threads."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder when done."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an empty folder or an earlier elastic-slice output at --out when done."),
     as_json: bool = JsonOption,
 ) -> None:
     """Quantize a parent once into a nested FP8/NVFP4 parent that keeps its nesting index: every budget sliced
@@ -336,18 +336,11 @@ def index_command(
         if name in sources:
             raise InputError(f"--from-config names budget {name!r} twice.")
         sources[name] = source
-    document = api.derive_index(parent, sources, parent_name, norm_semantics)
-    text = json.dumps(document, indent=2) + "\n"
-    targets = [p for p in (out, Path(parent) / INDEX_FILE if write_into else None) if p is not None]
-    for target in targets:
-        if target.exists() and not overwrite:
-            raise InputError(f"{target} already exists; pass --overwrite to replace it.")
-    for target in targets:
-        target.write_text(text, encoding="utf-8")
-    if not targets:
-        sys.stdout.write(text)
+    result = api.author_index(parent, sources, parent_name, norm_semantics, out, write_into, overwrite)
+    if not result.written:
+        sys.stdout.write(result.text)
     else:
-        say(stderr, f"wrote {', '.join(map(str, targets))}")
+        say(stderr, f"wrote {', '.join(result.written)}")
 
 
 def _render_plan(plan: Plan) -> None:

@@ -129,8 +129,11 @@ def test_existing_out_is_refused(tiny_parent: Path, tmp_path: Path) -> None:
     result = run_cli("extract", tiny_parent, "--size", "12B", "--out", out)
     assert result.code == 2 and "already exists" in result.stderr and "--overwrite" in result.stderr
     assert (out / "keep.txt").read_text() == "mine"
-    assert run_cli("extract", tiny_parent, "--size", "12B", "--out", out, "--overwrite").code == 0
-    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    refused = run_cli("extract", tiny_parent, "--size", "12B", "--out", out, "--overwrite")  # not an earlier output
+    assert refused.code == 2 and "'keep.txt'" in refused.stderr and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert run_cli("extract", tiny_parent, "--size", "12B", "--out", out, "--overwrite").code == 0  # empty
+    assert (out / "config.json").exists()
 
 
 def test_out_required_without_dry_run(tiny_parent: Path) -> None:

@@ -61,7 +61,7 @@ def test_set_on_top_of_a_budget_and_without_index(tiny_parent: Path, tmp_path: P
     result = run_cli("extract", tiny_parent, "--size", "12B", "--set", "hidden_size=80", "--out", tmp_path / "a", "--json")
     assert result.code == 0, result.stderr
     data = result.json()
-    assert data["budget"] == "12B+custom" and data["sizes"]["hidden_size"] == 80
+    assert data["budget"] == "12B-custom" and data["sizes"]["hidden_size"] == 80
     assert data["sizes"]["mamba_num_heads"] == 8
     parent = tmp_path / "no-index"
     shutil.copytree(tiny_parent, parent)

@@ -62,6 +62,7 @@ def test_signal_mid_write_leaves_no_output(medium_parent: Path, tmp_path: Path, 
     rerun = subprocess.run(_command(medium_parent, out), capture_output=True)
     assert rerun.returncode == 0, rerun.stderr.decode()
     assert _staging(out) == []  # a killed run's staging folder is cleaned up by the next run
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # and its lock file
     assert api.verify(out, parent=medium_parent).ok
 
 

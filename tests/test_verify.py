@@ -55,13 +55,13 @@ def test_edited_config(child: Path) -> None:
     config["hidden_size"] = 112
     (child / "config.json").write_text(json.dumps(config))
     report = api.verify(child)
-    assert any(p.startswith("config.json ") and "manifest" in p for p in report.problems)
+    assert any(p.startswith("'config.json' ") and "manifest" in p for p in report.problems)
     assert any("config.json implies" in p for p in report.problems)
 
 
 def test_extra_file_and_missing_manifest(child: Path) -> None:
     (child / "notes.txt").write_text("hi")
-    assert any("notes.txt is not listed" in p for p in api.verify(child).problems)
+    assert any("'notes.txt' is not listed" in p for p in api.verify(child).problems)
     (child / "elastic_slice_manifest.json").unlink()
     result = run_cli("verify", child)
     assert result.code == 1 and "elastic_slice_manifest.json is missing" in " ".join(result.stdout.split())

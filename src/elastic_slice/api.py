@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import hub
-from .arch import Architecture, get_architecture
+from . import destination, hub
+from .arch import Architecture, architecture_of, get_architecture
 from .budgets import ALL_BUDGETS, ParamTarget, select_budgets
 from .card import model_card
-from .checkpoint import Checkpoint, read_json_object
+from .checkpoint import Checkpoint
 from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError, RunFailure
 from .execute import Target, execute
 from .manifest import describe_parent_files, write_manifest
-from .nesting import INDEX_FILE, NestingIndex, find_index, parse_index, resolve_budget
+from .nesting import INDEX_FILE, INDEX_FORMAT, NestingIndex, check_budget_name, find_index, parse_index, resolve_budget
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
 from .arch.base import OUTPUT
 from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
@@ -26,6 +26,7 @@ from .quant.calibrate import announce, calibrate, calibration_texts, describe
 from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
 from .quant.planning import QuantRequest, module_quantization
 from .quant.schemes import NVIDIA, RECIPES, SCHEMES, footprint
+from .untrusted_json import load_json_object
 from .verify import (
     VerifyReport,
     check_against_parent,
@@ -38,9 +39,9 @@ from .verify import (
 from .writer import (
     CARD_FILE,
     ShardWriter,
-    check_free_space,
+    companion_files,
     copy_companion_files,
-    staged_folder,
+    output_bytes,
     write_json,
     write_weights_index,
 )
@@ -199,7 +200,7 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
         hub=_hub_report(ckpt),
     )
     try:
-        arch = get_architecture(ckpt.model_type)
+        arch = architecture_of(ckpt)
         nesting = find_index(ckpt, Path(index) if index is not None else None)
     except ElasticSliceError as exc:
         report.problems.append(str(exc))
@@ -273,7 +274,7 @@ def _prepare(
     calibrated: bool = True,
 ) -> _Prepared:
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else hub.open_source(checkpoint, revision)
-    arch = get_architecture(ckpt.model_type)
+    arch = architecture_of(ckpt)
     if quantize is not None and calibrated and quantize.calibration_source() is not None:
         ckpt = hub.fetch_all(ckpt)  # calibration runs the whole parent in transformers
     out_dtype = parse_user_dtype(dtype) if dtype is not None else None
@@ -363,30 +364,38 @@ def extract_many(
     """Cut several budgets in one pass over the parent: each source tensor is read once and cut for every budget.
 
     With `nest` (the default), each budget goes to `out/<budget name>`; otherwise `out` is the one budget's folder;
-    None nests only when there are several budgets. `on_plans` sees the plans before anything is written.
+    None nests only when there are several budgets. Each folder is checked before any work, locked while written and
+    moved into place only when complete; `overwrite` replaces only an empty folder or an earlier elastic-slice
+    output (see `destination`). `on_plans` sees the plans before anything is written.
     `checkpoint` may be a Checkpoint already opened (its headers are then not read again).
     `push_to_hub` ("org/name", with "{budget}" in it for several budgets) uploads each finished folder.
     """
+    single = nest is False or (nest is None and len(sizes) <= 1 and ALL_BUDGETS not in sizes)
+    destination.check_folder(Path(out), overwrite, destination.parent_folders(checkpoint), existing=single)
+    if push_to_hub is not None:
+        hub.check_repo_id(push_to_hub.replace("{budget}", "budget"))
     prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target, revision)
     ckpt, plans = prepared.checkpoint, prepared.plans
     if nest is None:
         nest = len(plans) > 1
+    outs = _destinations(Path(out), overwrite, nest, ckpt, plans)
     repos = _push_targets(push_to_hub, plans)
     if on_plans is not None:
         on_plans(plans)
     arch = get_architecture(ckpt.model_type)
-    outs = [Path(out) / plan.budget.name if nest else Path(out) for plan in plans]
-    check_free_space(Path(out).absolute(), sum(plan.out_bytes for plan in plans))
-    ckpt = hub.fetch(ckpt, _needed_files(plans, ckpt))
-    parent_files = describe_parent_files(ckpt)
+    index_json = [prepared.nesting.to_json()] if keep_index and prepared.nesting is not None else []
+    _check_space(ckpt, plans, Path(out), index_json)
     options = {
         "dtype": dtype, "max_shard_size": str(max_shard_size),
         "index": prepared.nesting.source if prepared.nesting is not None else None, "set": overrides,
         "quantize": None if quantize is None else asdict(quantize),
     }
-    started = time.perf_counter()
-    with ExitStack() as stack:
-        stagings = [stack.enter_context(staged_folder(path, overwrite)) for path in outs]
+    with destination.staged_folders(outs, overwrite) as stagings:
+        ckpt = hub.fetch(ckpt, _needed_files(plans, ckpt))
+        if ckpt.hub is not None:  # the companion files are there now
+            _check_space(ckpt, plans, Path(out), index_json)
+        parent_files = describe_parent_files(ckpt)
+        started = time.perf_counter()
         targets = [Target(plan, ShardWriter(staging, plan)) for plan, staging in zip(plans, stagings)]
         try:
             execute(ckpt, targets, workers=workers, on_bytes=on_bytes)
@@ -426,6 +435,24 @@ def extract_many(
         )
         for path, plan, files, url in zip(outs, plans, copied, urls)
     ]
+
+
+def _destinations(out: Path, overwrite: bool, nest: bool, ckpt: Checkpoint, plans: list[Plan]) -> list[Path]:
+    """The folders the budgets go to (`out`, or `out/<budget>` for each), checked: none may overlap the parent."""
+    parents = destination.parent_folders(ckpt)
+    folder = destination.check_folder(out, overwrite, parents, existing=not nest)
+    if not nest:
+        return [folder]
+    return [
+        destination.check_folder(destination.budget_folder(folder, plan.budget.name), overwrite, parents)
+        for plan in plans
+    ]
+
+
+def _check_space(ckpt: Checkpoint, plans: list[Plan], out: Path, extra_json: list[Any]) -> None:
+    """Fail before writing when the outputs of `plans`, companion files and all, do not fit under `out`."""
+    copied = [path for _, path in companion_files(ckpt)]
+    destination.check_free_space(out, sum(output_bytes(plan, copied, extra_json) for plan in plans))
 
 
 def _push_targets(push_to_hub: str | None, plans: list[Plan]) -> list[str | None]:
@@ -488,6 +515,9 @@ def verify(
             raise InputError("verify --numerics needs --parent CKPT to compare against.")
         return report
     budget = size or (manifest or {}).get("budget", {}).get("name")
+    if budget is None and not report.ok:  # the manifest's problem is reported; no budget to compare against
+        report.problems.append("not compared with --parent: the manifest names no budget; give --size NAME.")
+        return report
     if budget is None:
         raise InputError("verify --parent needs --size NAME: the output has no manifest naming its budget.")
     options = (manifest or {}).get("options", {})
@@ -529,6 +559,7 @@ def quantize(
 ) -> ExtractResult:
     """A nested quantized parent: the parent budget quantized once, keeping its nesting index, so that every
     budget sliced from it is a valid quantized model equal to quantizing that budget with the parent's scales."""
+    destination.check_folder(Path(out), overwrite, destination.parent_folders(checkpoint))
     # every budget must slice the quantized parent into whole NVFP4 blocks: plan them all before writing
     checked = _prepare(checkpoint, [ALL_BUDGETS], index, None, max_shard_size, _without_calibration(options))
     return extract_many(
@@ -549,8 +580,11 @@ def derive_index(
     norm_semantics: str = "active",
 ) -> dict[str, Any]:
     """A nesting index whose budgets are read off children's config.json files (local paths or Hub repo ids)."""
+    check_budget_name(parent_name, "--parent-name")
+    for name in from_configs:
+        check_budget_name(name, "--from-config")
     ckpt = hub.open_source(parent)
-    arch = get_architecture(ckpt.model_type)
+    arch = architecture_of(ckpt)
     parent_sizes = {axis: value for axis, value in arch.parent_sizes(ckpt.config).items() if axis != "layers"}
     budgets: dict[str, Any] = {parent_name: parent_sizes}
     for name, source in from_configs.items():
@@ -567,18 +601,73 @@ def derive_index(
     return document
 
 
+@dataclass
+class IndexResult:
+    """A nesting index authored by `author_index`: the document, its JSON text, and the files it was written to."""
+
+    document: dict[str, Any]
+    text: str
+    written: list[str]
+
+
+def author_index(
+    parent: str | Path,
+    from_configs: dict[str, str | Path],
+    parent_name: str = "parent",
+    norm_semantics: str = "active",
+    out: str | Path | None = None,
+    write_into: bool = False,
+    overwrite: bool = False,
+) -> IndexResult:
+    """`derive_index`, written to the file `out` and/or into the local `parent` folder as nesting_index.json.
+
+    Both destinations are checked before anything is read: `out` may not lie inside the parent and its folder must
+    exist; either is written through a temporary file renamed into place, and `overwrite` replaces only a file
+    that is a nesting index already."""
+    targets = []
+    if out is not None:
+        targets.append((destination.check_file(Path(out), overwrite, destination.parent_folders(parent),
+                                               "index --out", _index_refusal), "index --out"))
+    if write_into:
+        if hub.is_repo_id(str(parent)):
+            raise InputError(f"--write-into needs a local parent folder; {str(parent)!r} is a Hub repo id: "
+                             "write the index with --out FILE instead.")
+        targets.append((destination.check_file(Path(parent) / INDEX_FILE, overwrite, [], "--write-into",
+                                               _index_refusal), "--write-into"))
+    document = derive_index(parent, from_configs, parent_name, norm_semantics)
+    text = json.dumps(document, indent=2) + "\n"
+    for path, option in targets:
+        with destination.staged_file(path, overwrite, option, _index_refusal) as staging:
+            staging.write_text(text, encoding="utf-8")
+    return IndexResult(document, text, [str(path) for path, _ in targets])
+
+
+def _index_refusal(path: Path) -> str | None:
+    """None when `path` is a nesting index file that --overwrite may replace; else what it is."""
+    if not path.is_file() or path.is_symlink():
+        return "it is not a plain file"
+    try:
+        document = load_json_object(path, str(path))
+    except InputError:
+        return "it is not a JSON nesting index"
+    if document.get("format") != INDEX_FORMAT:
+        return f"it is not a nesting index (no \"format\": \"{INDEX_FORMAT}\")"
+    return None
+
+
 def _child_config(source: str | Path) -> dict[str, Any]:
     path = Path(source)
     if path.is_dir():
         path = path / "config.json"
     if path.is_file():
-        return read_json_object(path, str(path))
+        return load_json_object(path, str(path))
     if path.exists() or str(source).count("/") != 1:
         raise InputError(f"--from-config {source}: no config.json there; give a file, a folder or a Hub repo id.")
+    hub.check_repo_id(str(source), "--from-config")
     try:
         from huggingface_hub import hf_hub_download
 
         downloaded = hf_hub_download(str(source), "config.json")
     except Exception as exc:  # the hub client raises many kinds: offline, missing repo, auth
         raise InputError(f"--from-config {source}: cannot fetch config.json from the Hub ({exc}).") from exc
-    return read_json_object(Path(downloaded), f"{source}/config.json")
+    return load_json_object(Path(downloaded), f"{source}/config.json")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any
 
 from .errors import InputError, RunFailure
 from .safetensors_header import ShardHeader, TensorInfo, read_shard_header
+from .untrusted_json import load_json_object
 
 CONFIG_FILE = "config.json"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -69,7 +69,8 @@ class Checkpoint:
         """The checkpoint's quantization as its files declare it ("none" when unquantized)."""
         modelopt = self.read_json("hf_quant_config.json")
         if modelopt is not None:
-            algo = (modelopt.get("quantization") or {}).get("quant_algo")
+            section = modelopt.get("quantization")
+            algo = section.get("quant_algo") if isinstance(section, dict) else None
             return f"modelopt {algo}" if algo else "modelopt"
         config = self.config.get("quantization_config")
         if isinstance(config, dict):
@@ -80,7 +81,8 @@ class Checkpoint:
 
     def read_json(self, name: str) -> dict[str, Any] | None:
         """A JSON object file at the checkpoint root, or None when absent."""
-        return read_json_object(self.root / name, name) if (self.root / name).is_file() else None
+        path = self.root / name
+        return load_json_object(path, str(path)) if path.is_file() else None
 
 
 def open_checkpoint(source: str | Path) -> Checkpoint:
@@ -101,10 +103,37 @@ def read_config(root: Path) -> dict[str, Any]:
     config_path = root / CONFIG_FILE
     if not config_path.is_file():
         raise InputError(f"{config_path} is missing; a checkpoint folder needs a Hugging Face config.json.")
-    config = read_json_object(config_path, str(config_path))
+    config = load_json_object(config_path, str(config_path))
     if not isinstance(config.get("model_type"), str):
         raise InputError(f"{config_path} has no string `model_type`; it is not a Hugging Face model config.")
+    _check_generic_fields(config, config_path)
     return config
+
+
+#: Hugging Face config fields every architecture may read, with the JSON types they must have when present
+_GENERIC_FIELDS: dict[str, tuple[type, ...]] = {
+    "architectures": (list,),
+    "tie_word_embeddings": (bool,),
+    "_name_or_path": (str,),
+    "dtype": (str,),
+    "torch_dtype": (str,),
+    "quantization_config": (dict,),
+}
+
+
+def _check_generic_fields(config: dict[str, Any], config_path: Path) -> None:
+    for name, types in _GENERIC_FIELDS.items():
+        value = config.get(name)
+        if value is not None and not isinstance(value, types):
+            raise InputError(
+                f"{config_path} field {name!r} must be {_JSON_TYPE_NAMES[types[0]]}, not {value!r}."
+            )
+    architectures = config.get("architectures") or []
+    if not all(isinstance(name, str) for name in architectures):
+        raise InputError(f"{config_path} field 'architectures' must be a list of class names (strings).")
+
+
+_JSON_TYPE_NAMES = {list: "a list", bool: "true or false", str: "a string", dict: "an object"}
 
 
 def assemble_checkpoint(
@@ -121,28 +150,30 @@ def assemble_checkpoint(
     return Checkpoint(root=root, config=config, shards=tuple(shards), tensors=tensors, hub=hub)
 
 
-def read_json_object(path: Path, label: str) -> dict[str, Any]:
-    """Load a JSON file that must hold an object, with a clear error otherwise."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read {label}: {exc.strerror or exc}.") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{label} is not valid JSON ({exc}).") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{label} must hold a JSON object, not {type(data).__name__}.")
-    return data
-
-
 def weight_map_files(root: Path) -> list[str]:
     """The shard files a folder's weights index names, sorted ([] without an index)."""
     index_path = root / WEIGHTS_INDEX_FILE
     if not index_path.is_file():
         return []
-    weight_map = read_json_object(index_path, str(index_path)).get("weight_map")
+    return sorted(dict.fromkeys(_weight_map(index_path).values()))
+
+
+def _weight_map(index_path: Path) -> dict[str, str]:
+    """The `weight_map` of a weights index: tensor name -> shard file, each a plain file name of the folder."""
+    weight_map = load_json_object(index_path, str(index_path), unique_keys=True).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise InputError(f"{index_path} has no valid `weight_map` object of tensor name -> shard file.")
-    return sorted(dict.fromkeys(weight_map.values()))
+    for name in dict.fromkeys(weight_map.values()):
+        if not is_plain_file_name(name):
+            raise InputError(
+                f"shard name {name!r} in {index_path} escapes the checkpoint folder or is not a plain file name."
+            )
+    return weight_map
+
+
+def is_plain_file_name(name: str) -> bool:
+    """A single path component naming a file inside its folder: no separator, NUL, `.`/`..`, or empty name."""
+    return bool(name) and name not in (".", "..") and not any(char in name for char in "/\\\0")
 
 
 def _shard_files(root: Path) -> list[str]:
@@ -176,10 +207,9 @@ def trusted_root(root: Path) -> Path:
 
 def _inside(root: Path, name: str) -> Path:
     """The path of shard `name`, refused when it escapes the checkpoint folder or is missing."""
-    path = root / name
-    if Path(name).is_absolute() or ".." in Path(name).parts:
+    if not is_plain_file_name(name):
         raise InputError(f"shard name {name!r} in {root / WEIGHTS_INDEX_FILE} escapes the checkpoint folder.")
-    resolved = path.resolve()
+    resolved = (root / name).resolve()
     if not resolved.is_relative_to(trusted_root(root)):
         raise InputError(f"shard {name!r} in {root} is a link that points outside the checkpoint folder.")
     if not resolved.is_file():
@@ -191,7 +221,7 @@ def _check_index_agrees(root: Path, shard_files: list[str], tensors: dict[str, T
     index_path = root / WEIGHTS_INDEX_FILE
     if not index_path.is_file():
         return
-    weight_map: dict[str, str] = read_json_object(index_path, str(index_path))["weight_map"]
+    weight_map = _weight_map(index_path)
     for name, file in weight_map.items():
         info = tensors.get(name)
         if info is None:

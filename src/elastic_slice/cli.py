@@ -18,8 +18,9 @@ from rich.table import Table
 
 from . import api
 from .errors import ElasticSliceError, InputError
-from .nesting import INDEX_FILE, parse_set
+from .nesting import parse_set
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan
+from .text import literal, say, styled
 from .units import human_bytes, human_count
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Cut standalone Hugging Face models out of elastic (many-in-one) checkpoints.",
 )
+#: every line printed to these goes through `text.say` / `text.styled`: untrusted names are shown literally
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
@@ -58,10 +60,10 @@ def _reports_errors(command: Callable[..., None]) -> Callable[..., None]:
         try:
             command(*args, **kwargs)
         except ElasticSliceError as exc:
-            stderr.print(f"[bold red]error:[/] {exc}", highlight=False)
+            say(stderr, ("error: ", "bold red"), str(exc))
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
-            stderr.print("[bold red]interrupted:[/] stopped; no partial output was left behind.", highlight=False)
+            say(stderr, ("interrupted: ", "bold red"), "stopped; no partial output was left behind.")
             raise typer.Exit(code=130) from None
 
     return wrapper
@@ -70,7 +72,7 @@ def _reports_errors(command: Callable[..., None]) -> Callable[..., None]:
 def _progress(as_json: bool) -> Progress:
     """A byte progress bar with throughput and ETA on stderr, silent with --json or when stderr is no terminal."""
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        TextColumn("{task.description}", style="bold", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         TimeRemainingColumn(), console=stderr, disable=as_json or not stderr.is_terminal, transient=True,
     )
 
@@ -98,38 +100,43 @@ def inspect(
 
 
 def _render_report(report: api.InspectReport) -> None:
-    facts = Table(title=f"checkpoint {report.checkpoint}", show_header=False)
-    facts.add_row("architecture", f"{report.model_type} ({', '.join(report.architectures) or 'no architectures'})")
-    facts.add_row("dtype", ", ".join(f"{k} {human_bytes(v)}" for k, v in report.dtype_bytes.items()))
-    facts.add_row("quantization", report.quantization)
-    facts.add_row("module kinds", ", ".join(f"{k} {v}" for k, v in report.module_quantization.items()))
-    facts.add_row("shards / tensors", f"{report.shards} / {report.tensors}")
-    facts.add_row("tensor bytes", human_bytes(report.total_bytes))
-    facts.add_row("nesting index", report.index_source or "none")
+    facts = Table(title=styled("checkpoint ", report.checkpoint), show_header=False)
+    _row(facts, "architecture", f"{report.model_type} ({', '.join(report.architectures) or 'no architectures'})")
+    _row(facts, "dtype", ", ".join(f"{k} {human_bytes(v)}" for k, v in report.dtype_bytes.items()))
+    _row(facts, "quantization", report.quantization)
+    _row(facts, "module kinds", ", ".join(f"{k} {v}" for k, v in report.module_quantization.items()))
+    _row(facts, "shards / tensors", f"{report.shards} / {report.tensors}")
+    _row(facts, "tensor bytes", human_bytes(report.total_bytes))
+    _row(facts, "nesting index", report.index_source or "none")
     if report.hub is not None:
-        facts.add_row("hub", f"{report.hub.repo_id} @ {report.hub.commit[:12]} (metadata and headers only)")
-        facts.add_row("download", f"{human_bytes(report.hub.download_bytes)} of weights "
-                      f"({human_bytes(report.hub.cached_bytes)} already cached)")
+        _row(facts, "hub", f"{report.hub.repo_id} @ {report.hub.commit[:12]} (metadata and headers only)")
+        _row(facts, "download", f"{human_bytes(report.hub.download_bytes)} of weights "
+             f"({human_bytes(report.hub.cached_bytes)} already cached)")
     if report.norm_semantics:
-        facts.add_row("norm semantics", report.norm_semantics)
+        _row(facts, "norm semantics", report.norm_semantics)
     stdout.print(facts)
     if report.budgets:
-        table = Table(title="budgets")
-        table.add_column("")
+        table = Table(title=styled("budgets"))
+        table.add_column(styled(""))
         for budget in report.budgets:
-            table.add_column(budget.name + (" (parent)" if budget.is_parent else ""), justify="right")
+            table.add_column(styled(budget.name + (" (parent)" if budget.is_parent else "")), justify="right")
         for axis in report.budgets[0].sizes:
-            table.add_row(axis, *(_axis_value(b.sizes[axis]) for b in report.budgets))
-        table.add_row("total params", *(human_count(b.params_total) for b in report.budgets))
-        table.add_row("active params", *(human_count(b.params_active) for b in report.budgets))
+            _row(table, axis, *(_axis_value(b.sizes[axis]) for b in report.budgets))
+        _row(table, "total params", *(human_count(b.params_total) for b in report.budgets))
+        _row(table, "active params", *(human_count(b.params_active) for b in report.budgets))
         for fmt in ("stored", "bf16", "fp8", "nvfp4"):
-            table.add_row(f"size {fmt}", *(human_bytes(b.bytes[fmt]) for b in report.budgets))
-        table.add_row("tensors", *(str(b.tensors) for b in report.budgets))
+            _row(table, f"size {fmt}", *(human_bytes(b.bytes[fmt]) for b in report.budgets))
+        _row(table, "tensors", *(str(b.tensors) for b in report.budgets))
         if report.hub is not None:
-            table.add_row("download", *(human_bytes(b.download_bytes) for b in report.budgets))
+            _row(table, "download", *(human_bytes(b.download_bytes) for b in report.budgets))
         stdout.print(table)
     for problem in report.problems:
-        stdout.print(f"[bold red]problem:[/] {problem}", highlight=False)
+        say(stdout, ("problem: ", "bold red"), problem)
+
+
+def _row(table: Table, *cells: str) -> None:
+    """A table row of literal text (Rich would parse plain strings as markup)."""
+    table.add_row(*(styled(cell) for cell in cells))
 
 
 def _axis_value(value: Any) -> str:
@@ -169,7 +176,7 @@ def extract(
     recipe: str = RecipeOption,
     kv_cache: Optional[str] = KvCacheOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and output size; write nothing."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder when done."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an empty folder or an earlier elastic-slice output at --out when done."),
     push_to_hub: Optional[str] = typer.Option(
         None, "--push-to-hub", help="Upload each finished folder to this Hub repo (ORG/NAME; {budget} for several)."
     ),
@@ -207,7 +214,7 @@ def extract(
 
         def started(plans: list[Plan]) -> None:
             _warn(plans)
-            progress.update(task, description=f"extract {', '.join(p.budget.name for p in plans)}",
+            progress.update(task, description=literal(f"extract {', '.join(p.budget.name for p in plans)}"),
                             total=sum(p.out_bytes for p in plans))
 
         results = api.extract_many(
@@ -225,24 +232,24 @@ def extract(
 def _warn(plans: list[Plan]) -> None:
     for plan in plans:
         if plan.budget.warning:
-            stderr.print(f"[bold yellow]warning:[/] {plan.budget.warning}", highlight=False)
+            say(stderr, ("warning: ", "bold yellow"), plan.budget.warning)
 
 
 def _print_results(results: list[api.ExtractResult]) -> None:
     for result in results:
-        stdout.print(
+        say(
+            stdout,
             f"wrote {result.out}: budget {result.budget}, {result.tensors} tensors, {human_bytes(result.bytes)} "
             f"in {len(result.shards)} shard(s), {human_count(result.params_total)} params "
             f"({human_count(result.params_active)} active)",
-            highlight=False,
         )
         if result.hub_url:
-            stdout.print(f"pushed {result.out} to {result.hub_url}", highlight=False)
+            say(stdout, f"pushed {result.out} to {result.hub_url}")
     total = sum(r.bytes for r in results)
-    stdout.print(
+    say(
+        stdout,
         f"{sum(r.tensors for r in results)} tensors, {human_bytes(total)} in {results[0].seconds:.2f} s "
         f"({results[0].gb_per_s:.2f} GB/s)",
-        highlight=False,
     )
 
 
@@ -267,10 +274,10 @@ def verify(
         _print_json(report.to_json())
     else:
         for check in report.checks:
-            stdout.print(f"[green]ok[/]  {check}", highlight=False)
+            say(stdout, ("ok  ", "green"), check)
         for problem in report.problems:
-            stdout.print(f"[bold red]problem:[/] {problem}", highlight=False)
-        stdout.print("verified" if report.ok else f"{len(report.problems)} problem(s) found", highlight=False)
+            say(stdout, ("problem: ", "bold red"), problem)
+        say(stdout, "verified" if report.ok else f"{len(report.problems)} problem(s) found")
     if not report.ok:
         raise typer.Exit(code=1)
 
@@ -301,7 +308,7 @@ def quantize(
     index: Optional[Path] = IndexOption,
     max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, "--max-shard-size", help="Largest shard, e.g. 5GB."),
     workers: int = typer.Option(2, "--workers", min=1, max=64, help="Reader threads."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder when done."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an empty folder or an earlier elastic-slice output at --out when done."),
     as_json: bool = JsonOption,
 ) -> None:
     """Quantize a parent once into a nested FP8/NVFP4 parent that keeps its nesting index: every budget sliced
@@ -310,7 +317,7 @@ def quantize(
     assert options is not None
     command = "elastic-slice " + shlex.join(sys.argv[1:])
     with _progress(as_json) as progress:
-        task = progress.add_task(f"quantize {to}", total=None)
+        task = progress.add_task(literal(f"quantize {to}"), total=None)
         result = api.quantize(
             checkpoint, out, options, index, max_shard_size, overwrite, command, workers,
             on_bytes=lambda count: progress.advance(task, count),
@@ -340,19 +347,14 @@ def index_command(
         name, sep, source = item.partition("=")
         if not sep or not name or not source:
             raise InputError(f"--from-config {item!r} must look like NAME=PATH, for example 12B=child/config.json.")
+        if name in sources:
+            raise InputError(f"--from-config names budget {name!r} twice.")
         sources[name] = source
-    document = api.derive_index(parent, sources, parent_name, norm_semantics)
-    text = json.dumps(document, indent=2) + "\n"
-    targets = [p for p in (out, Path(parent) / INDEX_FILE if write_into else None) if p is not None]
-    for target in targets:
-        if target.exists() and not overwrite:
-            raise InputError(f"{target} already exists; pass --overwrite to replace it.")
-    for target in targets:
-        target.write_text(text, encoding="utf-8")
-    if not targets:
-        sys.stdout.write(text)
+    result = api.author_index(parent, sources, parent_name, norm_semantics, out, write_into, overwrite)
+    if not result.written:
+        sys.stdout.write(result.text)
     else:
-        stderr.print(f"wrote {', '.join(map(str, targets))}", highlight=False)
+        say(stderr, f"wrote {', '.join(result.written)}")
 
 
 def _render_plan(plan: Plan) -> None:
@@ -372,7 +374,7 @@ def _render_plan(plan: Plan) -> None:
         f"{len(plan.ops)} tensors, {human_bytes(plan.out_bytes)} in {len(plan.shards)} shard(s), "
         f"{human_count(plan.params.total)} params ({human_count(plan.params.active)} active); nothing written."
     )
-    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.write("\n".join(map(literal, lines)) + "\n")
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

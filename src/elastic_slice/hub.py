@@ -37,7 +37,35 @@ COMPANION_PATTERNS = ["*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken", "*.
 
 
 def is_repo_id(source: str) -> bool:
+    """Whether `source` is meant as a Hub repo id (ORG/NAME, not a local path); `check_repo_id` validates it."""
     return bool(_REPO_ID.match(source)) and not Path(source).exists()
+
+
+def check_repo_id(repo_id: str, option: str = "--push-to-hub") -> str:
+    """`repo_id` if it is a valid Hub ORG/NAME (huggingface_hub's own rules, and no `.` or `..` part)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    parts = repo_id.split("/")
+    try:
+        if len(parts) != 2 or any(part in ("", ".", "..") for part in parts):
+            raise HFValidationError(repo_id)
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise InputError(
+            f"{option} {repo_id!r} is not a Hub repo id: use ORG/NAME of letters, digits, '-', '_' and '.' "
+            "(not '.' or '..', no '--' or '..' inside, at most 96 characters)."
+        ) from None
+    return repo_id
+
+
+def cache_folder(repo_id: str) -> Path:
+    """The folder of the Hugging Face cache that holds `repo_id` (its snapshots and blobs), links resolved."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    name = repo_folder_name(repo_id=check_repo_id(repo_id, "CKPT"), repo_type="model")
+    return (Path(constants.HF_HUB_CACHE) / name).resolve()
 
 
 def open_source(source: str | Path, revision: str | None = None) -> Checkpoint:
@@ -79,13 +107,6 @@ def fetch_all(checkpoint: Checkpoint) -> Checkpoint:
     return fetch(checkpoint, {Path(shard.file).name for shard in checkpoint.shards})
 
 
-def check_repo_id(repo_id: str) -> str:
-    """`repo_id` if it is a valid ORG/NAME for --push-to-hub."""
-    if not _REPO_ID.match(repo_id):
-        raise InputError(f"--push-to-hub {repo_id!r} is not a Hub repo id; use ORG/NAME.")
-    return repo_id
-
-
 def push(folder: Path, repo_id: str, private: bool, commit_message: str) -> str:
     """Create `repo_id` if needed and upload the finished `folder` as one commit; returns the commit URL."""
     with _hub_errors(check_repo_id(repo_id)):
@@ -100,6 +121,7 @@ def push(folder: Path, repo_id: str, private: bool, commit_message: str) -> str:
 def _open_repo(repo_id: str, revision: str | None) -> Checkpoint:
     from huggingface_hub import constants
 
+    check_repo_id(repo_id, "CKPT")
     where = repo_id + (f" at revision {revision}" if revision else "")
     with _hub_errors(where):
         from huggingface_hub import snapshot_download

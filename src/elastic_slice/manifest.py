@@ -7,9 +7,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, is_plain_file_name
+from .errors import InputError
 from .plan import Plan
 from .safetensors_header import MAX_HEADER_BYTES
+from .untrusted_json import load_json_object
 from .writer import MANIFEST_FILE, write_json
 
 MANIFEST_FORMAT = "elastic-slice-manifest"
@@ -84,3 +86,27 @@ def write_manifest(
         "files": files,
     }
     write_json(folder / MANIFEST_FILE, manifest)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """An output's manifest, checked for the shape `verify` relies on: `files` maps plain file names of the folder to
+    an integer `size` and a string `sha256`, `budget` is an object with a string `name`, `options` an object."""
+    manifest = load_json_object(path, str(path), unique_keys=True)
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise InputError(f"{path} field 'files' must be an object of file name -> size and sha256, not {files!r:.60}.")
+    for name, entry in files.items():
+        if not is_plain_file_name(name) or name == MANIFEST_FILE:
+            raise InputError(f"{path} lists {name!r}, which is not a plain file name inside the folder.")
+        size = entry.get("size") if isinstance(entry, dict) else None
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(entry.get("sha256"), str):
+            raise InputError(f"{path}: the entry of {name!r} must be an object with an integer `size` and a string `sha256`.")
+    budget = manifest.get("budget")
+    if not isinstance(budget, dict) or not isinstance(budget.get("name"), str):
+        raise InputError(f"{path} field 'budget' must be an object with a string `name`, not {budget!r:.60}.")
+    options = manifest.get("options")
+    if not isinstance(options, dict) or not all(
+        options.get(key) is None or isinstance(options[key], str) for key in ("dtype", "max_shard_size")
+    ):
+        raise InputError(f"{path} field 'options' must be an object whose `dtype` and `max_shard_size` are strings.")
+    return manifest

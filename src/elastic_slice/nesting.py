@@ -6,13 +6,14 @@ belong to each architecture (`elastic_slice.arch`); this module owns everything 
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 from .preset import match_preset
+from .untrusted_json import load_json_file
 
 if TYPE_CHECKING:
     from .arch.base import Architecture
@@ -23,6 +24,20 @@ INDEX_VERSION = 1
 INDEX_FILE = "nesting_index.json"
 CONFIG_KEY = "nesting_index"
 NORM_SEMANTICS = ("active", "full")
+#: budget names are folder names (`extract --all`) and appear in model cards: one safe path component
+BUDGET_NAME = re.compile(r"(?![.-])[A-Za-z0-9._-]{1,64}")
+BUDGET_NAME_RULE = (
+    "a budget name is 1 to 64 characters from A-Z a-z 0-9 . _ - and does not start with '.' or '-'"
+)
+#: the most budgets one index may hold (inspect and --all do work per budget)
+MAX_BUDGETS = 256
+
+
+def check_budget_name(name: object, where: str) -> str:
+    """`name` if it is a valid budget name; otherwise an InputError naming it (shown literally) and `where`."""
+    if not isinstance(name, str) or BUDGET_NAME.fullmatch(name) is None:
+        raise InputError(f"{where} names budget {name!r}, which is not allowed: {BUDGET_NAME_RULE}.")
+    return name
 
 
 class BudgetError(InputError):
@@ -78,6 +93,9 @@ class Budget:
     #: empty for a budget of the index; otherwise how it was made, and that it was not trained as a nested budget
     warning: str = ""
 
+    def __post_init__(self) -> None:
+        check_budget_name(self.name, "the command line")
+
 
 def find_index(checkpoint: Checkpoint, index_path: Path | None = None) -> NestingIndex:
     """Locate the nesting index: --index FILE, nesting_index.json, config.json["nesting_index"], then a preset."""
@@ -102,12 +120,7 @@ def find_index(checkpoint: Checkpoint, index_path: Path | None = None) -> Nestin
 
 
 def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"cannot read nesting index {path}: {exc.strerror or exc}.") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"nesting index {path} is not valid JSON ({exc}).") from exc
+    return load_json_file(path, f"nesting index {path}", unique_keys=True)
 
 
 def parse_index(data: Any, source: str) -> NestingIndex:
@@ -132,10 +145,11 @@ def parse_index(data: Any, source: str) -> NestingIndex:
     budgets = data.get("budgets")
     if not isinstance(budgets, dict) or not budgets:
         raise InputError(f"nesting index {source} needs a non-empty `budgets` object of name -> axis sizes.")
+    if len(budgets) > MAX_BUDGETS:
+        raise InputError(f"nesting index {source} has {len(budgets)} budgets; at most {MAX_BUDGETS} are supported.")
     lowered: dict[str, str] = {}
     for name, axes in budgets.items():
-        if not name.strip():
-            raise InputError(f"nesting index {source} has a budget with an empty name.")
+        check_budget_name(name, f"nesting index {source}")
         if name.lower() in lowered:
             raise InputError(
                 f"nesting index {source} has budgets {lowered[name.lower()]!r} and {name!r}, "
@@ -193,7 +207,7 @@ def custom_budget(
     if index is not None:
         _check_parent_budget(index, config, arch)
     requested.update(overrides)
-    name = f"{base}+custom" if base is not None else "custom"
+    name = f"{base}-custom" if base is not None else "custom"
     set_axes = ", ".join(f"{axis}={value}" for axis, value in overrides.items())
     return Budget(
         name=name,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any
 
 from .dtypes import SAFETENSORS_DTYPES, itemsize
 from .errors import InputError
+from .untrusted_json import parse_json
 
 #: the safetensors library refuses headers above 100 MB; so do we, before allocating anything
 MAX_HEADER_BYTES = 100_000_000
@@ -65,10 +65,7 @@ def read_shard_header(path: Path, file_label: str) -> ShardHeader:
             raw = handle.read(header_len)
     except OSError as exc:
         raise InputError(f"cannot read {file_label}: {exc.strerror or exc}.") from exc
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{file_label} has a safetensors header that is not valid JSON ({exc}).") from exc
+    header = parse_json(raw, f"{file_label} (its safetensors header)", unique_keys=True)
     if not isinstance(header, dict):
         raise InputError(f"{file_label} has a safetensors header that is not a JSON object.")
     metadata = header.pop("__metadata__", None) or {}

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .arch import get_architecture
+from .arch import architecture_of, get_architecture
 from .checkpoint import Checkpoint, ShardFiles, open_checkpoint
 from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError
 from .execute import Target, execute
-from .manifest import MANIFEST_FILE, sha256_file
+from .manifest import MANIFEST_FILE, read_manifest, sha256_file
 from .nesting import Budget
 from .plan import Plan, TensorOp, build_plan
 from .quant.output import HF_QUANT_CONFIG
@@ -45,21 +44,23 @@ def check_files(folder: Path, report: VerifyReport) -> dict[str, Any] | None:
         report.problems.append(f"{path} is missing; only folders written by `elastic-slice extract` can be verified.")
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        files: dict[str, dict[str, Any]] = manifest["files"]
-    except (ValueError, KeyError, TypeError) as exc:
-        report.problems.append(f"{path} is not a valid manifest ({exc}).")
+        manifest = read_manifest(path)
+    except InputError as exc:
+        report.problems.append(str(exc))
         return None
+    files: dict[str, dict[str, Any]] = manifest["files"]
     for name, entry in sorted(files.items()):
         target = folder / name
-        if not target.is_file():
-            report.problems.append(f"{name} is listed in the manifest but missing.")
+        if target.is_symlink():
+            report.problems.append(f"{name!r} is a link; an output folder holds regular files only.")
+        elif not target.is_file():
+            report.problems.append(f"{name!r} is listed in the manifest but missing.")
         elif target.stat().st_size != entry.get("size"):
-            report.problems.append(f"{name} is {target.stat().st_size} bytes; the manifest says {entry.get('size')}.")
+            report.problems.append(f"{name!r} is {target.stat().st_size} bytes; the manifest says {entry.get('size')}.")
         elif sha256_file(target) != entry.get("sha256"):
-            report.problems.append(f"{name} does not match its sha256 in the manifest (the file was changed).")
+            report.problems.append(f"{name!r} does not match its sha256 in the manifest (the file was changed).")
     for extra in sorted(p.name for p in folder.iterdir() if p.name not in files and p.name != MANIFEST_FILE):
-        report.problems.append(f"{extra} is not listed in the manifest.")
+        report.problems.append(f"{extra!r} is not listed in the manifest.")
     report.checks.append(f"{len(files)} files against the manifest's sizes and sha256")
     return manifest
 
@@ -67,7 +68,7 @@ def check_files(folder: Path, report: VerifyReport) -> dict[str, Any] | None:
 def check_structure(child: Checkpoint, report: VerifyReport) -> None:
     """The config, weights index, shard headers, tensor names and shapes agree with each other."""
     try:
-        arch = get_architecture(child.model_type)
+        arch = architecture_of(child)
         sizes = arch.parent_sizes(child.config)
         build_plan(child, arch, Budget(name="self", sizes=sizes, is_parent=True, norm_semantics="active"))
     except ElasticSliceError as exc:
@@ -238,7 +239,7 @@ def check_numerics(
 
 def dequantized_copy(child: Checkpoint, folder: Path) -> Path:
     """The quantized `child` written to `folder` as an fp32 model (weights dequantized by the project's kernels)."""
-    arch = get_architecture(child.model_type)
+    arch = architecture_of(child)
     budget = Budget(name="self", sizes=arch.parent_sizes(child.config), is_parent=True, norm_semantics="active")
     plan = build_plan(child, arch, budget, dtype=parse_user_dtype("fp32"))
     folder.mkdir(parents=True)

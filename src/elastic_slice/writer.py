@@ -1,4 +1,5 @@
-"""Write a child model folder: streamed safetensors shards, the HF index, config, copied files, staged atomically."""
+"""Write a child model folder: streamed safetensors shards, the HF index, config and copied files (into the staging
+folder `destination` provides)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,14 @@ import json
 import mmap
 import os
 import queue
-import re
 import shutil
-import tempfile
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import CONFIG_FILE, PICKLE_SUFFIXES, WEIGHTS_INDEX_FILE, Checkpoint
-from .errors import InputError, RunFailure
+from .errors import RunFailure
 from .nesting import INDEX_FILE
 from .plan import Plan, TensorOp
 
@@ -31,79 +28,13 @@ DIRECT_BLOCKS = 4
 #: direct writes start and end on multiples of this (the largest logical block size in common use)
 DIRECT_ALIGN = 4096
 MANIFEST_FILE = "elastic_slice_manifest.json"
+#: bytes set aside for the model card, and for the manifest (plus some per file it lists)
+_CARD_ALLOWANCE = 64 * 2**10
+_MANIFEST_ALLOWANCE = 16 * 2**10
+_MANIFEST_PER_FILE = 512
 #: parent files that the child never inherits as they are: weights, indexes and files the writer makes itself
 _NOT_COPIED = {CONFIG_FILE, WEIGHTS_INDEX_FILE, INDEX_FILE, CARD_FILE, MANIFEST_FILE, "hf_quant_config.json"}
 _NOT_COPIED_SUFFIXES = (".safetensors", ".gguf", *PICKLE_SUFFIXES)
-
-
-@contextmanager
-def staged_folder(out: Path, overwrite: bool) -> Iterator[Path]:
-    """A temporary folder beside `out` that becomes `out` only when the block finishes without error."""
-    out = out.absolute()
-    if out.exists() and not overwrite:
-        raise InputError(f"--out {out} already exists; choose another path or pass --overwrite to replace it.")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder path.")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_abandoned_stagings(out)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
-        staging.chmod(0o777 & ~_umask())
-    except OSError as exc:
-        raise InputError(f"cannot create a folder beside --out {out}: {exc.strerror or exc}.") from exc
-    try:
-        yield staging
-        _replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _remove_abandoned_stagings(out: Path) -> None:
-    """Delete staging folders for `out` left by runs that were killed (SIGKILL, power loss): their process is gone."""
-    pattern = re.compile(rf"^\.{re.escape(out.name)}\.partial-(\d+)-")
-    for sibling in out.parent.iterdir():
-        match = pattern.match(sibling.name)
-        if match and sibling.is_dir() and not _process_alive(int(match.group(1))):
-            shutil.rmtree(sibling, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _replace(staging: Path, out: Path) -> None:
-    if not out.exists():
-        os.rename(staging, out)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.rename(out, retired / "old")
-    os.rename(staging, out)
-    shutil.rmtree(retired, ignore_errors=True)
-
-
-def check_free_space(folder: Path, needed: int) -> None:
-    """Fail before writing when the disk under `folder` cannot hold `needed` bytes."""
-    probe = folder.absolute()
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free < needed:
-        raise RunFailure(
-            f"not enough disk space under {probe}: the output needs {needed / 1e9:.2f} GB, {free / 1e9:.2f} GB is free."
-        )
 
 
 def safetensors_header(ops: list[TensorOp]) -> bytes:
@@ -296,31 +227,63 @@ class ShardWriter:
             self._file = None
 
 
-def write_weights_index(folder: Path, plan: Plan) -> None:
+def _weights_index(plan: Plan) -> dict[str, Any] | None:
     """model.safetensors.index.json as Hugging Face writes it, for sharded outputs only."""
     if len(plan.shards) < 2:
-        return
-    index = {
+        return None
+    return {
         "metadata": {"total_parameters": plan.params.total, "total_size": plan.out_bytes},
         "weight_map": {op.out_name: op.shard for op in sorted(plan.ops, key=lambda op: op.out_name)},
     }
-    write_json(folder / WEIGHTS_INDEX_FILE, index)
+
+
+def write_weights_index(folder: Path, plan: Plan) -> None:
+    index = _weights_index(plan)
+    if index is not None:
+        write_json(folder / WEIGHTS_INDEX_FILE, index)
+
+
+def _json_text(data: Any, sort_keys: bool = True) -> str:
+    return json.dumps(data, indent=2, sort_keys=sort_keys) + "\n"
 
 
 def write_json(path: Path, data: Any, sort_keys: bool = True) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n", encoding="utf-8")
+    path.write_text(_json_text(data, sort_keys), encoding="utf-8")
 
 
-def copy_companion_files(checkpoint: Checkpoint, folder: Path) -> list[str]:
-    """Copy tokenizer, generation config, chat template and custom-code files; never weights, never links out."""
-    copied = []
+def output_bytes(plan: Plan, copied: list[Path], extra_json: list[Any]) -> int:
+    """Disk bytes the output folder of `plan` takes, each file rounded up to whole 4 KiB blocks: the shards
+    (headers and data), config and weights index, `extra_json` documents, the `copied` companion files (their full
+    length, sparse or not), and an allowance for the model card and the manifest."""
+    by_shard: dict[str, list[TensorOp]] = {}
+    for op in plan.ops:
+        by_shard.setdefault(op.shard, []).append(op)
+    sizes = [len(safetensors_header(ops)) + sum(op.nbytes for op in ops) for ops in by_shard.values()]
+    documents = [plan.child_config, _weights_index(plan), *plan.extra_files.values(), *extra_json]
+    sizes += [len(_json_text(document).encode()) for document in documents if document is not None]
+    sizes += [path.stat().st_size for path in copied]
+    files = len(sizes) + 2
+    sizes += [_CARD_ALLOWANCE, _MANIFEST_ALLOWANCE + _MANIFEST_PER_FILE * (files + len(copied))]
+    return sum(-(-size // DIRECT_ALIGN) * DIRECT_ALIGN for size in sizes)
+
+
+def companion_files(checkpoint: Checkpoint) -> list[tuple[str, Path]]:
+    """Tokenizer, generation config, chat template and custom-code files to copy, by name, with the file each is
+    read from; never weights, never links out of the checkpoint."""
+    files = []
     root = checkpoint.trusted_root
     for path in sorted(checkpoint.root.iterdir()):
         if path.name.startswith(".") or path.name in _NOT_COPIED or path.name.endswith(_NOT_COPIED_SUFFIXES):
             continue
         resolved = path.resolve()
-        if not resolved.is_file() or not resolved.is_relative_to(root):
-            continue
-        shutil.copyfile(resolved, folder / path.name)
-        copied.append(path.name)
-    return copied
+        if resolved.is_file() and resolved.is_relative_to(root):
+            files.append((path.name, resolved))
+    return files
+
+
+def copy_companion_files(checkpoint: Checkpoint, folder: Path) -> list[str]:
+    """Copy the `companion_files` into `folder`; their names."""
+    copied = companion_files(checkpoint)
+    for name, source in copied:
+        shutil.copyfile(source, folder / name)
+    return [name for name, _ in copied]

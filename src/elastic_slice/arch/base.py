@@ -41,6 +41,11 @@ class Architecture(Protocol):
     model_type: str
     axes: tuple[str, ...]
 
+    def check_claims(self, config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Raise InputError when config.json's counts (layers, experts, heads) disagree with the tensors present
+        (`shapes`: tensor name -> shape); callers run it before anything is built per layer or per expert."""
+        ...
+
     def parent_sizes(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """Every axis at the parent's size, read from config.json."""
         ...

@@ -47,6 +47,7 @@ _INT_FIELDS = (
 
 _LAYER_NAME = re.compile(r"^backbone\.layers\.(\d+)\.(.+)$")
 _EXPERT_NAME = re.compile(r"^mixer\.experts\.(\d+)\.(up_proj|down_proj)\.weight$")
+_EXPERT_INDEX = re.compile(r"^mixer\.experts\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,44 @@ class NemotronH:
     axes = AXES
 
     # ----- config -----------------------------------------------------------------------------------------------
+    def check_claims(self, config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """config.json's layer, expert and head counts agree with the tensors present; runs before anything is built
+        per layer or per expert, so a config claiming millions of them fails at once instead of allocating."""
+        layers, top_expert = _present_layers_and_experts(shapes)
+        field_name, claimed = _pattern_field(config)
+        if claimed is None:
+            layer_pattern(config)  # raises: the field is missing or of the wrong type
+        counts = {field_name: claimed}
+        if config.get("num_hidden_layers") is not None:
+            counts["num_hidden_layers"] = _config_int(config, "num_hidden_layers")
+        for name, count in counts.items():
+            if count != layers:
+                raise InputError(
+                    f"config.json field {name!r} describes {count} layers, but the checkpoint's tensors hold "
+                    f"{layers} (backbone.layers.N with N < {layers})."
+                )
+        pattern = layer_pattern(config)
+        shape = _parent_shape(config)
+        if MOE in pattern and shape.experts != top_expert + 1:
+            raise InputError(
+                f"config.json field 'n_routed_experts' is {shape.experts}, but the checkpoint's MoE layers hold "
+                f"{top_expert + 1} experts."
+            )
+        first = {letter: pattern.index(letter) for letter in (MAMBA, ATTENTION) if letter in pattern}
+        expected_rows = [("backbone.embeddings.weight", "vocab_size", shape.vocab)]
+        if MAMBA in first:
+            expected_rows.append((f"backbone.layers.{first[MAMBA]}.mixer.A_log", "mamba_num_heads", shape.mamba_heads))
+        if ATTENTION in first:
+            layer = f"backbone.layers.{first[ATTENTION]}.mixer"
+            expected_rows += [
+                (f"{layer}.q_proj.weight", "num_attention_heads x head_dim", shape.q_heads * shape.head_dim),
+                (f"{layer}.k_proj.weight", "num_key_value_heads x head_dim", shape.kv_heads * shape.head_dim),
+            ]
+        for name, claim, rows in expected_rows:
+            found = shapes.get(name)
+            if found is not None and (not found or found[0] != rows):
+                raise InputError(f"config.json gives {claim} = {rows}, but tensor {name!r} has shape {list(found)}.")
+
     def parent_sizes(self, config: Mapping[str, Any]) -> dict[str, Any]:
         shape = _parent_shape(config)
         return {
@@ -176,7 +215,14 @@ class NemotronH:
                 raise BudgetError(budget, axis, "the child's config.json does not give this field")
             if value != parent[axis]:
                 derived[axis] = value
-        parent_pattern, child_pattern = layer_pattern(config), layer_pattern(child)
+        parent_pattern = layer_pattern(config)
+        claimed = _pattern_field(child)[1]
+        if claimed is not None and claimed > len(parent_pattern):
+            raise BudgetError(
+                budget, "layers", f"the child's config.json has {claimed} layers, more than the parent's "
+                f"{len(parent_pattern)}",
+            )
+        child_pattern = layer_pattern(child)
         if child_pattern != parent_pattern:
             derived["layers"] = _kept_layers(parent_pattern, child_pattern, budget)
         return derived
@@ -299,6 +345,30 @@ _KIND_PATTERNS = [
 
 
 # ----- config helpers -------------------------------------------------------------------------------------------
+def _pattern_field(config: Mapping[str, Any]) -> tuple[str, int | None]:
+    """The config field that gives the layer kinds, and how many layers it lists (None when it is of the wrong
+    type: `layer_pattern` then says so), counted without reading its entries."""
+    if config.get("layers_block_type") is not None:
+        blocks = config["layers_block_type"]
+        return "layers_block_type", len(blocks) if isinstance(blocks, list) else None
+    pattern = config.get("hybrid_override_pattern")
+    return "hybrid_override_pattern", len(pattern) if isinstance(pattern, str) else None
+
+
+def _present_layers_and_experts(shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int]:
+    """How many layers the tensor names hold (highest index + 1) and the highest routed expert index (-1: none)."""
+    top_layer = top_expert = -1
+    for name in shapes:
+        match = _LAYER_NAME.match(name)
+        if match is None:
+            continue
+        top_layer = max(top_layer, int(match.group(1)))
+        expert = _EXPERT_INDEX.match(match.group(2))
+        if expert is not None:
+            top_expert = max(top_expert, int(expert.group(1)))
+    return top_layer + 1, top_expert
+
+
 def layer_pattern(config: Mapping[str, Any]) -> str:
     """The layer kinds as a pattern string, one letter per layer (M, E, *, -)."""
     blocks = config.get("layers_block_type")
@@ -324,12 +394,14 @@ def _config_int(config: Mapping[str, Any], name: str) -> int:
     return value
 
 
+def _optional_int(config: Mapping[str, Any], name: str, default: int) -> int:
+    """A positive integer field that may be absent or null (then `default`)."""
+    return default if config.get(name) is None else _config_int(config, name)
+
+
 def _parent_shape(config: Mapping[str, Any]) -> _Shape:
     values = {name: _config_int(config, name) for name in _INT_FIELDS}
-    head_dim = config.get("head_dim")
-    if head_dim is None:
-        head_dim = values["hidden_size"] // values["num_attention_heads"]
-    latent = config.get("moe_latent_size")
+    head_dim = _optional_int(config, "head_dim", values["hidden_size"] // values["num_attention_heads"])
     shape = _Shape(
         vocab=values["vocab_size"],
         hidden=values["hidden_size"],
@@ -337,15 +409,15 @@ def _parent_shape(config: Mapping[str, Any]) -> _Shape:
         mamba_head_dim=values["mamba_head_dim"],
         groups=values["n_groups"],
         state=values["ssm_state_size"],
-        conv_kernel=_config_int({"conv_kernel": config.get("conv_kernel", 4)}, "conv_kernel"),
+        conv_kernel=_optional_int(config, "conv_kernel", 4),
         q_heads=values["num_attention_heads"],
         kv_heads=values["num_key_value_heads"],
-        head_dim=_config_int({"head_dim": head_dim}, "head_dim"),
+        head_dim=head_dim,
         experts=values["n_routed_experts"],
         moe_ffn=values["moe_intermediate_size"],
         shared_ffn=values["moe_shared_expert_intermediate_size"],
         dense_ffn=values["intermediate_size"],
-        latent=None if latent is None else _config_int(config, "moe_latent_size"),
+        latent=None if config.get("moe_latent_size") is None else _config_int(config, "moe_latent_size"),
     )
     if shape.mamba_heads % shape.groups:
         raise InputError(
@@ -396,6 +468,8 @@ def _check_per_layer(
         )
     if len(value) != len(pattern):
         raise BudgetError(budget, axis, f"a per-layer list needs {len(pattern)} entries, one per parent layer")
+    if kind not in pattern:
+        raise BudgetError(budget, axis, f"the parent has no {_KIND_NAMES[kind]} layers, so a per-layer list is all null; give one integer")
     floor = _config_int(config, "num_experts_per_tok") if axis == "n_routed_experts" else 1
     for layer, (letter, size) in enumerate(zip(pattern, value)):
         if letter != kind:
@@ -436,6 +510,8 @@ def _kept_layers(parent: str, child: str, budget: str) -> list[int]:
 
 
 def _check_layers(budget: str, value: Any, parent_layers: int) -> list[int]:
+    if isinstance(value, list) and len(value) > parent_layers:
+        raise BudgetError(budget, "layers", f"lists {len(value)} layers; the parent has {parent_layers}")
     if (
         not isinstance(value, list)
         or not value
@@ -469,7 +545,7 @@ def _check_structure(budget: str, config: Mapping[str, Any], parent: Mapping[str
     experts = sizes["n_routed_experts"]
     if experts < top_k:
         raise BudgetError(budget, "n_routed_experts", f"{experts} is fewer than num_experts_per_tok ({top_k})")
-    routing_groups = config.get("n_group", 1) or 1
+    routing_groups = _optional_int(config, "n_group", 1)
     if routing_groups > 1 and experts != parent["n_routed_experts"]:
         raise BudgetError(
             budget, "n_routed_experts",

@@ -21,21 +21,34 @@ MAX_TOKENS = 512
 _EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(up_proj|down_proj)$")
 
 
+#: a paragraph is cut to this many characters before tokenizing (enough for MAX_TOKENS tokens unless they average
+#: over 16 characters), and at most MAX_PARAGRAPHS paragraphs from the file's first MAX_READ_BYTES bytes are used
+MAX_PARAGRAPH_CHARS = MAX_TOKENS * 16
+MAX_PARAGRAPHS = 256
+MAX_READ_BYTES = MAX_PARAGRAPHS * MAX_PARAGRAPH_CHARS * 4
+
+
 def describe(source: str) -> str:
     """How a calibration source is named in model cards: the built-in sample, or the text file's name."""
     return "the built-in sample text" if source == DEFAULT else f"the text file {Path(source).name}"
 
 
 def calibration_texts(source: str) -> list[str]:
-    """Paragraphs of the built-in sample (`default`) or of a text file."""
+    """Paragraphs of the built-in sample (`default`) or of a text file, bounded by what calibration tokenizes."""
     if source == DEFAULT:
         text = resources.files("elastic_slice.quant").joinpath("calibration_sample.txt").read_text(encoding="utf-8")
     else:
         path = Path(source)
         if not path.is_file():
             raise InputError(f"--calibration {source} is not a file; give a text file or 'default'.")
-        text = path.read_text(encoding="utf-8", errors="replace")
-    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
+        with path.open("rb") as handle:
+            text = handle.read(MAX_READ_BYTES).decode("utf-8", errors="replace")
+    paragraphs = []
+    for paragraph in text.split("\n\n"):
+        if paragraph.strip():
+            paragraphs.append(paragraph.strip()[:MAX_PARAGRAPH_CHARS])
+        if len(paragraphs) == MAX_PARAGRAPHS:
+            break
     if not paragraphs:
         raise InputError(f"--calibration {source} holds no text.")
     return paragraphs

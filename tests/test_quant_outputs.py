@@ -282,3 +282,13 @@ def test_engine_check_dry_run(tmp_path: Path) -> None:
     assert not table["transformers"]["nvfp4-modelopt"]["loaded"]
     assert "ignore_mismatched_sizes" in table["transformers"]["nvfp4-modelopt"]["error"]
     assert table["elastic-slice dequantized, in transformers"]["nvfp4-modelopt"]["loaded"]
+
+
+def test_inspect_predicts_the_default_quantized_bytes(tiny_parent: Path, tmp_path: Path) -> None:
+    """inspect's FP8/NVFP4 columns follow the default recipe: the bytes extract then writes, exactly."""
+    predicted = {budget.name: budget.bytes for budget in api.inspect(tiny_parent).budgets}
+    for scheme in ("fp8", "nvfp4"):
+        written = api.extract(tiny_parent, "23B", tmp_path / scheme, quantize=QuantOptions(scheme))
+        assert written.bytes == predicted["23B"][scheme]
+    planned = run_cli("extract", tiny_parent, "--size", "23B", "--quantize", "nvfp4", "--dry-run", "--json")
+    assert planned.code == 0 and planned.stderr == ""  # planning alone does not calibrate

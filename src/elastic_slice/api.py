@@ -24,7 +24,7 @@ from .arch.base import OUTPUT
 from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
 from .quant.calibrate import announce, calibrate, calibration_texts, describe
 from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
-from .quant.planning import QuantRequest, module_quantization
+from .quant.planning import QuantRequest, module_quantization, rename_modules
 from .quant.schemes import NVIDIA, RECIPES, SCHEMES, footprint
 from .untrusted_json import load_json_object
 from .verify import (
@@ -223,7 +223,10 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
                 params_total=plan.params.total,
                 params_active=plan.params.active,
                 bytes={
-                    **footprint((name, arch.module_kind(name), shape) for name, shape in plan.dense_shapes.items()),
+                    **footprint(
+                        ((name, arch.module_kind(name), shape) for name, shape in plan.dense_shapes.items()),
+                        set(rename_modules(arch.recipe_exclusions(ckpt.config), list(plan.budget.sizes["layers"]))),
+                    ),
                     "stored": plan.out_bytes,
                 },
                 tensors=len(plan.ops),
@@ -293,8 +296,9 @@ def plan_extract(
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     quantize: QuantOptions | None = None,
 ) -> Plan:
-    """The plan `extract` would run, without writing anything (what --dry-run prints)."""
-    return _prepare(checkpoint, [size], index, dtype, max_shard_size, quantize).plans[0]
+    """The plan `extract` would run, without writing anything (what --dry-run prints). Calibration does not run
+    (nor download a Hub parent's weights for it), so calibrated scales (4 bytes each) are not listed."""
+    return _prepare(checkpoint, [size], index, dtype, max_shard_size, quantize, calibrated=False).plans[0]
 
 
 def plan_extract_many(
@@ -308,8 +312,10 @@ def plan_extract_many(
     target: ParamTarget | None = None,
     revision: str | None = None,
 ) -> list[Plan]:
-    """The plans of several budgets (`[ALL_BUDGETS]` for every budget of the index)."""
-    return _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target, revision).plans
+    """The plans of several budgets (`[ALL_BUDGETS]` for every budget of the index), as `plan_extract`."""
+    return _prepare(
+        checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target, revision, calibrated=False
+    ).plans
 
 
 def extract(

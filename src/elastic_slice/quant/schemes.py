@@ -7,7 +7,7 @@ and Mamba A/D/dt stay in bf16 (only linear layers are quantized), and NVFP4 also
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from ..arch.base import LINEAR_KINDS
@@ -49,10 +49,16 @@ NVIDIA, BROAD = "nvidia", "broad"
 RECIPES = (NVIDIA, BROAD)
 
 
-def footprint(tensors: Iterable[tuple[str, str, tuple[int, ...]]]) -> dict[str, int]:
-    """Bytes on disk of (name, kind, shape) tensors in bf16, FP8 and NVFP4 with default exclusions."""
+def footprint(tensors: Iterable[tuple[str, str, tuple[int, ...]]], kept: Collection[str] = ()) -> dict[str, int]:
+    """Bytes on disk of (name, kind, shape) tensors in bf16, FP8 and NVFP4 under the default (NVIDIA) recipe: every
+    linear weight quantized except the modules in `kept` (the recipe's, named as in these tensors)."""
     items = list(tensors)
     sizes = {"bf16": sum(math.prod(shape) * BF16_BYTES for _, _, shape in items)}
     for scheme in SCHEMES.values():
-        sizes[scheme.name] = sum(scheme.stored_bytes(kind, name, shape) for name, kind, shape in items)
+        recipe = Scheme(scheme.name, scheme.bits, scheme.block_size, excluded_kinds=frozenset())
+        sizes[scheme.name] = sum(
+            recipe.stored_bytes(kind, name, shape) if name.removesuffix(".weight") not in kept
+            else math.prod(shape) * BF16_BYTES
+            for name, kind, shape in items
+        )
     return sizes

@@ -58,7 +58,7 @@ def test_output_folder_layout(tiny_parent: Path, tmp_path: Path) -> None:
     assert "nesting_index" not in config
     assert config["hidden_size"] == 96 and config["mamba_num_heads"] == 8
     card = (out / "README.md").read_text()
-    assert "budget `12B`" in card and f"{result.params_total:,}" in card and "elastic-slice extract x" in card
+    assert "budget `12B`" in card and f"{result.params_total:,}" in card and "elastic-slice extract tiny" in card  # the checkpoint as named: its folder
     assert "base_model: tiny" in card
 
 

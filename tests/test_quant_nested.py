@@ -114,7 +114,9 @@ def test_nvfp4_block_alignment_errors(tiny_parent: Path, tmp_path: Path) -> None
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["--quantize", "nvfp4"], ("--calibration", "compressed-tensors")),
+        (["--quantize", "nvfp4", "--recipe", "aggressive"], ("--recipe 'aggressive'", "nvidia or broad")),
+        (["--quantize", "nvfp4", "--kv-cache", "int8"], ("--kv-cache 'int8'", "fp8")),
+        (["--kv-cache", "fp8"], ("only with --quantize",)),
         (["--quantize", "int3", "--quant-format", "compressed-tensors"], ("'int3'", "fp8 or nvfp4")),
         (["--quantize", "fp8", "--quant-format", "gguf"], ("'gguf'",)),
         (["--calibration", "default"], ("only with --quantize",)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,12 @@ from .execute import Target, execute
 from .manifest import describe_parent_files, write_manifest
 from .nesting import INDEX_FILE, INDEX_FORMAT, NestingIndex, check_budget_name, find_index, parse_index, resolve_budget
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
-from .quant.calibrate import calibrate, calibration_texts
+from .arch.base import OUTPUT
+from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
+from .quant.calibrate import announce, calibrate, calibration_texts, describe
 from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
-from .quant.planning import QuantRequest, module_quantization
-from .quant.schemes import SCHEMES, footprint
+from .quant.planning import QuantRequest, module_quantization, rename_modules
+from .quant.schemes import NVIDIA, RECIPES, SCHEMES, footprint
 from .untrusted_json import load_json_object
 from .verify import (
     VerifyReport,
@@ -123,30 +125,52 @@ class ExtractResult:
 
 @dataclass(frozen=True)
 class QuantOptions:
-    """Quantize the output: `scheme` fp8 or nvfp4, `fmt` modelopt or compressed-tensors."""
+    """Quantize the output: `scheme` fp8 or nvfp4, `fmt` modelopt or compressed-tensors, `recipe` nvidia (NVIDIA's
+    release exclusions) or broad, `exclude` globs added to it, `kv_cache` "fp8" for calibrated KV-cache scales."""
 
     scheme: str
     fmt: str = MODELOPT
     exclude: tuple[str, ...] = ()
     calibration: str | None = None
     device: str = "cpu"
+    recipe: str = NVIDIA
+    kv_cache: str | None = None
 
-    def request(self, checkpoint: Checkpoint, arch: Architecture) -> QuantRequest:
+    def request(self, checkpoint: Checkpoint, arch: Architecture, calibrated: bool = True) -> QuantRequest:
+        """The plan's quantization request; with `calibrated` False no calibration runs (no static scales)."""
         scheme = SCHEMES.get(self.scheme.lower())
         if scheme is None:
             raise InputError(f"--quantize {self.scheme!r} is not supported; use fp8 or nvfp4.")
         if self.fmt not in FORMATS:
             raise InputError(f"--quant-format {self.fmt!r} is not supported; use {' or '.join(FORMATS)}.")
-        if self.fmt == MODELOPT and self.calibration is None:
-            raise InputError(
-                "--quant-format modelopt stores static activation scales, which need --calibration FILE "
-                "(or --calibration default for the built-in sample); --quant-format compressed-tensors also "
-                "works without: FP8 with dynamic activations, NVFP4 weight-only."
-            )
+        if self.recipe not in RECIPES:
+            raise InputError(f"--recipe {self.recipe!r} is not supported; use {' or '.join(RECIPES)}.")
+        if self.kv_cache not in (None, "fp8"):
+            raise InputError(f"--kv-cache {self.kv_cache!r} is not supported; use fp8 (or leave it out).")
+        source = self.calibration_source() if calibrated else None
         amax = None
+        if source is not None:
+            texts = calibration_texts(source)
+            announce(source, len(texts), chosen_by_default=self.calibration is None)
+            amax = calibrate(checkpoint.root, arch, texts, self.device)
+        return QuantRequest(
+            scheme=scheme, fmt=self.fmt, exclude=tuple(self.exclude), input_amax=amax, recipe=self.recipe,
+            recipe_modules=tuple(arch.recipe_exclusions(checkpoint.config)) if self.recipe == NVIDIA else (),
+            kv_amax=_outputs(amax) if self.kv_cache and amax is not None else None,
+            calibration=describe(source) if source is not None else None,
+        )
+
+    def calibration_source(self) -> str | None:
+        """What calibration runs on: the given text, else the built-in sample where the format or --kv-cache needs
+        static scales (ModelOpt stores them); None for compressed-tensors without it (dynamic / weight-only)."""
         if self.calibration is not None:
-            amax = calibrate(checkpoint.root, arch, calibration_texts(self.calibration), self.device)
-        return QuantRequest(scheme=scheme, fmt=self.fmt, exclude=tuple(self.exclude), input_amax=amax)
+            return self.calibration
+        return DEFAULT_CALIBRATION if self.fmt == MODELOPT or self.kv_cache else None
+
+
+def _outputs(amax: dict[str, float]) -> dict[str, float]:
+    """The recorded output amax of key and value projections, by module name."""
+    return {name.removesuffix(OUTPUT): value for name, value in amax.items() if name.endswith(OUTPUT)}
 
 
 def _version() -> str:
@@ -199,7 +223,10 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
                 params_total=plan.params.total,
                 params_active=plan.params.active,
                 bytes={
-                    **footprint((name, arch.module_kind(name), shape) for name, shape in plan.dense_shapes.items()),
+                    **footprint(
+                        ((name, arch.module_kind(name), shape) for name, shape in plan.dense_shapes.items()),
+                        set(rename_modules(arch.recipe_exclusions(ckpt.config), list(plan.budget.sizes["layers"]))),
+                    ),
                     "stored": plan.out_bytes,
                 },
                 tensors=len(plan.ops),
@@ -247,15 +274,16 @@ def _prepare(
     overrides: dict[str, Any] | None = None,
     target: ParamTarget | None = None,
     revision: str | None = None,
+    calibrated: bool = True,
 ) -> _Prepared:
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else hub.open_source(checkpoint, revision)
     arch = architecture_of(ckpt)
-    if quantize is not None and quantize.calibration is not None:
+    if quantize is not None and calibrated and quantize.calibration_source() is not None:
         ckpt = hub.fetch_all(ckpt)  # calibration runs the whole parent in transformers
     out_dtype = parse_user_dtype(dtype) if dtype is not None else None
     shard_limit = parse_size(str(max_shard_size))
     nesting, budgets = select_budgets(ckpt, arch, sizes, Path(index) if index is not None else None, overrides, target)
-    request = quantize.request(ckpt, arch) if quantize is not None else None
+    request = quantize.request(ckpt, arch, calibrated) if quantize is not None else None
     plans = [build_plan(ckpt, arch, budget, out_dtype, shard_limit, request, _version()) for budget in budgets]
     return _Prepared(ckpt, nesting, plans)
 
@@ -268,8 +296,9 @@ def plan_extract(
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     quantize: QuantOptions | None = None,
 ) -> Plan:
-    """The plan `extract` would run, without writing anything (what --dry-run prints)."""
-    return _prepare(checkpoint, [size], index, dtype, max_shard_size, quantize).plans[0]
+    """The plan `extract` would run, without writing anything (what --dry-run prints). Calibration does not run
+    (nor download a Hub parent's weights for it), so calibrated scales (4 bytes each) are not listed."""
+    return _prepare(checkpoint, [size], index, dtype, max_shard_size, quantize, calibrated=False).plans[0]
 
 
 def plan_extract_many(
@@ -283,8 +312,10 @@ def plan_extract_many(
     target: ParamTarget | None = None,
     revision: str | None = None,
 ) -> list[Plan]:
-    """The plans of several budgets (`[ALL_BUDGETS]` for every budget of the index)."""
-    return _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target, revision).plans
+    """The plans of several budgets (`[ALL_BUDGETS]` for every budget of the index), as `plan_extract`."""
+    return _prepare(
+        checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target, revision, calibrated=False
+    ).plans
 
 
 def extract(
@@ -472,9 +503,13 @@ def verify(
     index: str | Path | None = None,
     numerics: bool = False,
     device: str = "cpu",
-    tolerance: float = 1e-3,
+    tolerance: float | None = None,
 ) -> VerifyReport:
-    """Check an output folder: manifest hashes, config/shard agreement and, with `parent`, every byte and logit."""
+    """Check an output folder: manifest hashes, config/shard agreement and, with `parent`, every byte and logit.
+
+    An output quantized during extract is re-planned with the manifest's quantization (without calibration): its
+    weights and weight scales must equal the parent's bytes quantized again, and dequantize within the format's
+    bound of the parent's slice. `tolerance` defaults to the output format's (`verify.NUMERIC_TOLERANCE`)."""
     folder = open_output(out)
     report = VerifyReport(folder=str(folder))
     manifest = check_files(folder, report)
@@ -492,15 +527,29 @@ def verify(
     if budget is None:
         raise InputError("verify --parent needs --size NAME: the output has no manifest naming its budget.")
     options = (manifest or {}).get("options", {})
-    prepared = _prepare(parent, [budget], index, options.get("dtype"), options.get("max_shard_size", "5GB"))
+    quant = _manifest_quantization(options.get("quantize"))
+    shard_size = options.get("max_shard_size", "5GB")
+    prepared = _prepare(parent, [budget], index, options.get("dtype"), shard_size, quant, calibrated=False)
     plan = prepared.plans[0]
+    dense = _prepare(prepared.checkpoint, [budget], index, options.get("dtype"), shard_size).plans[0] if quant else None
     ckpt = hub.fetch_all(prepared.checkpoint) if numerics else hub.fetch(
         prepared.checkpoint, _needed_files([plan], prepared.checkpoint))
     if child is not None:
-        check_against_parent(child, plan, ckpt, report)
-    if numerics:
-        check_numerics(folder, ckpt, plan, report, device, tolerance)
+        check_against_parent(child, plan, ckpt, report, dense)
+        if numerics:
+            check_numerics(child, ckpt, plan, report, device, tolerance)
     return report
+
+
+def _manifest_quantization(recorded: Any) -> QuantOptions | None:
+    """The QuantOptions a manifest records (untrusted: a malformed entry is an input error naming the field)."""
+    if recorded is None:
+        return None
+    try:
+        options = QuantOptions(**recorded)
+        return replace(options, exclude=tuple(options.exclude))
+    except TypeError as exc:
+        raise InputError(f"the manifest's options.quantize is not understood ({exc}); verify without --parent.") from exc
 
 
 def quantize(
@@ -527,7 +576,7 @@ def quantize(
 
 def _without_calibration(options: QuantOptions) -> QuantOptions:
     """The same quantization planned without running calibration (for checks that need no scales)."""
-    return QuantOptions(options.scheme, COMPRESSED_TENSORS, options.exclude, None, options.device)
+    return replace(options, fmt=COMPRESSED_TENSORS, calibration=None, kv_cache=None)
 
 
 def derive_index(

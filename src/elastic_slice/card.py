@@ -1,12 +1,35 @@
-"""The model card (README.md) written with every child: where it came from, its sizes and parameter counts."""
+"""The model card (README.md) written with every child: where it came from, its sizes, parameter counts and, for a
+quantized child, which engines load it and what is known not to work (with the versions that were checked).
+
+The YAML front matter is written by a YAML serializer, so no name read from a file (a parent or budget name with a
+newline or a colon) can add metadata; the "how it was made" command shows the checkpoint as the user named it and
+reduces every path argument to its last component, so no local directory layout is published.
+"""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
+from pathlib import PurePath
 from typing import Any
 
+import yaml
+
 from .plan import Plan
+from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
+from .quant.formats import MODELOPT
+from .quant.output import QuantSummary
+from .quant.schemes import NVIDIA
 from .units import human_count
+
+#: the library versions the transformers statements below were measured with (tests/test_quant_outputs.py pins them)
+CHECKED_TRANSFORMERS = "transformers 5.24.0"
+CHECKED_COMPRESSED_TENSORS = "compressed-tensors 0.20.1"
+_NOT_CHECKED = "documented by the engine, not checked by elastic-slice"
+#: command-line options whose value is a local path (shown by its last component only)
+_PATH_OPTIONS = ("--out", "--index", "--calibration")
+#: options that take no value
+_FLAGS = ("--all", "--dry-run", "--overwrite", "--private", "--json")
 
 
 def _size(value: Any) -> str:
@@ -27,34 +50,136 @@ def _quantization(config: Mapping[str, Any]) -> str:
     return f"{quant.get('quant_method', 'unknown')} {detail}".strip()
 
 
+def public_command(command: str, checkpoint_name: str) -> str:
+    """`command` with the checkpoint argument shown as `checkpoint_name` and path options reduced to names."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return "elastic-slice (command not shown: it could not be parsed)"
+    shown, positional_seen, index = words[:2], False, 2
+    while index < len(words):
+        word = words[index]
+        option, eq, value = word.partition("=")
+        if word.startswith("--") and eq:
+            shown.append(f"{option}={_public_path(option, value)}")
+        elif word.startswith("--") and word not in _FLAGS and index + 1 < len(words):
+            shown += [word, _public_path(word, words[index + 1])]
+            index += 1
+        elif not word.startswith("--") and not positional_seen:
+            shown.append(checkpoint_name)
+            positional_seen = True
+        else:
+            shown.append(word)
+        index += 1
+    return shlex.join(shown)
+
+
+def public_name(name: str) -> str:
+    """A parent's name fit to publish: a Hub repo id (`org/name`) as it is, a local path by its folder's name."""
+    parts = name.replace("\\", "/").split("/")
+    if len(parts) == 2 and all(parts) and not name.startswith((".", "~")):
+        return name
+    return next((part for part in reversed(parts) if part), name)
+
+
+def _public_path(option: str, value: str) -> str:
+    if option not in _PATH_OPTIONS or value == DEFAULT_CALIBRATION:
+        return value
+    return PurePath(value).name or value
+
+
+def library_name(quant: QuantSummary | None) -> str:
+    """`transformers` where transformers loads the output correctly (checked: unquantized, compressed-tensors FP8);
+    otherwise `vllm`, an engine whose documentation covers the format, so that the Hub does not offer a
+    transformers snippet that fails or gives wrong output."""
+    if quant is None or (quant.fmt != MODELOPT and quant.scheme == "fp8"):
+        return "transformers"
+    return "vllm"
+
+
+def _front_matter(parent_name: str, config: Mapping[str, Any], budget: str, quant: QuantSummary | None) -> str:
+    tags = ["elastic-slice", str(config.get("model_type", "")), f"elastic-budget-{budget}"]
+    if quant is not None:
+        tags += [quant.scheme, quant.fmt]
+    meta = {"base_model": parent_name, "library_name": library_name(quant), "tags": tags}
+    return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def engine_rows(quant: QuantSummary) -> list[tuple[str, str]]:
+    """(engine, what is known) for a quantized output, per format and scheme."""
+    scheme = quant.scheme.upper()
+    if quant.fmt == MODELOPT:
+        rows = [(engine, f"reads ModelOpt {scheme} checkpoints (`hf_quant_config.json`): {_NOT_CHECKED}")
+                for engine in ("vLLM", "SGLang", "TensorRT-LLM")]
+        failure = (
+            "loads the raw FP8 codes without their scales (the scale tensors are reported as unexpected keys): "
+            "**wrong outputs**" if quant.scheme == "fp8" else
+            "**fails to load**: the packed NVFP4 weights do not match the model's shapes"
+        )
+        return rows + [(CHECKED_TRANSFORMERS, f"does not know the ModelOpt format; it {failure} (checked)")]
+    rows = [("vLLM", f"reads compressed-tensors {scheme} checkpoints: {_NOT_CHECKED}")]
+    library = f"{CHECKED_TRANSFORMERS} + {CHECKED_COMPRESSED_TENSORS}"
+    if quant.scheme == "fp8":
+        return rows + [(library, "loads with no missing or unexpected weights and runs (checked)")]
+    if quant.experts_quantized:
+        return rows + [(library, "loads with no warning, but its fused routed-expert NVFP4 dequantization ignores "
+                                 "`weight_global_scale`: routed experts come out multiplied by it and the logits are "
+                                 "**wrong** (checked); use vLLM")]
+    return rows + [(library, "reports the unquantized routed-expert weights as missing (it does not merge them into "
+                             "its fused expert parameters) and runs with them uninitialized: **wrong outputs** "
+                             "(checked); use vLLM")]
+
+
+def _quantization_section(quant: QuantSummary) -> str:
+    scheme = quant.scheme.upper()
+    fmt = "ModelOpt (`hf_quant_config.json`)" if quant.fmt == MODELOPT else "compressed-tensors"
+    lines = [f"- Weights: {scheme}, {fmt} format"]
+    if quant.recipe is None:
+        lines.append("- Sliced from a quantized parent: packed weights, block scales and scalars are the parent's, "
+                     "cut along the budget's axes (bit-identical to quantizing this budget with the parent's scales)")
+    else:
+        kept = ("NVIDIA's Nemotron 3 Nano NVFP4 recipe: lm_head, every attention q/k/v/o projection, the Mamba "
+                "in/out projections right before an attention layer, and conv1d" if quant.recipe == NVIDIA else
+                "the broad recipe: every linear layer is quantized except lm_head"
+                + (" and attention projections" if quant.scheme == "nvfp4" else ""))
+        extra = f"; also `--exclude` {', '.join(f'`{g}`' for g in quant.exclude)}" if quant.exclude else ""
+        lines.append(f"- Kept in bf16: {kept}{extra}; embeddings, routers and norms are never quantized")
+        lines.append(f"- Activation scales: calibrated on {quant.calibration}" if quant.calibration else
+                     "- Activation scales: none (FP8 dynamic activations / NVFP4 weight-only)")
+    lines.append(f"- KV cache: {'FP8, calibrated scales' if quant.kv_cache else 'not quantized'}")
+    table = "\n".join(f"| {engine} | {status} |" for engine, status in engine_rows(quant))
+    return "\n## Quantization\n\n" + "\n".join(lines) + f"\n\n| engine | status |\n| --- | --- |\n{table}\n"
+
+
 def model_card(plan: Plan, parent_name: str, parent_sizes: Mapping[str, Any], command: str | None, version: str) -> str:
     """Markdown with YAML front matter, deterministic for the same inputs."""
     budget = plan.budget
     config = plan.child_config
+    quant = plan.quantization
+    parent_name = public_name(parent_name)
     rows = "\n".join(
         f"| `{axis}` | {_size(parent_sizes[axis])} | {_size(budget.sizes[axis])} |" for axis in budget.sizes
     )
-    how = f"\n```bash\n{command}\n```\n" if command else ""
+    how = f"\n```bash\n{public_command(command, parent_name)}\n```\n" if command else ""
     quantization = _quantization(config)
-    scheme = "nvfp4" if "nvfp4" in quantization.lower() else "fp8" if quantization != "none" else ""
-    quant_tag = f"\n- {scheme}" if scheme else ""
     if budget.warning:
         how += f"\nNote: {budget.warning}\n"
+    model_type = config.get("model_type", "")
+    loads = (
+        f"It is a standard `{model_type}` model: it loads with plain `transformers`, without custom code."
+        if quant is None else "Which engines load it is in the Quantization section below."
+    )
+    folding = ' and norm-weight folding (norm_semantics "full")' if budget.norm_semantics == "full" else ""
+    quantized = f" and {quant.scheme.upper()} quantization" if quant is not None else ""
     return f"""---
-base_model: {parent_name}
-library_name: transformers
-tags:
-- elastic-slice
-- {config.get('model_type', '')}
-- elastic-budget-{budget.name}{quant_tag}
----
+{_front_matter(parent_name, config, budget.name, quant)}---
 
 # {parent_name} — budget `{budget.name}`
 
 This model is the `{budget.name}` budget of the elastic checkpoint `{parent_name}`, cut out by prefix slicing along
 the checkpoint's nesting index with elastic-slice {version}. No weights were retrained or changed except for
-dtype conversion{f' and {scheme.upper()} quantization' if scheme else ''}{' and norm-weight folding (norm_semantics "full")' if budget.norm_semantics == 'full' else ''}.
-It is a standard `{config.get('model_type', '')}` model: it loads with plain `transformers`, without custom code.
+dtype conversion{quantized}{folding}.
+{loads}
 
 - Parameters: {plan.params.total:,} total ({human_count(plan.params.total)}), {plan.params.active:,} active per token ({human_count(plan.params.active)})
 - Tensor bytes: {plan.out_bytes:,}
@@ -64,7 +189,7 @@ It is a standard `{config.get('model_type', '')}` model: it loads with plain `tr
 | axis | parent | this model |
 | --- | --- | --- |
 {rows}
-
+{_quantization_section(quant) if quant is not None else ''}
 ## How it was made
 {how}
 """.rstrip() + "\n"

@@ -38,9 +38,15 @@ QuantFormatOption = typer.Option(
 )
 ExcludeOption = typer.Option(None, "--exclude", help="Module name glob to keep unquantized (repeatable).")
 CalibrationOption = typer.Option(
-    None, "--calibration", help="Text file for activation scales, or 'default' for the built-in sample."
+    None, "--calibration",
+    help="Text file for activation scales, or 'default' for the built-in sample (ModelOpt and --kv-cache use it "
+    "when not given).",
 )
 DeviceOption = typer.Option("cpu", "--device", help="Device for calibration runs (cpu, cuda).")
+RecipeOption = typer.Option(
+    "nvidia", "--recipe", help="What stays unquantized: nvidia (NVIDIA's Nemotron NVFP4 release) or broad."
+)
+KvCacheOption = typer.Option(None, "--kv-cache", help="fp8: write calibrated FP8 KV-cache scales (default: none).")
 RevisionOption = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit) of a repo id CKPT.")
 IndexOption = typer.Option(None, "--index", help="Nesting index JSON file (default: nesting_index.json, then config.json).")
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
@@ -167,6 +173,8 @@ def extract(
     exclude: Optional[list[str]] = ExcludeOption,
     calibration: Optional[str] = CalibrationOption,
     device: str = DeviceOption,
+    recipe: str = RecipeOption,
+    kv_cache: Optional[str] = KvCacheOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and output size; write nothing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an empty folder or an earlier elastic-slice output at --out when done."),
     push_to_hub: Optional[str] = typer.Option(
@@ -186,7 +194,7 @@ def extract(
         raise InputError("give the budget to extract with --size NAME (or --all, or --set); `inspect` lists them.")
     sizes = [api.ALL_BUDGETS] if all_budgets else list(size or [])
     overrides = parse_set(set_axes) if set_axes else None
-    quant = _quant_options(quantize, quant_format, exclude, calibration, device)
+    quant = _quant_options(quantize, quant_format, exclude, calibration, device, recipe, kv_cache)
     if dry_run:
         plans = api.plan_extract_many(
             checkpoint, sizes, index, dtype, max_shard_size, quant, overrides, target, revision
@@ -254,7 +262,10 @@ def verify(
     index: Optional[Path] = IndexOption,
     numerics: bool = typer.Option(False, "--numerics", help="Also compare logits with the parent's masked forward."),
     device: str = typer.Option("cpu", "--device", help="Device for --numerics (cpu, cuda)."),
-    tolerance: float = typer.Option(1e-3, "--tolerance", help="Largest allowed logit difference for --numerics."),
+    tolerance: Optional[float] = typer.Option(
+        None, "--tolerance",
+        help="--numerics: largest max logit difference over the largest parent logit (default: the format's).",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Re-read an output folder and check its files, structure and (with --parent) its bytes and logits."""
@@ -272,13 +283,14 @@ def verify(
 
 
 def _quant_options(
-    scheme: str | None, fmt: str, exclude: list[str] | None, calibration: str | None, device: str
+    scheme: str | None, fmt: str, exclude: list[str] | None, calibration: str | None, device: str,
+    recipe: str, kv_cache: str | None,
 ) -> api.QuantOptions | None:
     if scheme is None:
-        if calibration is not None or exclude:
-            raise InputError("--calibration and --exclude apply only with --quantize fp8|nvfp4.")
+        if calibration is not None or exclude or kv_cache is not None:
+            raise InputError("--calibration, --exclude and --kv-cache apply only with --quantize fp8|nvfp4.")
         return None
-    return api.QuantOptions(scheme, fmt, tuple(exclude or ()), calibration, device)
+    return api.QuantOptions(scheme, fmt, tuple(exclude or ()), calibration, device, recipe, kv_cache)
 
 
 @app.command()
@@ -291,6 +303,8 @@ def quantize(
     exclude: Optional[list[str]] = ExcludeOption,
     calibration: Optional[str] = CalibrationOption,
     device: str = DeviceOption,
+    recipe: str = RecipeOption,
+    kv_cache: Optional[str] = KvCacheOption,
     index: Optional[Path] = IndexOption,
     max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, "--max-shard-size", help="Largest shard, e.g. 5GB."),
     workers: int = typer.Option(2, "--workers", min=1, max=64, help="Reader threads."),
@@ -299,7 +313,7 @@ def quantize(
 ) -> None:
     """Quantize a parent once into a nested FP8/NVFP4 parent that keeps its nesting index: every budget sliced
     from it is a valid quantized model."""
-    options = _quant_options(to, quant_format, exclude, calibration, device)
+    options = _quant_options(to, quant_format, exclude, calibration, device, recipe, kv_cache)
     assert options is not None
     command = "elastic-slice " + shlex.join(sys.argv[1:])
     with _progress(as_json) as progress:

@@ -12,7 +12,7 @@ from typing import Any
 from .arch import Architecture, ParamCounts, TensorCut
 from .checkpoint import Checkpoint
 from .quant.formats import parts
-from .quant.output import HF_QUANT_CONFIG, output_quantization
+from .quant.output import HF_QUANT_CONFIG, QuantSummary, output_quantization, summarize
 from .quant.planning import (
     Dequant,
     ParentQuantization,
@@ -20,7 +20,9 @@ from .quant.planning import (
     QuantRequest,
     StoredPart,
     check_nvfp4_input_cuts,
+    kv_scale_ops,
     parent_quantization,
+    renamed_like,
     stored_selection,
 )
 from .safetensors_header import TensorInfo
@@ -76,6 +78,8 @@ class Plan:
     extra_files: dict[str, Any] = field(default_factory=dict)
     #: logical (unpacked) shape of every weight of the child, quantized ones included
     dense_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: how the child's weights are quantized (for the model card); None when they are not
+    quantization: QuantSummary | None = None
 
     @property
     def out_bytes(self) -> int:
@@ -153,14 +157,18 @@ def build_plan(
                 f"budget {budget.name!r} has per-layer sizes, which --quantize cannot combine with in this version; "
                 "extract it unquantized."
             )
+        kv_ops = [_op(info, cut.selection, name, "F32", out_shape=shape, quant=part)
+                  for name, shape, part in (kv_scale_ops(info, cut, quantize) if quantize is not None else [])]
         if quantize is not None and quantize.applies(arch.module_kind(info.name), info.name, cut.out_name):
             ops.extend(_quantized_ops(info, cut, quantize, budget))
+            ops.extend(kv_ops)
             continue
         out_dtype = info.dtype
         if dtype is not None and info.dtype in CASTABLE_FLOATS and not cut.keep_dtype:
             out_dtype = dtype
         ops.append(_op(info, cut.selection, cut.out_name, out_dtype, cut.scale, out_shape=cut.pad_to,
                        pad_value=cut.pad_value if cut.pad_to is not None else None))
+        ops.extend(kv_ops)
     placed, shards = assign_shards(ops, max_shard_size)
     child_config = arch.child_config(checkpoint.config, budget.sizes)
     if dtype is not None:
@@ -169,7 +177,7 @@ def build_plan(
         child_config.pop("quantization_config", None)
         extra_files: dict[str, Any] = {}
     else:
-        extra_files = output_quantization(checkpoint, child_config, budget, placed, parent_quant, quantize, version)
+        extra_files = output_quantization(checkpoint, arch, child_config, budget, placed, parent_quant, quantize, version)
     dense_shapes = {
         op.out_name: op.out_shape for op in placed if op.quant is None and (op.source not in stored or op.dequant)
     }
@@ -183,6 +191,7 @@ def build_plan(
         params=arch.count_parameters(dense_shapes, child_config),
         extra_files=extra_files,
         dense_shapes=dense_shapes,
+        quantization=None if dequantize else summarize(arch, placed, parent_quant, quantize, child_config),
     )
 
 
@@ -231,8 +240,7 @@ def _stored_op(arch: Architecture, checkpoint: Checkpoint, budget: Budget, info:
     if cut.pad_to is not None:
         raise InputError(f"budget {budget.name!r} has per-layer sizes, which quantized parents cannot take yet.")
     selection = stored_selection(part, cut.selection, info.shape, info.name, budget.name)
-    suffix = info.name[len(part.dense_name.removesuffix("weight")):]
-    return [_op(info, selection, cut.out_name.removesuffix("weight") + suffix, info.dtype)]
+    return [_op(info, selection, renamed_like(info.name, part.dense_name, cut.out_name), info.dtype)]
 
 
 def _dequantized_op(arch: Architecture, checkpoint: Checkpoint, budget: Budget, info: TensorInfo,

@@ -12,7 +12,8 @@ import torch
 from .checkpoint import ShardFiles
 from .dtypes import torch_dtype
 from .plan import TensorOp
-from .quant.apply import dequantize_weight, quantize_parts
+from .quant.apply import dequantize_weight, kv_scale, quantize_parts
+from .quant.formats import KV_SCALE
 from .selection import Ranges
 
 
@@ -60,6 +61,8 @@ def transformed(
     if op.dequant is not None:
         scales = {part: files.read_tensor(name) for part, name in op.dequant.scales.items()}
         return as_bytes(convert(select(dequantize_weight(tensor, scales, op.dequant), selection), op))
+    if op.quant is not None and op.quant.part == KV_SCALE:  # a calibrated constant, not a function of the weight
+        return as_bytes(kv_scale(op.quant)[KV_SCALE])
     if op.quant is not None:
         if target not in quantized:
             quantized[target] = quantize_parts(tensor, select(tensor, selection), op.quant)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .arch import architecture_of, get_architecture
 from .checkpoint import Checkpoint, ShardFiles, open_checkpoint
+from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError
 from .execute import Target, execute
 from .manifest import MANIFEST_FILE, read_manifest, sha256_file
 from .nesting import Budget
 from .plan import Plan, TensorOp, build_plan
+from .quant.output import HF_QUANT_CONFIG
+from .quant.planning import parent_quantization
+from .quiet import quiet_transformers
+from .writer import ShardWriter, write_json, write_weights_index
 
 
 @dataclass
@@ -96,10 +102,25 @@ class _ComparingWriter:
         pass
 
 
-def check_against_parent(child: Checkpoint, plan: Plan, parent: Checkpoint, report: VerifyReport) -> None:
-    """The child holds exactly the plan's tensors, with its dtypes, shapes and bytes."""
+def check_against_parent(
+    child: Checkpoint, plan: Plan, parent: Checkpoint, report: VerifyReport, dense_plan: Plan | None = None
+) -> None:
+    """The child holds exactly the plan's tensors, with its dtypes, shapes and bytes.
+
+    Calibrated scales the plan cannot re-derive (activation and KV-cache scales of an output quantized during
+    extract) must each be one finite, positive number. With `dense_plan` (the parent's unquantized plan of the same
+    budget), every weight the child stores quantized must also dequantize, by the project's own decoder, to within
+    its format's rounding bound of the parent's slice."""
+    from .quant.checks import BoundWriter, bad_calibrated_scales, calibrated_tensors  # torch: not for plain cuts
+
+    try:
+        quantization = parent_quantization(child.config, child.read_json(HF_QUANT_CONFIG), child.tensors)
+    except ElasticSliceError as exc:
+        report.problems.append(str(exc))
+        return
+    calibrated = calibrated_tensors(quantization)
     planned = {op.out_name: op for op in plan.ops}
-    for name in sorted(set(child.tensors) - set(planned)):
+    for name in sorted(set(child.tensors) - set(planned) - set(calibrated)):
         report.problems.append(f"tensor {name!r} is in the output but not in budget {plan.budget.name!r}.")
     for name in sorted(set(planned) - set(child.tensors)):
         report.problems.append(f"tensor {name!r} of budget {plan.budget.name!r} is missing from the output.")
@@ -109,12 +130,32 @@ def check_against_parent(child: Checkpoint, plan: Plan, parent: Checkpoint, repo
             report.problems.append(
                 f"tensor {name!r} is {info.dtype} {list(info.shape)}; the parent gives {op.out_dtype} {list(op.out_shape)}."
             )
+    unplanned = sorted(set(calibrated) - set(planned))
     with ShardFiles(child) as files:
         writer = _ComparingWriter(child, files, report)
-        execute(parent, [Target(plan, writer)])  # type: ignore[arg-type]
+        targets = [Target(plan, writer)]
+        bounds = BoundWriter(child, files, quantization) if dense_plan is not None and quantization else None
+        if bounds is not None and dense_plan is not None:
+            targets.append(Target(dense_plan, bounds))
+        execute(parent, targets)  # type: ignore[arg-type]
+        bad_scales = bad_calibrated_scales(unplanned, files)
     for name in sorted(writer.mismatched):
         report.problems.append(f"tensor {name!r} differs from the parent's slice for budget {plan.budget.name!r}.")
     report.checks.append(f"{len(planned)} tensors byte for byte against {parent.root} budget {plan.budget.name}")
+    for name in bad_scales:
+        report.problems.append(f"calibrated scale {name!r} is not one finite, positive number.")
+    if unplanned:
+        report.checks.append(f"{len(unplanned)} calibrated scales (activations, KV cache) finite and positive")
+    if bounds is not None and quantization is not None:
+        for name in bounds.outside:
+            report.problems.append(
+                f"weight {name!r} dequantizes to values outside the {quantization.scheme.upper()} rounding bound "
+                "of the parent's slice."
+            )
+        report.checks.append(
+            f"{bounds.checked} quantized weights dequantized within the {quantization.scheme.upper()} bound "
+            "of the parent's slice"
+        )
 
 
 def open_output(folder: str | Path) -> Path:
@@ -132,28 +173,77 @@ def open_child(folder: Path, report: VerifyReport) -> Checkpoint | None:
         return None
 
 
+#: default largest logit difference of `verify --numerics`, relative: max |child - parent| / max |parent logit|,
+#: by how the output stores its weights. Measured on the random miniature parent over every budget and both formats
+#: (docs/quantization.md): bf16 below 1e-6, FP8 up to 0.34, NVFP4 up to 0.55; random weights are far less kind to
+#: 4-bit rounding than trained ones, so these catch gross errors (a wrong scale convention), not small drifts.
+NUMERIC_TOLERANCE = {"none": 1e-3, "fp8": 0.5, "nvfp4": 0.75}
+
+
 def check_numerics(
-    child_folder: Path, parent: Checkpoint, plan: Plan, report: VerifyReport, device: str, tolerance: float
+    child: Checkpoint, parent: Checkpoint, plan: Plan, report: VerifyReport, device: str, tolerance: float | None
 ) -> None:
-    """The child's logits against the parent's masked forward on a few fixed tokens (needs transformers)."""
+    """The child's logits against the parent's masked forward on a few fixed tokens, in fp32.
+
+    A quantized child (or parent) is first dequantized by the project's own decoder into a temporary fp32 folder
+    (weights only: activations and the KV cache run unquantized), so no third-party quantized loader is involved."""
     try:
         import torch
         from transformers import AutoModelForCausalLM
     except ImportError as exc:
-        raise InputError("verify --numerics needs transformers: pip install 'elastic-slice[test]'.") from exc
+        raise InputError(
+            "verify --numerics needs transformers, a dependency of elastic-slice: reinstall it with "
+            "pip install elastic-slice."
+        ) from exc
+    try:
+        quantizations = [parent_quantization(c.config, c.read_json(HF_QUANT_CONFIG), c.tensors) for c in (parent, child)]
+    except ElasticSliceError as exc:
+        report.problems.append(str(exc))
+        return
+    quantization = quantizations[1]
+    scheme = quantization.scheme if quantization is not None else "none"
+    # a slice of a quantized parent holds the parent's quantized values: it must match as closely as a bf16 slice
+    rounding = "none" if quantizations[0] is not None else scheme
+    limit = NUMERIC_TOLERANCE[rounding] if tolerance is None else tolerance
     arch = get_architecture(parent.model_type)
     vocab = int(plan.child_config.get("vocab_size", 2))
     tokens = torch.randint(0, vocab, (1, 24), generator=torch.Generator().manual_seed(0)).to(device)
     logits = []
-    for folder, sizes in ((parent.root, plan.budget.sizes), (child_folder, None)):
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
-        if sizes is not None:
-            arch.apply_masked_forward(model, sizes, plan.budget.norm_semantics)
-        with torch.no_grad():
-            logits.append(model(tokens, use_cache=False).logits.float().cpu())
-        del model
+    with quiet_transformers(), tempfile.TemporaryDirectory(prefix="elastic-slice-verify-") as scratch:
+        folders = [
+            checkpoint.root if quant is None else dequantized_copy(checkpoint, Path(scratch) / role)
+            for checkpoint, quant, role in zip((parent, child), quantizations, ("parent", "child"))
+        ]
+        for folder, sizes in zip(folders, (plan.budget.sizes, None)):
+            try:
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+            except (OSError, ValueError, RuntimeError) as exc:
+                report.problems.append(f"transformers could not load {folder} for --numerics ({exc}).")
+                return
+            if sizes is not None:
+                arch.apply_masked_forward(model, sizes, plan.budget.norm_semantics)
+            with torch.no_grad():
+                logits.append(model(tokens, use_cache=False).logits.float().cpu())
+            del model
     diff = (logits[0] - logits[1]).abs()
-    summary = f"max abs diff {diff.max().item():.3g}, mean {diff.mean().item():.3g} over {tokens.shape[1]} tokens"
-    if diff.max().item() > tolerance:
-        report.problems.append(f"logits differ from the parent's masked forward: {summary} (tolerance {tolerance:g}).")
-    report.checks.append(f"logits against the parent's masked forward on {device}: {summary}")
+    relative = diff.max().item() / max(logits[0].abs().max().item(), torch.finfo(torch.float32).tiny)
+    how = "" if quantization is None else f", {scheme.upper()} weights dequantized by elastic-slice"
+    summary = (
+        f"max abs diff {diff.max().item():.3g} ({relative:.3g} of the largest logit), mean {diff.mean().item():.3g}, "
+        f"over {tokens.shape[1]} tokens{how}"
+    )
+    if relative > limit:
+        report.problems.append(f"logits differ from the parent's masked forward: {summary} (tolerance {limit:g}).")
+    report.checks.append(f"logits against the parent's masked forward on {device}: {summary}; tolerance {limit:g}")
+
+
+def dequantized_copy(child: Checkpoint, folder: Path) -> Path:
+    """The quantized `child` written to `folder` as an fp32 model (weights dequantized by the project's kernels)."""
+    arch = architecture_of(child)
+    budget = Budget(name="self", sizes=arch.parent_sizes(child.config), is_parent=True, norm_semantics="active")
+    plan = build_plan(child, arch, budget, dtype=parse_user_dtype("fp32"))
+    folder.mkdir(parents=True)
+    execute(child, [Target(plan, ShardWriter(folder, plan))])
+    write_weights_index(folder, plan)
+    write_json(folder / "config.json", plan.child_config)
+    return folder

@@ -10,6 +10,8 @@ from ..selection import Selection
 
 #: module kinds whose weight matrices are linear layers that FP8/NVFP4 may quantize
 LINEAR_KINDS = frozenset({"mamba_linear", "attention_linear", "expert_linear", "shared_expert_linear", "mlp_linear"})
+#: calibration records a key or value projection's output amax under its module name plus this suffix
+OUTPUT = ":output"
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,16 @@ class Architecture(Protocol):
         """The kind of module a tensor belongs to (embedding, norm, router, expert_linear, ...)."""
         ...
 
+    def recipe_exclusions(self, config: Mapping[str, Any]) -> list[str]:
+        """Module names the vendor's quantized release of this architecture keeps unquantized (its recipe)."""
+        ...
+
     def apply_masked_forward(self, model: Any, sizes: Mapping[str, Any], norm: str) -> Any:
         """Patch a transformers model of the parent in place so that it computes a budget's masked forward."""
         ...
 
     def calibration_hooks(self, model: Any, record: Callable[[str, Any], None]) -> list[Any]:
         """Forward hooks on a transformers model that pass each linear layer's input to `record(name, input)`,
-        keyed by the layer's checkpoint module name; returns the hook handles."""
+        keyed by the layer's checkpoint module name, and the key and value projections' outputs to
+        `record(name + OUTPUT, output)` (for KV-cache scales); returns the hook handles."""
         ...

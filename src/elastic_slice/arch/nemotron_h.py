@@ -302,6 +302,21 @@ class NemotronH:
                 return kind
         return "other"
 
+    def recipe_exclusions(self, config: Mapping[str, Any]) -> list[str]:
+        """Modules NVIDIA's Nemotron 3 Nano NVFP4 release keeps unquantized, in its hf_quant_config.json order:
+        lm_head; for each attention layer, the in_proj/out_proj of a Mamba layer right before it and the
+        attention's q/k/v/o projections; then every Mamba layer's conv1d."""
+        pattern = layer_pattern(config)
+        names = ["lm_head"]
+        for layer, kind in enumerate(pattern):
+            if kind != ATTENTION:
+                continue
+            if layer > 0 and pattern[layer - 1] == MAMBA:
+                names += [f"backbone.layers.{layer - 1}.mixer.{proj}" for proj in ("in_proj", "out_proj")]
+            names += [f"backbone.layers.{layer}.mixer.{proj}_proj" for proj in "qkvo"]
+        names += [f"backbone.layers.{layer}.mixer.conv1d" for layer, kind in enumerate(pattern) if kind == MAMBA]
+        return names
+
     def apply_masked_forward(self, model: Any, sizes: Mapping[str, Any], norm: str) -> Any:
         from .nemotron_h_torch import apply_masked_forward
 

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .base import OUTPUT
+
 
 class Masks:
     """Boolean keep-masks of every elastic component of a budget, from sizes alone."""
@@ -129,12 +131,16 @@ def _hub_name(module_name: str) -> str:
 
 
 def calibration_hooks(model: nn.Module, record: Callable[[str, torch.Tensor], None]) -> list[Any]:
-    """Hooks that pass every linear layer's input (per routed expert for MoE layers) to `record`."""
+    """Hooks that pass every linear layer's input (per routed expert for MoE layers) to `record`, and the key and
+    value projections' outputs under their name plus OUTPUT."""
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             hub = _hub_name(name)
             handles.append(module.register_forward_pre_hook(lambda mod, args, hub=hub: record(hub, args[0])))
+            if name.endswith((".k_proj", ".v_proj")):  # what the KV cache stores
+                handles.append(module.register_forward_hook(
+                    lambda mod, args, out, hub=hub: record(hub + OUTPUT, out)))
         elif type(module).__name__ == "NemotronHExperts":
             prefix = _hub_name(name)
             handles.append(module.register_forward_pre_hook(

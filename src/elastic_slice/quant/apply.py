@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import fp8, nvfp4
-from .formats import BLOCK_SCALE, GLOBAL_SCALE, INPUT_SCALE, MODELOPT, TENSOR_SCALE, WEIGHT
+from .formats import BLOCK_SCALE, GLOBAL_SCALE, INPUT_SCALE, KV_SCALE, MODELOPT, TENSOR_SCALE, WEIGHT
 from .planning import Dequant, QuantPart
 
 
@@ -36,6 +36,12 @@ def quantize_parts(parent: torch.Tensor, child: torch.Tensor, spec: QuantPart) -
     if spec.input_amax is not None:
         result[INPUT_SCALE] = _scalar(spec.input_amax / fp8.E4M3_MAX, spec.fmt)
     return result
+
+
+def kv_scale(spec: QuantPart) -> dict[str, torch.Tensor]:
+    """The FP8 KV-cache scale of a key or value projection: its calibrated output amax / 448."""
+    assert spec.input_amax is not None
+    return {KV_SCALE: _scalar(fp8.tensor_scale(torch.tensor(spec.input_amax)), spec.fmt)}
 
 
 def dequantize_weight(stored: torch.Tensor, scales: dict[str, torch.Tensor], spec: Dequant) -> torch.Tensor:

@@ -8,11 +8,13 @@ engine would otherwise see as their range), so every quantized module gets a sca
 from __future__ import annotations
 
 import re
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..quiet import quiet_transformers
 
 DEFAULT = "default"
 MAX_TOKENS = 512
@@ -24,6 +26,11 @@ _EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(up_proj|down_proj)$")
 MAX_PARAGRAPH_CHARS = MAX_TOKENS * 16
 MAX_PARAGRAPHS = 256
 MAX_READ_BYTES = MAX_PARAGRAPHS * MAX_PARAGRAPH_CHARS * 4
+
+
+def describe(source: str) -> str:
+    """How a calibration source is named in model cards: the built-in sample, or the text file's name."""
+    return "the built-in sample text" if source == DEFAULT else f"the text file {Path(source).name}"
 
 
 def calibration_texts(source: str) -> list[str]:
@@ -53,12 +60,28 @@ def calibrate(checkpoint_root: Path, arch: Any, texts: list[str], device: str = 
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:
-        raise InputError("--calibration needs transformers: pip install 'elastic-slice[test]'.") from exc
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint_root)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--calibration needs the parent's tokenizer files in {checkpoint_root} ({exc}).") from exc
-    model = AutoModelForCausalLM.from_pretrained(checkpoint_root, dtype=torch.float32).to(device).eval()
+        raise InputError(
+            "calibration needs transformers, a dependency of elastic-slice: reinstall it with "
+            "pip install elastic-slice (or pip install 'transformers>=5')."
+        ) from exc
+    with quiet_transformers():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(checkpoint_root)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"calibration needs the parent's tokenizer files in {checkpoint_root} ({exc}).") from exc
+        model = AutoModelForCausalLM.from_pretrained(checkpoint_root, dtype=torch.float32).to(device).eval()
+        return _run(model, tokenizer, arch, texts, device)
+
+
+def announce(source: str, paragraphs: int, chosen_by_default: bool) -> None:
+    """One line on stderr (never stdout, which --json keeps for its document) saying what calibration runs on."""
+    hint = "; give --calibration FILE to use your own text" if chosen_by_default else ""
+    print(f"calibrating activation scales on {describe(source)} ({paragraphs} paragraphs){hint}", file=sys.stderr)
+
+
+def _run(model: Any, tokenizer: Any, arch: Any, texts: list[str], device: str) -> dict[str, float]:
+    import torch
+
     amax: dict[str, float] = {}
 
     def record(name: str, tensor: Any) -> None:

@@ -18,8 +18,8 @@ COMPRESSED_TENSORS = "compressed-tensors"
 FORMATS = (MODELOPT, COMPRESSED_TENSORS)
 
 #: a stored part of a quantized module: (scheme, part) -> (suffix per format, dtype)
-WEIGHT, BLOCK_SCALE, GLOBAL_SCALE, TENSOR_SCALE, INPUT_SCALE = (
-    "weight", "block_scale", "global_scale", "tensor_scale", "input_scale"
+WEIGHT, BLOCK_SCALE, GLOBAL_SCALE, TENSOR_SCALE, INPUT_SCALE, KV_SCALE = (
+    "weight", "block_scale", "global_scale", "tensor_scale", "input_scale", "kv_scale"
 )
 _SUFFIXES: dict[tuple[str, str], dict[str, str]] = {
     ("nvfp4", WEIGHT): {MODELOPT: "weight", COMPRESSED_TENSORS: "weight_packed"},
@@ -62,16 +62,29 @@ def parts(scheme: str, fmt: str, out_features: int, in_features: int, with_input
     return specs
 
 
-def modelopt_quantization(scheme: str, exclude_modules: list[str], producer: dict[str, str]) -> dict[str, Any]:
-    """The `quantization` block of hf_quant_config.json; every key vLLM asks for is present."""
+#: the producer block engines check: vLLM maps config `producer.name == "modelopt"` to its ModelOpt methods and
+#: TensorRT-LLM refuses any other name; the version is that of the export format reproduced (the Nemotron 3 Nano
+#: NVFP4 release's). The tool that wrote the folder is named beside it, under WRITTEN_BY.
+MODELOPT_PRODUCER = {"name": "modelopt", "version": "0.29.0"}
+WRITTEN_BY = "written_by"
+#: FP8 (E4M3) per-tensor static KV-cache scales, as compressed-tensors and vLLM spell them
+CT_KV_CACHE_SCHEME = {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False, "symmetric": True}
+
+
+def modelopt_quantization(scheme: str, exclude_modules: list[str], kv_cache: bool, version: str) -> dict[str, Any]:
+    """hf_quant_config.json; every key vLLM asks for is present."""
     block: dict[str, Any] = {
         "quant_algo": scheme.upper(),
-        "kv_cache_quant_algo": None,
+        "kv_cache_quant_algo": "FP8" if kv_cache else None,
         "exclude_modules": exclude_modules,
     }
     if scheme == "nvfp4":
         block["group_size"] = 16
-    return {"producer": producer, "quantization": block}
+    return {
+        "producer": dict(MODELOPT_PRODUCER),
+        "quantization": block,
+        WRITTEN_BY: {"name": "elastic-slice", "version": version},
+    }
 
 
 def modelopt_config_entry(hf_quant_config: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +92,9 @@ def modelopt_config_entry(hf_quant_config: dict[str, Any]) -> dict[str, Any]:
     return {"quant_method": MODELOPT, **hf_quant_config["quantization"], "producer": hf_quant_config["producer"]}
 
 
-def compressed_tensors_config(scheme: str, ignore: list[str], static_inputs: bool, version: str) -> dict[str, Any]:
+def compressed_tensors_config(
+    scheme: str, ignore: list[str], static_inputs: bool, kv_cache: bool, version: str
+) -> dict[str, Any]:
     """config.json's `quantization_config` for compressed-tensors."""
     if scheme == "nvfp4":
         fmt = "nvfp4-pack-quantized"
@@ -104,6 +119,6 @@ def compressed_tensors_config(scheme: str, ignore: list[str], static_inputs: boo
             "group_0": {"targets": ["Linear"], "weights": weights, "input_activations": inputs, "format": fmt}
         },
         "ignore": ignore,
-        "kv_cache_scheme": None,
+        "kv_cache_scheme": dict(CT_KV_CACHE_SCHEME) if kv_cache else None,
         "producer": {"name": "elastic-slice", "version": version},
     }

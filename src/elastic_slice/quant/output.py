@@ -4,21 +4,61 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .formats import MODELOPT, compressed_tensors_config, modelopt_config_entry, modelopt_quantization
+from .formats import KV_SCALE, MODELOPT, WEIGHT, compressed_tensors_config, modelopt_config_entry, modelopt_quantization
 from .planning import ParentQuantization, QuantRequest, rename_modules
 
 if TYPE_CHECKING:
+    from ..arch import Architecture
     from ..checkpoint import Checkpoint
     from ..nesting import Budget
     from ..plan import TensorOp
 
 HF_QUANT_CONFIG = "hf_quant_config.json"
+#: module kinds engines never quantize (embeddings, router gates): listing them would only lengthen the list
+_NEVER_QUANTIZED_KINDS = ("embedding", "router")
+
+
+@dataclass(frozen=True)
+class QuantSummary:
+    """How an output's weights are quantized, for its model card."""
+
+    scheme: str
+    fmt: str
+    #: the recipe and calibration of a run that quantized; None for a slice of an already quantized parent
+    recipe: str | None
+    calibration: str | None
+    exclude: tuple[str, ...]
+    kv_cache: bool
+    #: whether routed-expert weights are stored quantized (transformers mishandles them; see the card)
+    experts_quantized: bool
+
+
+def summarize(
+    arch: Architecture, ops: list[TensorOp], parent: ParentQuantization | None, request: QuantRequest | None,
+    child_config: dict[str, Any],
+) -> QuantSummary | None:
+    """The card's view of the output's quantization (None when it has none)."""
+    if request is not None:
+        parts = [(op.source, op.quant.part) for op in ops if op.quant is not None]
+        return QuantSummary(request.scheme.name, request.fmt, request.recipe, request.calibration, request.exclude,
+                            request.kv_amax is not None, _experts_quantized(arch, parts))
+    if parent is None or "quantization_config" not in child_config:
+        return None
+    parts = [(op.source, parent.stored[op.source].part) for op in ops if op.source in parent.stored]
+    kv_cache = any(part == KV_SCALE for _, part in parts)
+    return QuantSummary(parent.scheme, parent.fmt, None, None, (), kv_cache, _experts_quantized(arch, parts))
+
+
+def _experts_quantized(arch: Architecture, parts: list[tuple[str, str]]) -> bool:
+    return any(part == WEIGHT and arch.module_kind(source) == "expert_linear" for source, part in parts)
 
 
 def output_quantization(
     checkpoint: Checkpoint,
+    arch: Architecture,
     child_config: dict[str, Any],
     budget: Budget,
     ops: list[TensorOp],
@@ -32,18 +72,44 @@ def output_quantization(
         return _renumbered(checkpoint, child_config, kept)
     if request is None:
         return {}
-    unquantized = sorted(
-        {op.out_name.removesuffix(".weight") for op in ops
-         if op.quant is None and op.out_name.endswith(".weight") and len(op.out_shape) == 2}
-    )
+    modules, globs = exclusions(arch, ops, request, kept)
     static_inputs = request.input_amax is not None
+    kv_cache = request.kv_amax is not None
     if request.fmt == MODELOPT:
-        hf = modelopt_quantization(request.scheme.name, unquantized, {"name": "elastic-slice", "version": version})
+        hf = modelopt_quantization(request.scheme.name, modules + globs, kv_cache, version)
         child_config["quantization_config"] = modelopt_config_entry(hf)
         return {HF_QUANT_CONFIG: hf}
-    ignore = [f"re:.*{re.escape(_without_root(name))}$" for name in unquantized]
-    child_config["quantization_config"] = compressed_tensors_config(request.scheme.name, ignore, static_inputs, version)
+    ignore = [f"re:.*{re.escape(_without_root(name))}$" for name in modules] + [glob_regex(g) for g in globs]
+    child_config["quantization_config"] = compressed_tensors_config(
+        request.scheme.name, ignore, static_inputs, kv_cache, version
+    )
     return {}
+
+
+def exclusions(
+    arch: Architecture, ops: list[TensorOp], request: QuantRequest, kept: list[int]
+) -> tuple[list[str], list[str]]:
+    """The child's unquantized modules to list by name, and the user's globs (written as given, not expanded).
+
+    The recipe's modules come first, in the release's order, renumbered for the child; then any other unquantized
+    linear weight that an engine would otherwise expect quantized (embeddings and router gates never are)."""
+    modules = rename_modules(list(request.recipe_modules), kept)
+    listed = set(modules)
+    for op in ops:
+        module = op.out_name.removesuffix(".weight")
+        if (op.quant is None and op.out_name.endswith(".weight") and len(op.out_shape) == 2
+                and module not in listed and arch.module_kind(op.source) not in _NEVER_QUANTIZED_KINDS
+                and not request.excluded_by_user(op.source, op.out_name)):
+            modules.append(module)
+            listed.add(module)
+    return modules, list(request.exclude)
+
+
+def glob_regex(glob: str) -> str:
+    """A --exclude glob as a compressed-tensors `re:` pattern matching the same modules under any root name."""
+    body = _without_root(glob) if not glob.startswith("*") else glob
+    pattern = "".join(".*" if char == "*" else "." if char == "?" else re.escape(char) for char in body)
+    return f"re:{'' if pattern.startswith('.*') else '.*'}{pattern}$"
 
 
 def _without_root(name: str) -> str:

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..arch.base import LINEAR_KINDS
 from ..errors import InputError
 from ..selection import Ranges, Selection
 from .formats import (
@@ -15,29 +16,46 @@ from .formats import (
     COMPRESSED_TENSORS,
     GLOBAL_SCALE,
     INPUT_SCALE,
+    KV_SCALE,
     MODELOPT,
     TENSOR_SCALE,
     WEIGHT,
 )
-from .schemes import SCHEMES, Scheme
+from .schemes import NVIDIA, SCHEMES, Scheme
 
 NVFP4_BLOCK = 16
 
 
 @dataclass(frozen=True)
 class QuantRequest:
-    """Quantize the output: scheme, on-disk format, extra exclusions, calibrated activation amax per module."""
+    """Quantize the output: scheme, on-disk format, recipe, extra exclusions, calibrated amax per module.
+
+    `recipe_modules` are the parent's modules the recipe keeps unquantized (NVIDIA's release list, in its order);
+    `exclude` are the user's globs; `kv_amax` holds the key/value projections' output amax for FP8 KV-cache scales;
+    `calibration` says what calibration ran on (for the model card), None when it did not run."""
 
     scheme: Scheme
     fmt: str
     exclude: tuple[str, ...] = ()
     input_amax: dict[str, float] | None = None
+    recipe: str = NVIDIA
+    recipe_modules: tuple[str, ...] = ()
+    kv_amax: dict[str, float] | None = None
+    calibration: str | None = None
 
     def applies(self, kind: str, name: str, out_name: str) -> bool:
-        if not self.scheme.quantizes(kind, name):
+        if self.recipe == NVIDIA:
+            wanted = name.endswith(".weight") and kind in LINEAR_KINDS
+            if not wanted or name.removesuffix(".weight") in self.recipe_modules:
+                return False
+        elif not self.scheme.quantizes(kind, name):
             return False
+        return not self.excluded_by_user(name, out_name)
+
+    def excluded_by_user(self, name: str, out_name: str) -> bool:
+        """Whether one of the user's --exclude globs matches the module (parent or child name)."""
         modules = (name.removesuffix(".weight"), out_name.removesuffix(".weight"))
-        return not any(fnmatch.fnmatchcase(m, pattern) for m in modules for pattern in self.exclude)
+        return any(fnmatch.fnmatchcase(m, pattern) for m in modules for pattern in self.exclude)
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,7 @@ class QuantPart:
     scheme: str
     fmt: str
     part: str
+    #: the calibrated input amax (for a KV_SCALE part: the key or value projection's output amax)
     input_amax: float | None = None
 
 
@@ -122,14 +141,35 @@ def parent_quantization(config: dict[str, Any], hf_quant_config: dict[str, Any] 
         for suffix, part in suffixes[algo].items():
             if f"{module}.{suffix}" in tensors:
                 stored[f"{module}.{suffix}"] = StoredPart(f"{module}.weight", dense, algo, part)
+    stored.update(_kv_scales(tensors, stored, algo))
     return ParentQuantization(scheme=algo, fmt=fmt, stored=stored)
+
+
+#: FP8 KV-cache scales: ModelOpt puts them on the projections (`k_proj.k_scale`), compressed-tensors on the
+#: attention module (`mixer.k_scale`); both belong to the projection's weight, which decides whether a budget keeps them
+_KV_SCALE = re.compile(r"^(.*?)\.(?:(k|v)_proj\.)?(k|v)_scale$")
+
+
+def _kv_scales(tensors: dict[str, Any], stored: dict[str, StoredPart], algo: str) -> dict[str, StoredPart]:
+    found = {}
+    for name in tensors:
+        match = _KV_SCALE.match(name)
+        if match is None or (match.group(2) and match.group(2) != match.group(3)):
+            continue
+        dense_name = f"{match.group(1)}.{match.group(3)}_proj.weight"
+        weight = next((p for p in stored.values() if p.dense_name == dense_name), None)
+        shape = weight.dense_shape if weight is not None else getattr(tensors.get(dense_name), "shape", None)
+        if shape is None:
+            raise InputError(f"KV-cache scale {name!r} has no projection weight {dense_name!r} beside it.")
+        found[name] = StoredPart(dense_name, tuple(shape), algo, KV_SCALE)
+    return found
 
 
 def stored_selection(
     part: StoredPart, dense: Selection, shape: tuple[int, ...], tensor: str, budget: str
 ) -> Selection:
     """The selection of a stored part, from the selection the rules give its dense weight (scalars are copied)."""
-    if part.part in (GLOBAL_SCALE, TENSOR_SCALE, INPUT_SCALE):
+    if part.part in (GLOBAL_SCALE, TENSOR_SCALE, INPUT_SCALE, KV_SCALE):
         return tuple(((0, size),) for size in shape)
     if part.scheme == "fp8":
         return dense
@@ -137,6 +177,35 @@ def stored_selection(
     _check_blocks(cols, tensor, budget)
     divisor = 2 if part.part == WEIGHT else NVFP4_BLOCK
     return (rows, tuple((start // divisor, stop // divisor) for start, stop in cols))
+
+
+def renamed_like(name: str, dense_name: str, out_dense_name: str) -> str:
+    """A stored part's child name: its dense weight's renaming (a renumbered layer) applied to the part's name."""
+    shared = 0
+    while shared < min(len(name), len(dense_name)) and name[shared] == dense_name[shared]:
+        shared += 1
+    shared = name.rfind(".", 0, shared + 1) + 1  # back to a whole dotted component
+    tail = dense_name[shared:]
+    return out_dense_name[: len(out_dense_name) - len(tail)] + name[shared:]
+
+
+_KV_PROJECTION = re.compile(r"\.(k|v)_proj\.weight$")
+
+
+def kv_scale_ops(info: Any, cut: Any, request: QuantRequest) -> list[tuple[str, tuple[int, ...], QuantPart]]:
+    """(name, shape, part) of the FP8 KV-cache scale a key or value projection's weight carries, when asked for."""
+    match = _KV_PROJECTION.search(info.name)
+    if request.kv_amax is None or match is None:
+        return []
+    amax = request.kv_amax.get(info.name.removesuffix(".weight"))
+    if amax is None:
+        raise InputError(f"calibration recorded no outputs of {info.name.removesuffix('.weight')!r} for --kv-cache.")
+    which = match.group(1)
+    module = cut.out_name.removesuffix(".weight")
+    if request.fmt == MODELOPT:
+        return [(f"{module}.{which}_scale", (), QuantPart(request.scheme.name, request.fmt, KV_SCALE, amax))]
+    attention = module.rsplit(".", 1)[0]
+    return [(f"{attention}.{which}_scale", (1,), QuantPart(request.scheme.name, request.fmt, KV_SCALE, amax))]
 
 
 def check_nvfp4_input_cuts(cols: Ranges, tensor: str, budget: str) -> None:

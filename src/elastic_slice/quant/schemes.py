@@ -7,7 +7,7 @@ and Mamba A/D/dt stay in bf16 (only linear layers are quantized), and NVFP4 also
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from ..arch.base import LINEAR_KINDS
@@ -43,11 +43,22 @@ FP8 = Scheme("fp8", bits=8, block_size=None, excluded_kinds=frozenset())
 NVFP4 = Scheme("nvfp4", bits=4, block_size=16, excluded_kinds=frozenset({"attention_linear"}))
 SCHEMES = {scheme.name: scheme for scheme in (FP8, NVFP4)}
 
+#: recipes for what quantize-on-extract leaves unquantized: NVIDIA's Nemotron 3 Nano NVFP4 release (the
+#: architecture's `recipe_exclusions`), or the broader per-kind defaults of the schemes above
+NVIDIA, BROAD = "nvidia", "broad"
+RECIPES = (NVIDIA, BROAD)
 
-def footprint(tensors: Iterable[tuple[str, str, tuple[int, ...]]]) -> dict[str, int]:
-    """Bytes on disk of (name, kind, shape) tensors in bf16, FP8 and NVFP4 with default exclusions."""
+
+def footprint(tensors: Iterable[tuple[str, str, tuple[int, ...]]], kept: Collection[str] = ()) -> dict[str, int]:
+    """Bytes on disk of (name, kind, shape) tensors in bf16, FP8 and NVFP4 under the default (NVIDIA) recipe: every
+    linear weight quantized except the modules in `kept` (the recipe's, named as in these tensors)."""
     items = list(tensors)
     sizes = {"bf16": sum(math.prod(shape) * BF16_BYTES for _, _, shape in items)}
     for scheme in SCHEMES.values():
-        sizes[scheme.name] = sum(scheme.stored_bytes(kind, name, shape) for name, kind, shape in items)
+        recipe = Scheme(scheme.name, scheme.bits, scheme.block_size, excluded_kinds=frozenset())
+        sizes[scheme.name] = sum(
+            recipe.stored_bytes(kind, name, shape) if name.removesuffix(".weight") not in kept
+            else math.prod(shape) * BF16_BYTES
+            for name, kind, shape in items
+        )
     return sizes

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
@@ -37,11 +38,11 @@ class _FlagsShownAsFlags:
         return params
 
 
-class _Command(_FlagsShownAsFlags, typer.core.TyperCommand):
+class _Command(_FlagsShownAsFlags, TyperCommand):
     """A command of this CLI."""
 
 
-class _Group(_FlagsShownAsFlags, typer.core.TyperGroup):
+class _Group(_FlagsShownAsFlags, TyperGroup):
     """The `elastic-slice` command group."""
 
 
@@ -51,7 +52,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
-    help="Cut standalone Hugging Face models out of elastic (many-in-one) checkpoints.",
+    epilog="""Start inside a checkpoint folder (one with a config.json):
+elastic-slice inspect
+elastic-slice extract --size 12B       # writes <folder>-12B beside it""",
 )
 #: every line printed to these goes through `text.say` / `text.styled`: untrusted names are shown literally
 stdout = Console(soft_wrap=True)
@@ -438,14 +441,14 @@ def quantize(
     checkpoint = _here_if_none(checkpoint)
     if scheme is not None and scheme_as_to is not None and scheme != scheme_as_to:
         raise InputError(f"--quantize {scheme!r} and --to {scheme_as_to!r} disagree; give --quantize alone.")
-    to = scheme or scheme_as_to
-    if to is None:
+    scheme = scheme or scheme_as_to
+    if scheme is None:
         raise InputError("give the scheme to quantize to with --quantize fp8 or --quantize nvfp4.")
-    options = _quant_options(to, quant_format, exclude, calibration, device, recipe, kv_cache)
+    options = _quant_options(scheme, quant_format, exclude, calibration, device, recipe, kv_cache)
     assert options is not None
     command = "elastic-slice " + shlex.join(sys.argv[1:])
     with _progress(as_json) as progress:
-        task = progress.add_task(literal(f"quantize {to}"), total=None)
+        task = progress.add_task(literal(f"quantize {scheme}"), total=None)
         result = api.quantize(
             checkpoint, out, options, index, max_shard_size, overwrite, command, workers,
             on_bytes=lambda count: progress.advance(task, count), on_out=_announce_out,

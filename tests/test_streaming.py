@@ -19,7 +19,7 @@ from elastic_slice.errors import RunFailure
 from elastic_slice.execute import Target, execute
 from elastic_slice.manifest import sha256_file
 from elastic_slice import writer as writer_module
-from elastic_slice.writer import ShardWriter
+from elastic_slice.writer import ShardWriter, WritePool
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -33,9 +33,10 @@ def test_tiny_chunks_and_threads_give_identical_bytes(tiny_parent: Path, tmp_pat
     for workers, chunk in ((1, 64), (4, 1000), (3, 7)):
         folder = tmp_path / f"w{workers}-c{chunk}"
         folder.mkdir()
-        writer = ShardWriter(folder, plan)
-        execute(open_checkpoint(tiny_parent), [Target(plan, writer)], workers=workers, chunk_bytes=chunk,
-                inflight_bytes=chunk * 3)
+        with WritePool() as pool:
+            writer = ShardWriter(folder, plan, pool)
+            execute(open_checkpoint(tiny_parent), [Target(plan, writer)], workers=workers, chunk_bytes=chunk,
+                    inflight_bytes=chunk * 3)
         for shard in plan.shards:
             assert (folder / shard).read_bytes() == (reference / shard).read_bytes(), (workers, chunk, shard)
             assert writer.sha256[shard] == sha256_file(folder / shard)
@@ -130,8 +131,8 @@ def test_parent_shortened_during_the_run_is_a_clean_error(tiny_parent: Path, tmp
         os.truncate(shard, shard.stat().st_size // 2)
     plan = api.plan_extract(tiny_parent, "12B")
     (tmp_path / "out").mkdir()
-    with pytest.raises(RunFailure, match="ended early while reading tensor"):
-        execute(checkpoint, [Target(plan, ShardWriter(tmp_path / "out", plan))])
+    with pytest.raises(RunFailure, match="ended early while reading tensor"), WritePool() as pool:
+        execute(checkpoint, [Target(plan, ShardWriter(tmp_path / "out", plan, pool))])
 
 
 def test_disk_full_after_many_blocks_fails_cleanly(

@@ -36,6 +36,7 @@ from .verify import (
 from .writer import (
     CARD_FILE,
     ShardWriter,
+    WritePool,
     check_free_space,
     copy_companion_files,
     staged_folder,
@@ -362,7 +363,8 @@ def extract_many(
     started = time.perf_counter()
     with ExitStack() as stack:
         stagings = [stack.enter_context(staged_folder(path, overwrite)) for path in outs]
-        targets = [Target(plan, ShardWriter(staging, plan)) for plan, staging in zip(plans, stagings)]
+        pool = stack.enter_context(WritePool(len(plans)))  # one set of blocks and threads for every budget
+        targets = [Target(plan, ShardWriter(staging, plan, pool)) for plan, staging in zip(plans, stagings)]
         try:
             execute(ckpt, targets, workers=workers, on_bytes=on_bytes)
             if keep_index and prepared.nesting is not None:

@@ -285,7 +285,7 @@ def execute(
     buffers = _BufferPool(chunk_bytes)
     pending: deque[tuple[int, np.ndarray, Future[list[tuple[int, TensorOp, np.ndarray]]]]] = deque()
     pending_bytes = 0
-    with ShardFiles(checkpoint) as files, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ShardFiles(checkpoint) as files, ThreadPoolExecutor(max(1, workers), "elastic-slice-read") as pool:
 
         def drain_one() -> None:
             nonlocal pending_bytes

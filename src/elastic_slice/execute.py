@@ -236,6 +236,8 @@ def _process(files: ShardFiles, chunk: _Chunk, buffer: np.ndarray) -> list[tuple
         raw = carve(chunk.nbytes)
         files.read_into(info, chunk.start * chunk.row_bytes, memoryview(raw))
         rows = _as_rows(raw, info, chunk.stop - chunk.start)
+    else:
+        files.prefetch(info, chunk.start * chunk.row_bytes, chunk.nbytes)  # a cold cache: the pieces' reads overlap
     results: list[list[tuple[int, TensorOp, np.ndarray]]] = []
     column_cuts: list[tuple[TensorOp, np.ndarray]] = []
     quantized: dict[int, Any] = {}

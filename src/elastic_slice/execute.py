@@ -32,7 +32,7 @@ from .writer import ShardWriter
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 DEFAULT_INFLIGHT_BYTES = 256 * 2**20
 #: rows read at a time for a column cut: the read lands in the CPU cache and the cut copies it from there
-PIECE_BYTES = 2**20
+PIECE_BYTES = 256 * 1024
 #: stored elements are copied as unsigned integers of their width: a cut moves bytes, never values
 _ELEMENT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 

@@ -151,7 +151,8 @@ def many_budgets(counts: tuple[int, ...] = (1, 50, 300)) -> dict[str, dict[str, 
         index_path.write_text(json.dumps(index))
         out = WORK / "many-out"
         shutil.rmtree(out, ignore_errors=True)
-        results[str(count)] = timed([sys.executable, "-m", "elastic_slice", "extract", str(parent), "--all", "--out", str(out)])
+        command = [sys.executable, "-m", "elastic_slice", "extract", str(parent), "--all", "--out", str(out)]
+        results[str(count)] = timed(command)
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(parent)
     return results

@@ -202,7 +202,9 @@ def test_many_budgets_share_bounded_blocks_buffers_and_threads(
             assert (tmp_path / budget / shard.name).read_bytes() == shard.read_bytes(), (budget, shard.name)
 
 
-def test_interrupt_mid_write_releases_the_run(tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupt_mid_write_releases_the_run(
+    tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_write, calls = ShardWriter.write, []
 
     def interrupted(self: ShardWriter, op: Any, data: Any) -> None:
@@ -212,6 +214,7 @@ def test_interrupt_mid_write_releases_the_run(tiny_parent: Path, tmp_path: Path,
         real_write(self, op, data)
 
     monkeypatch.setattr(ShardWriter, "write", interrupted)
+    monkeypatch.setattr(writer_module, "MIN_BLOCK", writer_module.DIRECT_ALIGN)
     monkeypatch.setattr(writer_module, "POOL_BYTES", 4 * writer_module.DIRECT_ALIGN)  # blocks in flight when it stops
     with pytest.raises(KeyboardInterrupt):
         api.extract_many(tiny_parent, ["30B", "23B", "12B"], tmp_path / "out")

@@ -221,6 +221,15 @@ def _cut_in_pieces(files: ShardFiles, chunk: _Chunk, cuts: list[tuple[TensorOp, 
             filled[k] += count
 
 
+def _read_rows(files: ShardFiles, chunk: _Chunk, pieces: Ranges, raw: np.ndarray) -> None:
+    """A row cut of a chunk: the kept rows (`pieces`, relative to the chunk) read straight into `raw`."""
+    written = 0
+    for a, b in pieces:
+        size = (b - a) * chunk.row_bytes
+        files.read_into(chunk.info, (chunk.start + a) * chunk.row_bytes, memoryview(raw[written : written + size]))
+        written += size
+
+
 def _process(files: ShardFiles, chunk: _Chunk, buffer: np.ndarray) -> list[tuple[int, TensorOp, np.ndarray]]:
     """Read one chunk and cut it for each consumer, into `buffer` (`chunk.buffer_bytes` long)."""
     info = chunk.info
@@ -262,11 +271,7 @@ def _process(files: ShardFiles, chunk: _Chunk, buffer: np.ndarray) -> list[tuple
             if rows is not None:
                 _cut_into(rows, (pieces, *op.selection[1:]), dest)
             elif _cuts_rows_only(op, info):
-                written = 0
-                for a, b in pieces:  # kept rows are read straight into the output
-                    size = (b - a) * chunk.row_bytes
-                    files.read_into(info, (chunk.start + a) * chunk.row_bytes, memoryview(raw[written : written + size]))
-                    written += size
+                _read_rows(files, chunk, pieces, raw)
             else:
                 column_cuts.append((op, dest))
             results.append([(index, op, dest)])

@@ -25,9 +25,10 @@ from .nesting import INDEX_FILE
 from .plan import Plan, TensorOp
 
 CARD_FILE = "README.md"
-#: bytes per write of a shard (at most), the blocks all shard files of a run share, and how many of them may be
-#: in flight beyond one per file
+#: bytes per write of a shard (at most and at least), the blocks all shard files of a run share, and how many of
+#: them may be in flight beyond one per file
 DIRECT_BLOCK = 8 * 2**20
+MIN_BLOCK = 64 * 1024
 POOL_BYTES = 32 * 2**20
 IN_FLIGHT = 3
 #: direct writes start and end on multiples of this (the largest logical block size in common use)
@@ -130,14 +131,15 @@ class WritePool:
     blocks (for the manifest's sha256) while another writes them.
 
     Every file being written holds one block, which it fills and hands over to be hashed and written, taking a free
-    one (waiting for a write when none is free). Blocks are DIRECT_BLOCK bytes for up to a few files and smaller
-    (never under DIRECT_ALIGN) for many, so that the blocks of `writers` files and a few in flight fit in POOL_BYTES.
-    Used from one thread (the executor's); use it as a context manager.
+    one (waiting for a write when none is free). Blocks are DIRECT_BLOCK bytes for up to a few files and smaller for
+    many, so that the blocks of `writers` files and a few in flight fit in POOL_BYTES; past 500 files they stay at
+    MIN_BLOCK (64 KiB a file: smaller writes cost more in per-block overhead than they save). Used from one thread
+    (the executor's); use it as a context manager.
     """
 
     def __init__(self, writers: int = 1) -> None:
         share = POOL_BYTES // (writers + IN_FLIGHT) // DIRECT_ALIGN * DIRECT_ALIGN
-        self.block_size = min(DIRECT_BLOCK, max(DIRECT_ALIGN, share))
+        self.block_size = min(DIRECT_BLOCK, max(MIN_BLOCK, share))
         #: blocks made only when none is free, up to this many (or more, should every block be held by a file)
         self.limit = max(writers + IN_FLIGHT, POOL_BYTES // self.block_size)
         self.made = 0

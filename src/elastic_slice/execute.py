@@ -29,8 +29,10 @@ from .safetensors_header import TensorInfo
 from .selection import Ranges
 from .writer import ShardWriter
 
-DEFAULT_CHUNK_BYTES = 64 * 2**20
-DEFAULT_INFLIGHT_BYTES = 256 * 2**20
+#: a chunk's buffer and the buffers in flight: each buffer is first touched once (page faults and zeroing, 8-18% of a
+#: run's samples under perf with 64 MiB chunks and 256 MiB in flight); 16/64 MiB ran as fast or faster, warm and cold
+DEFAULT_CHUNK_BYTES = 16 * 2**20
+DEFAULT_INFLIGHT_BYTES = 64 * 2**20
 #: rows read at a time for a column cut: the read lands in the CPU cache and the cut copies it from there
 PIECE_BYTES = 256 * 1024
 #: stored elements are copied as unsigned integers of their width: a cut moves bytes, never values

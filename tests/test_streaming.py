@@ -165,7 +165,7 @@ def _run_threads() -> list[str]:
 def test_many_budgets_share_bounded_blocks_buffers_and_threads(
     tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One pass over 41 budgets: the writers' blocks fit in POOL_BYTES, two writer threads and the readers serve
+    """One pass over 41 budgets: the writers' blocks fit in POOL_BYTES, the same few threads as for one budget serve
     them all, each chunk's buffer stays within chunk_bytes (or one row), and the bytes equal separate runs."""
     parent = tmp_path / "parent"
     shutil.copytree(tiny_parent, parent)
@@ -193,7 +193,7 @@ def test_many_budgets_share_bounded_blocks_buffers_and_threads(
         execute(open_checkpoint(parent), targets, workers=2, chunk_bytes=chunk_bytes)
     assert pool.made * pool.block_size <= writer_module.POOL_BYTES
     assert pool.block_size < writer_module.DIRECT_BLOCK  # many small blocks were filled and written
-    assert max(threads) <= 4 and _run_threads() == []  # two readers, one hashing and one writing thread
+    assert max(threads) <= 2 + writer_module.HASH_THREADS + 1 and _run_threads() == []  # readers, hashing, writing
     assert all(size <= chunk_bytes or rows == 1 for size, rows in buffers)
     assert sum(rows for _, rows in buffers) > len({size for size, _ in buffers})  # tensors were cut in chunks
     for budget in ("12B", "b00", "b37"):

@@ -31,6 +31,8 @@ DIRECT_BLOCK = 8 * 2**20
 MIN_BLOCK = 64 * 1024
 POOL_BYTES = 32 * 2**20
 IN_FLIGHT = 3
+#: threads hashing blocks: the blocks of one file are hashed in order, those of several files side by side
+HASH_THREADS = 2
 #: direct writes start and end on multiples of this (the largest logical block size in common use)
 DIRECT_ALIGN = 4096
 MANIFEST_FILE = "elastic_slice_manifest.json"
@@ -127,8 +129,8 @@ def safetensors_header(ops: list[TensorOp]) -> bytes:
 
 class WritePool:
     """The blocks and threads that every shard file of a run shares, so that memory and threads do not grow with the
-    number of budgets one pass writes: page-aligned blocks of about POOL_BYTES in all, one thread hashing full
-    blocks (for the manifest's sha256) while another writes them.
+    number of budgets one pass writes: page-aligned blocks of about POOL_BYTES in all, HASH_THREADS threads hashing
+    full blocks (for the manifest's sha256) while another writes them.
 
     Every file being written holds one block, which it fills and hands over to be hashed and written, taking a free
     one (waiting for a write when none is free). Blocks are DIRECT_BLOCK bytes for up to a few files and smaller for
@@ -145,7 +147,7 @@ class WritePool:
         self.made = 0
         self._held = 0
         self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
-        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="elastic-slice-hash")
+        self._hasher = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="elastic-slice-hash")
         self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="elastic-slice-write")
 
     def __enter__(self) -> WritePool:
@@ -177,7 +179,8 @@ class WritePool:
         block is free again afterwards."""
         self._held -= 1
         with memoryview(block) as view:
-            hashed = self._hasher.submit(file.hash.update, view[:length])
+            hashed = self._hasher.submit(_hash_after, file.hashed, file.hash, view[:length])
+        file.hashed = hashed
         return self._storer.submit(self._store, file, block, length, offset, hashed)
 
     def _store(self, file: _ShardFile, block: mmap.mmap, length: int, offset: int, hashed: Future[None]) -> None:
@@ -191,6 +194,14 @@ class WritePool:
         """Wait for the blocks being written, then end the threads."""
         self._storer.shutdown()
         self._hasher.shutdown()
+
+
+def _hash_after(previous: Future[None] | None, digest: Any, data: memoryview) -> None:
+    """Add a block to a file's sha256 once the file's previous block is in it (that block is being hashed already:
+    the pool takes tasks in order)."""
+    if previous is not None:
+        wait([previous])
+    digest.update(data)
 
 
 class _ShardFile:
@@ -210,6 +221,8 @@ class _ShardFile:
         os.close(fd)
         self._pool = pool
         self.hash = hashlib.sha256()
+        #: the hashing of the file's last block handed over: the next one waits for it
+        self.hashed: Future[None] | None = None
         self._tasks: deque[Future[None]] = deque()
         self._block: mmap.mmap | None = None
         self._filled = 0

@@ -250,8 +250,9 @@ class ShardFiles:
 
     def prefetch(self, info: TensorInfo, start: int, size: int) -> None:
         """Ask the kernel to read a tensor's bytes [start, start + size) ahead (a cold page cache), without waiting."""
-        fd, offset = self._locate(info, start)
-        os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
+        if hasattr(os, "posix_fadvise"):  # not on macOS
+            fd, offset = self._locate(info, start)
+            os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
 
     def read(self, info: TensorInfo, start: int, stop: int) -> bytearray:
         """Bytes [start, stop) of a tensor's data, in a new buffer."""

@@ -208,8 +208,8 @@ class _ShardFile:
     """One shard file, written in aligned blocks of a WritePool, past the page cache (O_DIRECT) where the
     filesystem allows it; the file is opened only while a block is written, so a run holds no descriptor per file.
 
-    Bytes are gathered into page-aligned blocks; one thread hashes each full block while another writes it, so the
-    caller only copies. Measured on a 2-core VM (Linux 6.18, ext4), direct 8 MiB writes of 3.7 GB took 2.0-2.8 s
+    Bytes are gathered into page-aligned blocks; the pool's threads hash each full block and write it, so the caller
+    only copies. Measured on a 2-core VM (Linux 6.18, ext4), direct 8 MiB writes of 3.7 GB took 2.0-2.8 s
     where buffered 8 MiB writes took 5.1-14 s (and `cp` of the same bytes 2.2-7 s): every buffered write fills newly
     allocated page-cache memory, which that VM's host supplied slowly and unevenly. Filesystems without O_DIRECT get
     buffered writes.

@@ -135,6 +135,29 @@ def copy(source: Path) -> dict[str, float]:
     return result
 
 
+def many_budgets(counts: tuple[int, ...] = (1, 50, 300)) -> dict[str, dict[str, float]]:
+    """Peak RSS of `extract --all` on copies of examples/tiny-elastic holding N budgets: the writers share one
+    set of blocks and threads, so memory grows only by each budget's bookkeeping (its plan), not by its buffers."""
+    results = {}
+    for count in counts:
+        parent = WORK / f"tiny-{count}-budgets"
+        shutil.rmtree(parent, ignore_errors=True)
+        shutil.copytree(HERE.parent / "examples" / "tiny-elastic", parent)
+        index_path = parent / "nesting_index.json"
+        index = json.loads(index_path.read_text())
+        parent_budget = {index["parent"]: index["budgets"][index["parent"]]}
+        smaller = [{**index["budgets"]["12B"], "hidden_size": h} for h in (64, 80, 96, 112)]
+        index["budgets"] = {**parent_budget, **{f"b{i:05d}": smaller[i % 4] for i in range(count - 1)}}
+        index_path.write_text(json.dumps(index))
+        out = WORK / "many-out"
+        shutil.rmtree(out, ignore_errors=True)
+        command = [sys.executable, "-m", "elastic_slice", "extract", str(parent), "--all", "--out", str(out)]
+        results[str(count)] = timed(command)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(parent)
+    return results
+
+
 def main(quick: bool = False) -> None:
     WORK.mkdir(exist_ok=True)
     results: dict[str, object] = {
@@ -185,6 +208,8 @@ def main(quick: bool = False) -> None:
         shutil.rmtree(out, ignore_errors=True)
         results["parents"][label] = entry
         print(json.dumps({label: entry}, indent=2), flush=True)
+    results["many_budgets_all_tiny"] = many_budgets()
+    print(json.dumps({"many_budgets_all_tiny": results["many_budgets_all_tiny"]}, indent=2), flush=True)
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
 

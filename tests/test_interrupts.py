@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,4 +83,28 @@ def test_full_disk_leaves_no_output(tmp_path: Path) -> None:
     stderr = result.stderr.decode()
     assert result.returncode == 1, stderr
     assert "writing the output failed" in stderr and "File too large" in stderr and "Traceback" not in stderr
+    assert not out.exists() and _staging(out) == []
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.08])
+def test_shard_shortened_by_another_process_mid_run_is_a_clear_error(
+    medium_parent: Path, tmp_path: Path, delay: float
+) -> None:
+    """Reads never touch memory past what a shard still holds (a mapped read there would be SIGBUS, exit 135)."""
+    parent = tmp_path / "parent"
+    shutil.copytree(medium_parent, parent)
+    out = tmp_path / "out"
+    process = subprocess.Popen(_command(parent, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not _staging(out) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(delay)
+    assert process.poll() is None, "the run finished before its parent could be shortened"
+    for shard in parent.glob("*.safetensors"):
+        os.truncate(shard, 4096)  # chunks already being read lose their bytes too
+    _, stderr = process.communicate(timeout=60)
+    message = stderr.decode()
+    assert process.returncode == 1, message
+    assert "ended early while reading tensor" in message and "was it changed during the run?" in message
+    assert "Traceback" not in message
     assert not out.exists() and _staging(out) == []

@@ -8,18 +8,22 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import add_budgets, run_cli
 
 from elastic_slice import api
+from elastic_slice import execute as execute_module
+from elastic_slice.budgets import ALL_BUDGETS
 from elastic_slice.checkpoint import open_checkpoint
 from elastic_slice.errors import RunFailure
 from elastic_slice.execute import Target, execute
 from elastic_slice.manifest import sha256_file
 from elastic_slice import writer as writer_module
-from elastic_slice.writer import ShardWriter
+from elastic_slice.writer import ShardWriter, WritePool
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -33,9 +37,10 @@ def test_tiny_chunks_and_threads_give_identical_bytes(tiny_parent: Path, tmp_pat
     for workers, chunk in ((1, 64), (4, 1000), (3, 7)):
         folder = tmp_path / f"w{workers}-c{chunk}"
         folder.mkdir()
-        writer = ShardWriter(folder, plan)
-        execute(open_checkpoint(tiny_parent), [Target(plan, writer)], workers=workers, chunk_bytes=chunk,
-                inflight_bytes=chunk * 3)
+        with WritePool() as pool:
+            writer = ShardWriter(folder, plan, pool)
+            execute(open_checkpoint(tiny_parent), [Target(plan, writer)], workers=workers, chunk_bytes=chunk,
+                    inflight_bytes=chunk * 3)
         for shard in plan.shards:
             assert (folder / shard).read_bytes() == (reference / shard).read_bytes(), (workers, chunk, shard)
             assert writer.sha256[shard] == sha256_file(folder / shard)
@@ -131,8 +136,8 @@ def test_parent_shortened_during_the_run_is_a_clean_error(tiny_parent: Path, tmp
         os.truncate(shard, shard.stat().st_size // 2)
     plan = api.plan_extract(tiny_parent, "12B")
     (tmp_path / "out").mkdir()
-    with pytest.raises(RunFailure, match="ended early while reading tensor"):
-        execute(checkpoint, [Target(plan, ShardWriter(tmp_path / "out", plan))])
+    with pytest.raises(RunFailure, match="ended early while reading tensor"), WritePool() as pool:
+        execute(checkpoint, [Target(plan, ShardWriter(tmp_path / "out", plan, pool))])
 
 
 def test_disk_full_after_many_blocks_fails_cleanly(
@@ -151,4 +156,67 @@ def test_disk_full_after_many_blocks_fails_cleanly(
     out = tmp_path / "out"
     with pytest.raises(RunFailure, match="No space left on device"):
         api.extract(tiny_parent, "12B", out)
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert not out.exists() and list(tmp_path.iterdir()) == [] and _run_threads() == []
+
+
+def _run_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("elastic-slice-"))
+
+
+def test_many_budgets_share_bounded_blocks_buffers_and_threads(
+    tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pass over 41 budgets: the writers' blocks fit in POOL_BYTES, the same few threads as for one budget serve
+    them all, each chunk's buffer stays within chunk_bytes (or one row), and the bytes equal separate runs."""
+    parent = tmp_path / "parent"
+    shutil.copytree(tiny_parent, parent)
+    add_budgets(parent, **{f"b{i:02d}": {"hidden_size": 64 + 16 * (i % 4), "mamba_num_heads": 8} for i in range(38)})
+    plans = api.plan_extract_many(parent, [ALL_BUDGETS])
+    assert len(plans) == 41
+    chunk_bytes, buffers, threads = 32 * 1024, [], []
+    real_process, real_write = execute_module._process, ShardWriter.write
+
+    def process(files: Any, chunk: Any, buffer: Any) -> Any:
+        buffers.append((chunk.buffer_bytes, chunk.stop - chunk.start))
+        return real_process(files, chunk, buffer)
+
+    def write(self: ShardWriter, op: Any, data: Any) -> None:
+        threads.append(len(_run_threads()))
+        real_write(self, op, data)
+
+    monkeypatch.setattr(execute_module, "_process", process)
+    monkeypatch.setattr(ShardWriter, "write", write)
+    with WritePool(len(plans)) as pool:
+        targets = []
+        for plan in plans:
+            (tmp_path / plan.budget.name).mkdir()
+            targets.append(Target(plan, ShardWriter(tmp_path / plan.budget.name, plan, pool)))
+        execute(open_checkpoint(parent), targets, workers=2, chunk_bytes=chunk_bytes)
+    assert pool.made * pool.block_size <= writer_module.POOL_BYTES
+    assert pool.block_size < writer_module.DIRECT_BLOCK  # many small blocks were filled and written
+    assert max(threads) <= 2 + writer_module.HASH_THREADS + 1 and _run_threads() == []  # readers, hashing, writing
+    assert all(size <= chunk_bytes or rows == 1 for size, rows in buffers)
+    assert sum(rows for _, rows in buffers) > len({size for size, _ in buffers})  # tensors were cut in chunks
+    for budget in ("12B", "b00", "b37"):
+        api.extract(parent, budget, tmp_path / f"single-{budget}")
+        for shard in (tmp_path / f"single-{budget}").glob("*.safetensors"):
+            assert (tmp_path / budget / shard.name).read_bytes() == shard.read_bytes(), (budget, shard.name)
+
+
+def test_interrupt_mid_write_releases_the_run(
+    tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write, calls = ShardWriter.write, []
+
+    def interrupted(self: ShardWriter, op: Any, data: Any) -> None:
+        calls.append(op)
+        if len(calls) == 40:
+            raise KeyboardInterrupt
+        real_write(self, op, data)
+
+    monkeypatch.setattr(ShardWriter, "write", interrupted)
+    monkeypatch.setattr(writer_module, "MIN_BLOCK", writer_module.DIRECT_ALIGN)
+    monkeypatch.setattr(writer_module, "POOL_BYTES", 4 * writer_module.DIRECT_ALIGN)  # blocks in flight when it stops
+    with pytest.raises(KeyboardInterrupt):
+        api.extract_many(tiny_parent, ["30B", "23B", "12B"], tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == [] and _run_threads() == []  # no budget, no staging folder

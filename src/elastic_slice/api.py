@@ -48,6 +48,7 @@ from .verify import (
 from .writer import (
     CARD_FILE,
     ShardWriter,
+    WritePool,
     companion_files,
     copy_companion_files,
     output_bytes,
@@ -451,13 +452,14 @@ def extract_many(
         "index": prepared.nesting.source if prepared.nesting is not None else None, "set": overrides,
         "quantize": None if quantize is None else asdict(quantize),
     }
-    with destination.staged_folders(outs, overwrite) as stagings:
+    # one set of write blocks and threads for every budget; it stops before the staging folders are removed
+    with destination.staged_folders(outs, overwrite) as stagings, WritePool(len(plans)) as pool:
         ckpt = hub.fetch(ckpt, _needed_files(plans, ckpt))
         if ckpt.hub is not None:  # the companion files are there now
             _check_space(ckpt, plans, Path(out), index_json)
         parent_files = describe_parent_files(ckpt)
         started = time.perf_counter()
-        targets = [Target(plan, ShardWriter(staging, plan)) for plan, staging in zip(plans, stagings)]
+        targets = [Target(plan, ShardWriter(staging, plan, pool)) for plan, staging in zip(plans, stagings)]
         try:
             execute(ckpt, targets, workers=workers, on_bytes=on_bytes)
             if keep_index and prepared.nesting is not None:

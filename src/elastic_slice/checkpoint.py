@@ -1,8 +1,7 @@
-"""Open a checkpoint folder: its config, its safetensors shards and a lazy, memory-mapped tensor reader."""
+"""Open a checkpoint folder: its config, its safetensors shards and a reader of their byte ranges."""
 
 from __future__ import annotations
 
-import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,9 +235,11 @@ def _check_index_agrees(root: Path, shard_files: list[str], tensors: dict[str, T
 class ShardFiles:
     """Byte ranges of the parent's shards, one descriptor per shard; safe to share between threads.
 
-    `map` gives a memory map of just the range asked for (page-cache reads without a copy, several times faster
-    than pread on the machines measured); the map is unmapped when the last view of it is dropped, so resident
-    memory stays bounded by the ranges in flight, whatever the checkpoint's size. `read` copies with pread.
+    Every read is a positioned read (preadv) into the caller's buffer, never a memory map: a shard that another
+    process shortens during the run then gives a short read, reported as a RunFailure, where touching a mapped page
+    past the new end would kill the process with SIGBUS (even a private copy populated in advance: truncating a
+    file unmaps its copied pages too). A shard replaced by a rename keeps being read from the file opened at the
+    start, and one that grows is read up to the offsets its header gave; both runs succeed with the old bytes.
     """
 
     def __init__(self, checkpoint: Checkpoint) -> None:
@@ -258,40 +259,35 @@ class ShardFiles:
             os.close(fd)
         self._fds.clear()
 
-    def _locate(self, info: TensorInfo, start: int, size: int) -> tuple[int, int]:
-        """The descriptor and file offset of a tensor's data bytes [start, start + size), checked against the file."""
+    def _locate(self, info: TensorInfo, start: int) -> tuple[int, int]:
+        """The descriptor and file offset of a tensor's data byte `start`."""
         label = str(self._checkpoint.root / info.file)
-        fd = self._fds[label]
-        offset = self._data_start[label] + info.begin + start
-        if os.fstat(fd).st_size < offset + size:
-            raise self._ended_early(info)
-        return fd, offset
+        return self._fds[label], self._data_start[label] + info.begin + start
 
     def _ended_early(self, info: TensorInfo) -> RunFailure:
         path = self._checkpoint.root / info.file
         return RunFailure(f"{path} ended early while reading tensor {info.name!r}; was it changed during the run?")
 
-    def map(self, info: TensorInfo, start: int, size: int) -> memoryview:
-        """A writable copy-on-write view of a tensor's data bytes [start, start + size); the file is never changed."""
-        if size == 0:
-            return memoryview(bytearray())
-        fd, offset = self._locate(info, start, size)
-        skip = offset % mmap.ALLOCATIONGRANULARITY
-        mapped = mmap.mmap(fd, skip + size, access=mmap.ACCESS_COPY, offset=offset - skip)
-        mapped.madvise(mmap.MADV_WILLNEED)  # read ahead the whole range on a cold page cache
-        return memoryview(mapped)[skip:]
+    def read_into(self, info: TensorInfo, start: int, buffer: memoryview) -> None:
+        """Fill `buffer` with a tensor's data bytes from `start` on."""
+        fd, offset = self._locate(info, start)
+        done = 0
+        while done < len(buffer):
+            count = os.preadv(fd, [buffer[done:]], offset + done)
+            if count == 0:
+                raise self._ended_early(info)
+            done += count
+
+    def prefetch(self, info: TensorInfo, start: int, size: int) -> None:
+        """Ask the kernel to read a tensor's bytes [start, start + size) ahead (a cold page cache), without waiting."""
+        if hasattr(os, "posix_fadvise"):  # not on macOS
+            fd, offset = self._locate(info, start)
+            os.posix_fadvise(fd, offset, size, os.POSIX_FADV_WILLNEED)
 
     def read(self, info: TensorInfo, start: int, stop: int) -> bytearray:
         """Bytes [start, stop) of a tensor's data, in a new buffer."""
         buffer = bytearray(stop - start)
-        view = memoryview(buffer)
-        fd, offset = self._locate(info, start, len(buffer))
-        done = 0
-        while done < len(buffer):
-            count = os.preadv(fd, [view[done:]], offset + done)
-            if count == 0:
-                raise self._ended_early(info)
-            done += count
+        self.read_into(info, start, memoryview(buffer))
         return buffer
 
     def read_tensor(self, name: str) -> Any:

@@ -1,19 +1,23 @@
 """The executor: stream plans from the parent's shards into their writers, reading each source tensor once.
 
-Work is split into row chunks of at most `chunk_bytes` of the parent tensor, so memory stays bounded by the
-chunks in flight whatever a tensor's size. Reader threads map each chunk (no copy), cut it with numpy and, only
-for ops that change values, convert it (`transform`, torch); the calling thread writes the results in plan order.
-Several plans (budgets) of one parent share every read.
+Work is split into row chunks, so memory stays bounded by the chunks in flight whatever a tensor's size or the
+number of budgets: a chunk's rows, with every budget's cut of them, take at most `chunk_bytes` (or one row for
+every budget, when a single row is bigger). Reader threads read each chunk with positioned reads (never a memory
+map: a shard shortened by another process is a clean error, never SIGBUS), cut it with numpy and, only for ops
+that change values, convert it (`transform`, torch); the calling thread writes the results in plan order. Several
+plans (budgets) of one parent share every read.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -25,8 +29,12 @@ from .safetensors_header import TensorInfo
 from .selection import Ranges
 from .writer import ShardWriter
 
-DEFAULT_CHUNK_BYTES = 64 * 2**20
-DEFAULT_INFLIGHT_BYTES = 256 * 2**20
+#: a chunk's buffer and the buffers in flight: each buffer is first touched once (page faults and zeroing, 8-18% of a
+#: run's samples under perf with 64 MiB chunks and 256 MiB in flight); 16/64 MiB ran as fast or faster, warm and cold
+DEFAULT_CHUNK_BYTES = 16 * 2**20
+DEFAULT_INFLIGHT_BYTES = 64 * 2**20
+#: rows read at a time for a column cut: the read lands in the CPU cache and the cut copies it from there
+PIECE_BYTES = 256 * 1024
 #: stored elements are copied as unsigned integers of their width: a cut moves bytes, never values
 _ELEMENT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
@@ -37,6 +45,29 @@ class Target:
 
     plan: Plan
     writer: ShardWriter
+
+
+def changes_values(op: TensorOp, info: TensorInfo) -> bool:
+    """Whether an op does more than move bytes (cast, scale, pad, quantize, dequantize): such ops need torch."""
+    return bool(
+        op.quant or op.dequant or op.pad_value is not None or op.scale is not None or op.out_dtype != info.dtype
+    )
+
+
+def _cuts_rows_only(op: TensorOp, info: TensorInfo) -> bool:
+    return all(r == ((0, size),) for r, size in zip(op.selection[1:], info.shape[1:]))
+
+
+def _kept_row_bytes(op: TensorOp, info: TensorInfo) -> int:
+    """Bytes one kept row of the source takes in this op's cut."""
+    return math.prod(sum(b - a for a, b in ranges) for ranges in op.selection[1:]) * itemsize(info.dtype)
+
+
+def _pieces(ranges: Ranges, start: int, stop: int) -> Ranges:
+    """The parts of `ranges` inside rows [start, stop), relative to `start`."""
+    return tuple(
+        (max(a, start) - start, min(b, stop) - start) for a, b in ranges if max(a, start) < min(b, stop)
+    )
 
 
 @dataclass(frozen=True)
@@ -55,6 +86,26 @@ class _Chunk:
     @property
     def nbytes(self) -> int:
         return (self.stop - self.start) * self.row_bytes if self.info.shape else itemsize(self.info.dtype)
+
+    @cached_property
+    def reads_whole(self) -> bool:
+        """Whether the chunk's rows are read into memory as a whole (for a scalar or an op that changes values);
+        otherwise each plain cut is read into its own output, or cut from cache-sized pieces."""
+        return not self.info.shape or any(changes_values(op, self.info) for _, op in self.consumers)
+
+    def output_bytes(self, op: TensorOp) -> int:
+        """Bytes of the buffer a plain op's cut of these rows is written into (0 when it needs none)."""
+        info = self.info
+        if changes_values(op, info) or not info.shape or (self.reads_whole and _cuts_rows_only(op, info)):
+            return 0
+        rows = sum(b - a for a, b in _pieces(op.selection[0], self.start, self.stop))
+        return rows * _kept_row_bytes(op, info)
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes of buffer the chunk takes while in flight: its rows when read whole, and every plain cut."""
+        outputs = sum(self.output_bytes(op) for _, op in self.consumers)
+        return (self.nbytes if self.reads_whole else 0) + outputs
 
 
 def _chunks(checkpoint: Checkpoint, targets: list[Target], chunk_bytes: int) -> Iterator[_Chunk]:
@@ -76,8 +127,12 @@ def _chunks(checkpoint: Checkpoint, targets: list[Target], chunk_bytes: int) -> 
             # quantizing needs the parent's whole tensor (its scales come from it); so does dequantizing
             yield _Chunk(info, 0, info.shape[0], consumers)
             continue
+        whole = _Chunk(info, 0, info.shape[0], consumers)
+        row_cost = (whole.row_bytes if whole.reads_whole else 0) + sum(
+            _kept_row_bytes(op, info) for _, op in consumers if whole.output_bytes(op)
+        )
+        rows_per_chunk = max(1, chunk_bytes // max(1, row_cost))
         needed = _union(tuple({r for _, op in consumers for r in op.selection[0]}))
-        rows_per_chunk = max(1, chunk_bytes // max(1, math.prod(info.shape[1:]) * itemsize(info.dtype)))
         for start, stop in needed:
             for first in range(start, stop, rows_per_chunk):
                 yield _Chunk(info, first, min(stop, first + rows_per_chunk), consumers)
@@ -95,10 +150,11 @@ def _union(ranges: Ranges) -> Ranges:
 
 
 class _BufferPool:
-    """Reused output buffers of `size` bytes, handed out and taken back by the writing thread only.
+    """Reused chunk buffers of `size` bytes (a chunk's rows and cuts), handed out and taken back by the writing
+    thread only; a chunk needing more gets a buffer of its own.
 
     Fresh allocations cost page faults and zeroing by the kernel on every chunk (13% of a run's samples under perf).
-    A buffer's untouched tail costs no memory, so small cuts take pooled buffers too.
+    A buffer's untouched tail costs no memory, so small chunks take pooled buffers too.
     """
 
     def __init__(self, size: int) -> None:
@@ -115,33 +171,12 @@ class _BufferPool:
             self._free.append(buffer)
 
 
-def changes_values(op: TensorOp, info: TensorInfo) -> bool:
-    """Whether an op does more than move bytes (cast, scale, pad, quantize, dequantize): such ops need torch."""
-    return bool(
-        op.quant or op.dequant or op.pad_value is not None or op.scale is not None or op.out_dtype != info.dtype
-    )
-
-
-def _copy_in_place(op: TensorOp, info: TensorInfo, chunk: _Chunk) -> int:
-    """Bytes of the cut this op takes from a chunk, when it is a column cut copied into a pooled buffer (else 0)."""
-    if changes_values(op, info) or not info.shape:
-        return 0
-    rows = sum(max(0, min(b, chunk.stop) - max(a, chunk.start)) for a, b in op.selection[0])
-    if all(r == ((0, size),) for r, size in zip(op.selection[1:], info.shape[1:])):
-        return 0  # row cuts only: written straight from the mapped chunk
-    inner = math.prod(sum(b - a for a, b in ranges) for ranges in op.selection[1:])
-    return rows * inner * itemsize(info.dtype)
-
-
-def _cut_into(rows: np.ndarray, selection: tuple[Ranges, ...], buffer: np.ndarray) -> np.ndarray:
-    """Copy the selected blocks of `rows` into `buffer`, laid out as the cut tensor."""
-    shape = tuple(sum(b - a for a, b in ranges) for ranges in selection)
-    dest = buffer[: math.prod(shape) * rows.itemsize].view(rows.dtype).reshape(shape)
+def _cut_into(rows: np.ndarray, selection: tuple[Ranges, ...], dest: np.ndarray) -> None:
+    """Copy the selected blocks of `rows` into `dest`, laid out as the cut tensor."""
     for block in itertools.product(*(_with_offsets(ranges) for ranges in selection)):
         source = tuple(slice(a, b) for (a, b), _ in block)
         target = tuple(slice(o, o + b - a) for (a, b), o in block)
         dest[target] = rows[source]
-    return dest
 
 
 def _with_offsets(ranges: Ranges) -> list[tuple[tuple[int, int], int]]:
@@ -152,38 +187,99 @@ def _with_offsets(ranges: Ranges) -> list[tuple[tuple[int, int], int]]:
     return out
 
 
-def _process(
-    files: ShardFiles, chunk: _Chunk, outputs: dict[int, np.ndarray]
-) -> list[tuple[int, TensorOp, np.ndarray]]:
-    """Map one chunk and cut it for each consumer (into `outputs[position]` for column cuts)."""
+_scratch = threading.local()
+
+
+def _scratch_buffer(nbytes: int) -> np.ndarray:
+    """A buffer of this reader thread's, reused for every piece it reads (so it stays in the CPU cache)."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or len(buffer) < nbytes:
+        buffer = _scratch.buffer = np.empty(max(nbytes, PIECE_BYTES), np.uint8)
+    return buffer[:nbytes]
+
+
+def _as_rows(raw: np.ndarray, info: TensorInfo, count: int) -> np.ndarray:
+    """Raw bytes of `count` rows of a tensor as an array of stored elements (a scalar when it has no shape)."""
+    elements = raw.view(_ELEMENT[itemsize(info.dtype)])
+    return elements.reshape(count, *info.shape[1:]) if info.shape else elements.reshape(())
+
+
+def _cut_in_pieces(files: ShardFiles, chunk: _Chunk, cuts: list[tuple[TensorOp, np.ndarray]]) -> None:
+    """Column cuts of a chunk: rows are read a cache-sized piece at a time and each piece cut into every output."""
     info = chunk.info
-    mapped = files.map(info, chunk.start * chunk.row_bytes, chunk.nbytes)
-    rows = np.frombuffer(mapped, dtype=_ELEMENT[itemsize(info.dtype)])
-    rows = rows.reshape(chunk.stop - chunk.start, *info.shape[1:]) if info.shape else rows.reshape(())
-    results = []
+    step = max(1, PIECE_BYTES // max(1, chunk.row_bytes))
+    filled = [0] * len(cuts)
+    for first in range(chunk.start, chunk.stop, step):
+        last = min(chunk.stop, first + step)
+        pieces = [_pieces(op.selection[0], first, last) for op, _ in cuts]
+        if not any(pieces):
+            continue
+        raw = _scratch_buffer((last - first) * chunk.row_bytes)
+        files.read_into(info, first * chunk.row_bytes, memoryview(raw))
+        rows = _as_rows(raw, info, last - first)
+        for k, ((op, dest), here) in enumerate(zip(cuts, pieces)):
+            count = sum(b - a for a, b in here)
+            _cut_into(rows, (here, *op.selection[1:]), dest[filled[k] : filled[k] + count])
+            filled[k] += count
+
+
+def _read_rows(files: ShardFiles, chunk: _Chunk, pieces: Ranges, raw: np.ndarray) -> None:
+    """A row cut of a chunk: the kept rows (`pieces`, relative to the chunk) read straight into `raw`."""
+    written = 0
+    for a, b in pieces:
+        size = (b - a) * chunk.row_bytes
+        files.read_into(chunk.info, (chunk.start + a) * chunk.row_bytes, memoryview(raw[written : written + size]))
+        written += size
+
+
+def _process(files: ShardFiles, chunk: _Chunk, buffer: np.ndarray) -> list[tuple[int, TensorOp, np.ndarray]]:
+    """Read one chunk and cut it for each consumer, into `buffer` (`chunk.buffer_bytes` long)."""
+    info = chunk.info
+    free = 0
+
+    def carve(nbytes: int) -> np.ndarray:
+        nonlocal free
+        free += nbytes
+        return buffer[free - nbytes : free]
+
+    rows = None
+    if chunk.reads_whole:
+        raw = carve(chunk.nbytes)
+        files.read_into(info, chunk.start * chunk.row_bytes, memoryview(raw))
+        rows = _as_rows(raw, info, chunk.stop - chunk.start)
+    else:
+        files.prefetch(info, chunk.start * chunk.row_bytes, chunk.nbytes)  # a cold cache: the pieces' reads overlap
+    results: list[list[tuple[int, TensorOp, np.ndarray]]] = []
+    column_cuts: list[tuple[TensorOp, np.ndarray]] = []
     quantized: dict[int, Any] = {}
-    for position, (index, op) in enumerate(chunk.consumers):
-        pieces = tuple(
-            (max(start, chunk.start) - chunk.start, min(stop, chunk.stop) - chunk.start)
-            for start, stop in (op.selection[0] if info.shape else ())
-            if max(start, chunk.start) < min(stop, chunk.stop)
-        )
-        if changes_values(op, info):
+    for index, op in chunk.consumers:
+        pieces = _pieces(op.selection[0], chunk.start, chunk.stop) if info.shape else ()
+        if rows is not None and changes_values(op, info):
             from .transform import transformed  # torch, only for plans that need it
 
             whole = not info.shape or (chunk.start, chunk.stop) == (0, info.shape[0])
             selection = op.selection if whole else (pieces, *op.selection[1:])
-            results.append((index, op, transformed(rows, info.dtype, op, selection, files, quantized, index)))
-        elif info.shape and not pieces:
+            results.append([(index, op, transformed(rows, info.dtype, op, selection, files, quantized, index))])
+        elif rows is not None and not info.shape:
+            results.append([(index, op, rows)])
+        elif not pieces:
             continue
-        elif position in outputs:
-            results.append((index, op, _cut_into(rows, (pieces, *op.selection[1:]), outputs[position])))
-        elif not info.shape:
-            results.append((index, op, rows))
+        elif rows is not None and _cuts_rows_only(op, info):
+            results.append([(index, op, rows[a:b]) for a, b in pieces])  # views of the rows read, no copy
         else:
-            # row cuts only: each piece is a view of the mapped chunk, written without another copy
-            results.extend((index, op, rows[start:stop]) for start, stop in pieces)
-    return results
+            kept = tuple(sum(b - a for a, b in ranges) for ranges in op.selection[1:])
+            raw = carve(chunk.output_bytes(op))
+            dest = raw.view(_ELEMENT[itemsize(info.dtype)]).reshape(sum(b - a for a, b in pieces), *kept)
+            if rows is not None:
+                _cut_into(rows, (pieces, *op.selection[1:]), dest)
+            elif _cuts_rows_only(op, info):
+                _read_rows(files, chunk, pieces, raw)
+            else:
+                column_cuts.append((op, dest))
+            results.append([(index, op, dest)])
+    if column_cuts:
+        _cut_in_pieces(files, chunk, column_cuts)
+    return [result for group in results for result in group]
 
 
 def execute(
@@ -196,34 +292,27 @@ def execute(
 ) -> None:
     """Write every target's plan; each source chunk is read once, cut for every target, written in order."""
     buffers = _BufferPool(chunk_bytes)
-    pending: deque[tuple[int, list[np.ndarray], Future[list[tuple[int, TensorOp, np.ndarray]]]]] = deque()
+    pending: deque[tuple[int, np.ndarray, Future[list[tuple[int, TensorOp, np.ndarray]]]]] = deque()
     pending_bytes = 0
-    with ShardFiles(checkpoint) as files, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ShardFiles(checkpoint) as files, ThreadPoolExecutor(max(1, workers), "elastic-slice-read") as pool:
 
         def drain_one() -> None:
             nonlocal pending_bytes
-            cost, held, future = pending.popleft()
+            cost, buffer, future = pending.popleft()
             pending_bytes -= cost
             for index, op, data in future.result():
                 targets[index].writer.write(op, data)
                 if on_bytes is not None:
                     on_bytes(data.nbytes)
-            for buffer in held:
-                buffers.give(buffer)
+            buffers.give(buffer)
 
         try:
             for chunk in _chunks(checkpoint, targets, chunk_bytes):
-                copies = {
-                    position: size
-                    for position, (_, op) in enumerate(chunk.consumers)
-                    if (size := _copy_in_place(op, chunk.info, chunk))
-                }
-                cost = chunk.nbytes + sum(copies.values())
+                cost = chunk.buffer_bytes
                 while pending and (pending_bytes + cost > inflight_bytes or len(pending) > 2 * workers):
                     drain_one()
-                outputs = {position: buffers.take(size) for position, size in copies.items()}
-                future = pool.submit(_process, files, chunk, outputs)
-                pending.append((cost, list(outputs.values()), future))
+                buffer = buffers.take(cost)
+                pending.append((cost, buffer, pool.submit(_process, files, chunk, buffer)))
                 pending_bytes += cost
             while pending:
                 drain_one()

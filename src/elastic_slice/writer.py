@@ -22,9 +22,14 @@ from .nesting import INDEX_FILE
 from .plan import Plan, TensorOp
 
 CARD_FILE = "README.md"
-#: bytes per write of a shard, and how many such blocks one shard file has in flight
+#: bytes per write of a shard (at most and at least), the blocks all shard files of a run share, and how many of
+#: them may be in flight beyond one per file
 DIRECT_BLOCK = 8 * 2**20
-DIRECT_BLOCKS = 4
+MIN_BLOCK = 64 * 1024
+POOL_BYTES = 32 * 2**20
+IN_FLIGHT = 3
+#: threads hashing blocks: the blocks of one file are hashed in order, those of several files side by side
+HASH_THREADS = 2
 #: direct writes start and end on multiples of this (the largest logical block size in common use)
 DIRECT_ALIGN = 4096
 MANIFEST_FILE = "elastic_slice_manifest.json"
@@ -53,25 +58,104 @@ def safetensors_header(ops: list[TensorOp]) -> bytes:
     return len(raw).to_bytes(8, "little") + raw
 
 
-class _ShardFile:
-    """One shard file, written in aligned blocks past the page cache (O_DIRECT) where the filesystem allows it.
+class WritePool:
+    """The blocks and threads that every shard file of a run shares, so that memory and threads do not grow with the
+    number of budgets one pass writes: page-aligned blocks of about POOL_BYTES in all, HASH_THREADS threads hashing
+    full blocks (for the manifest's sha256) while another writes them.
 
-    Bytes are gathered into page-aligned blocks; one thread hashes each full block while another writes it, so the
-    caller only copies. Measured on a 2-core VM (Linux 6.18, ext4), direct 8 MiB writes of 3.7 GB took 2.0-2.8 s
-    where buffered 8 MiB writes took 5.1-14 s (and `cp` of the same bytes 2.2-7 s): every buffered write fills newly
-    allocated page-cache memory, which that VM's host supplied slowly and unevenly. Filesystems without O_DIRECT get buffered writes.
+    Every file being written holds one block, which it fills and hands over to be hashed and written, taking a free
+    one (waiting for a write when none is free). Blocks are DIRECT_BLOCK bytes for up to a few files and smaller for
+    many, so that the blocks of `writers` files and a few in flight fit in POOL_BYTES; past 500 files they stay at
+    MIN_BLOCK (64 KiB a file: smaller writes cost more in per-block overhead than they save). Used from one thread
+    (the executor's); use it as a context manager.
     """
 
-    def __init__(self, path: Path) -> None:
-        self._fd, self.direct = _open_for_writing(path)
-        self._hash = hashlib.sha256()
+    def __init__(self, writers: int = 1) -> None:
+        share = POOL_BYTES // (writers + IN_FLIGHT) // DIRECT_ALIGN * DIRECT_ALIGN
+        self.block_size = min(DIRECT_BLOCK, max(MIN_BLOCK, share))
+        #: blocks made only when none is free, up to this many (or more, should every block be held by a file)
+        self.limit = max(writers + IN_FLIGHT, POOL_BYTES // self.block_size)
+        self.made = 0
+        self._held = 0
         self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
-        for _ in range(DIRECT_BLOCKS):
-            self._free.put(mmap.mmap(-1, DIRECT_BLOCK))
-        self._hasher = ThreadPoolExecutor(max_workers=1)
-        self._storer = ThreadPoolExecutor(max_workers=1)
+        self._hasher = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="elastic-slice-hash")
+        self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="elastic-slice-write")
+
+    def __enter__(self) -> WritePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def take(self) -> mmap.mmap:
+        """A free block, made if the limit allows (or if none is being written), else the next one written."""
+        try:
+            block = self._free.get_nowait()
+        except queue.Empty:
+            if self.made < self.limit or self._held == self.made:
+                self.made += 1
+                block = mmap.mmap(-1, self.block_size)
+            else:
+                block = self._free.get()
+        self._held += 1
+        return block
+
+    def give(self, block: mmap.mmap) -> None:
+        """Return a block that was taken and not stored."""
+        self._held -= 1
+        self._free.put(block)
+
+    def store(self, file: _ShardFile, block: mmap.mmap, length: int, offset: int) -> Future[None]:
+        """Hash the first `length` bytes of a block of `file` and write them at `offset`, in the background; the
+        block is free again afterwards."""
+        self._held -= 1
+        with memoryview(block) as view:
+            hashed = self._hasher.submit(_hash_after, file.hashed, file.hash, view[:length])
+        file.hashed = hashed
+        return self._storer.submit(self._store, file, block, length, offset, hashed)
+
+    def _store(self, file: _ShardFile, block: mmap.mmap, length: int, offset: int, hashed: Future[None]) -> None:
+        try:
+            file.write_block(block, length, offset)
+        finally:
+            wait([hashed])
+            self._free.put(block)  # even after a failed write: the file's next block reports the failure
+
+    def close(self) -> None:
+        """Wait for the blocks being written, then end the threads."""
+        self._storer.shutdown()
+        self._hasher.shutdown()
+
+
+def _hash_after(previous: Future[None] | None, digest: Any, data: memoryview) -> None:
+    """Add a block to a file's sha256 once the file's previous block is in it (that block is being hashed already:
+    the pool takes tasks in order)."""
+    if previous is not None:
+        wait([previous])
+    digest.update(data)
+
+
+class _ShardFile:
+    """One shard file, written in aligned blocks of a WritePool, past the page cache (O_DIRECT) where the
+    filesystem allows it; the file is opened only while a block is written, so a run holds no descriptor per file.
+
+    Bytes are gathered into page-aligned blocks; the pool's threads hash each full block and write it, so the caller
+    only copies. Measured on a 2-core VM (Linux 6.18, ext4), direct 8 MiB writes of 3.7 GB took 2.0-2.8 s
+    where buffered 8 MiB writes took 5.1-14 s (and `cp` of the same bytes 2.2-7 s): every buffered write fills newly
+    allocated page-cache memory, which that VM's host supplied slowly and unevenly. Filesystems without O_DIRECT get
+    buffered writes.
+    """
+
+    def __init__(self, path: Path, pool: WritePool) -> None:
+        self._path = path
+        fd, self.direct = _open_for_writing(path)
+        os.close(fd)
+        self._pool = pool
+        self.hash = hashlib.sha256()
+        #: the hashing of the file's last block handed over: the next one waits for it
+        self.hashed: Future[None] | None = None
         self._tasks: deque[Future[None]] = deque()
-        self._block = self._free.get()
+        self._block: mmap.mmap | None = None
         self._filled = 0
         self._offset = 0
 
@@ -79,48 +163,47 @@ class _ShardFile:
         """Add bytes at the end of the file."""
         done = 0
         while done < len(view):
-            count = min(len(view) - done, DIRECT_BLOCK - self._filled)
+            if self._block is None:
+                self._block = self._pool.take()
+            count = min(len(view) - done, len(self._block) - self._filled)
             self._block[self._filled : self._filled + count] = view[done : done + count]
             self._filled += count
             done += count
-            if self._filled == DIRECT_BLOCK:
+            if self._filled == len(self._block):
                 self._submit()
 
     def _submit(self) -> None:
         while self._tasks and self._tasks[0].done():
             self._tasks.popleft().result()  # a failed write (disk full) stops the run here
-        with memoryview(self._block) as view:
-            hashed = self._hasher.submit(self._hash.update, view[: self._filled])
-        self._tasks.append(self._storer.submit(self._store, self._block, self._filled, self._offset, hashed))
+        assert self._block is not None
+        self._tasks.append(self._pool.store(self, self._block, self._filled, self._offset))
         self._offset += self._filled
-        self._block, self._filled = self._free.get(), 0
+        self._block, self._filled = None, 0
 
-    def _store(self, block: mmap.mmap, length: int, offset: int, hashed: Future[None]) -> None:
-        try:
-            self._write_block(block, length, offset)
-        finally:
-            wait([hashed])
-            self._free.put(block)  # even after a failed write: the next submit reports the failure
-
-    def _write_block(self, block: mmap.mmap, length: int, offset: int) -> None:
+    def write_block(self, block: mmap.mmap, length: int, offset: int) -> None:
+        """Write a block's first `length` bytes at `offset` (run by the pool's writing thread)."""
         with memoryview(block) as view:
             # a direct write covers whole aligned blocks: the last one is padded and the file cut back after
             padded = -(-length // DIRECT_ALIGN) * DIRECT_ALIGN
             view[length:padded] = bytes(padded - length)
-            written = 0
-            while written < (stop := padded if self.direct else length):
-                try:
-                    written += os.pwrite(self._fd, view[written:stop], offset + written)
-                except OSError as exc:
-                    if not self.direct or exc.errno != errno.EINVAL:
-                        raise
-                    self._stop_direct_writes()  # e.g. a file size limit cuts the write to an unaligned length
-                if self.direct and written % DIRECT_ALIGN:
-                    self._stop_direct_writes()  # a short write (a nearly full disk): the rest goes buffered
+            fd = os.open(self._path, os.O_WRONLY | (os.O_DIRECT if self.direct else 0))
+            try:
+                written = 0
+                while written < (stop := padded if self.direct else length):
+                    try:
+                        written += os.pwrite(fd, view[written:stop], offset + written)
+                    except OSError as exc:
+                        if not self.direct or exc.errno != errno.EINVAL:
+                            raise
+                        self._stop_direct_writes(fd)  # e.g. a file size limit cuts the write to an unaligned length
+                    if self.direct and written % DIRECT_ALIGN:
+                        self._stop_direct_writes(fd)  # a short write (a nearly full disk): the rest goes buffered
+            finally:
+                os.close(fd)
 
-    def _stop_direct_writes(self) -> None:
+    def _stop_direct_writes(self, fd: int) -> None:
         """Write the rest of the file buffered, which takes any length and reports the real error (EFBIG, ENOSPC)."""
-        fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
         self.direct = False
 
     def finish(self) -> str:
@@ -129,16 +212,16 @@ class _ShardFile:
             self._submit()
         while self._tasks:
             self._tasks.popleft().result()
-        os.ftruncate(self._fd, self._offset)
-        self.close()
-        return self._hash.hexdigest()
+        os.truncate(self._path, self._offset)
+        return self.hash.hexdigest()
 
     def close(self) -> None:
-        self._storer.shutdown(cancel_futures=True)
-        self._hasher.shutdown(cancel_futures=True)
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """Stop without finishing: give the block back and wait for the blocks being written (errors ignored)."""
+        if self._block is not None:
+            self._pool.give(self._block)
+            self._block, self._filled = None, 0
+        wait(self._tasks)
+        self._tasks.clear()
 
 
 def _open_for_writing(path: Path) -> tuple[int, bool]:
@@ -156,11 +239,12 @@ def _open_for_writing(path: Path) -> tuple[int, bool]:
 class ShardWriter:
     """Streams tensor bytes into the planned shard files, strictly in plan order, hashing as it writes.
 
-    A tensor may arrive in several parts (row chunks); one shard file is open at a time.
+    A tensor may arrive in several parts (row chunks); one shard file is written at a time, in blocks of `pool`.
     """
 
-    def __init__(self, folder: Path, plan: Plan) -> None:
+    def __init__(self, folder: Path, plan: Plan, pool: WritePool) -> None:
         self._folder = folder
+        self._pool = pool
         self._ops = plan.ops
         self._by_shard: dict[str, list[TensorOp]] = {}
         for op in plan.ops:
@@ -204,7 +288,7 @@ class ShardWriter:
 
     def _open(self, shard: str) -> None:
         self._finish_shard()
-        self._file = _ShardFile(self._folder / shard)
+        self._file = _ShardFile(self._folder / shard, self._pool)
         self._shard = shard
         self._write(memoryview(safetensors_header(self._by_shard[shard])))
 

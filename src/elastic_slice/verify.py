@@ -18,7 +18,7 @@ from .plan import Plan, TensorOp, build_plan
 from .quant.output import HF_QUANT_CONFIG
 from .quant.planning import parent_quantization
 from .quiet import quiet_transformers
-from .writer import ShardWriter, write_json, write_weights_index
+from .writer import ShardWriter, WritePool, write_json, write_weights_index
 
 
 @dataclass
@@ -243,7 +243,8 @@ def dequantized_copy(child: Checkpoint, folder: Path) -> Path:
     budget = Budget(name="self", sizes=arch.parent_sizes(child.config), is_parent=True, norm_semantics="active")
     plan = build_plan(child, arch, budget, dtype=parse_user_dtype("fp32"))
     folder.mkdir(parents=True)
-    execute(child, [Target(plan, ShardWriter(folder, plan))])
+    with WritePool(1) as pool:
+        execute(child, [Target(plan, ShardWriter(folder, plan, pool))])
     write_weights_index(folder, plan)
     write_json(folder / "config.json", plan.child_config)
     return folder

@@ -114,7 +114,7 @@ def check_against_parent(
     from .quant.checks import BoundWriter, bad_calibrated_scales, calibrated_tensors  # torch: not for plain cuts
 
     try:
-        quantization = parent_quantization(child.config, child.read_json(HF_QUANT_CONFIG), child.tensors)
+        quantization = parent_quantization(child.config, child.hf_quant_config(), child.tensors)
     except ElasticSliceError as exc:
         report.problems.append(str(exc))
         return
@@ -196,7 +196,7 @@ def check_numerics(
             "pip install elastic-slice."
         ) from exc
     try:
-        quantizations = [parent_quantization(c.config, c.read_json(HF_QUANT_CONFIG), c.tensors) for c in (parent, child)]
+        quantizations = [parent_quantization(c.config, c.hf_quant_config(), c.tensors) for c in (parent, child)]
     except ElasticSliceError as exc:
         report.problems.append(str(exc))
         return

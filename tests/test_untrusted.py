@@ -507,3 +507,31 @@ def test_budget_names_the_spec_allows(name: str) -> None:
 def test_budget_names_the_spec_refuses(name: str) -> None:
     with pytest.raises(InputError, match="not allowed"):
         check_budget_name(name, "the index")
+
+
+QUANT_DECLARATIONS = {
+    "section not an object": ("hf_quant_config.json", {"quantization": "fp8"}, "'quantization' must be an object"),
+    "producer not an object": ("hf_quant_config.json", {"producer": 3}, "'producer' must be an object"),
+    "algo a list": ("hf_quant_config.json", {"quantization": {"quant_algo": ["x"]}}, "'quant_algo' must be a string"),
+    "exclusions of numbers": ("hf_quant_config.json", {"quantization": {"quant_algo": "NVFP4", "exclude_modules": [1]}},
+                              "'exclude_modules' must be a list of module names"),
+    "config method a number": ("config.json", {"quant_method": 7}, "'quant_method' must be a string"),
+    "config ignore a string": ("config.json", {"quant_method": "compressed-tensors", "ignore": "lm_head"},
+                               "'ignore' must be a list"),
+}
+
+
+@pytest.mark.parametrize("case", QUANT_DECLARATIONS, ids=list(QUANT_DECLARATIONS))
+def test_quantization_declarations_of_the_wrong_shape(case: str, tmp_path: Path) -> None:
+    file, document, expected = QUANT_DECLARATIONS[case]
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(EXAMPLE, ckpt)
+    if file == "config.json":
+        config = json.loads((ckpt / file).read_text())
+        document = {**config, "quantization_config": document}
+    (ckpt / file).write_text(json.dumps(document))
+    for args in (["inspect", ckpt], ["extract", ckpt, "--size", "12B", "--out", tmp_path / "out"]):
+        result = run_cli(*args)
+        assert result.code == 2 and "Traceback" not in result.stderr, result.stderr
+        assert expected in result.stderr and file in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,7 @@ from .untrusted_json import load_json_object
 CONFIG_FILE = "config.json"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 SINGLE_WEIGHTS_FILE = "model.safetensors"
+HF_QUANT_CONFIG = "hf_quant_config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
@@ -66,10 +67,9 @@ class Checkpoint:
 
     def quantization(self) -> str:
         """The checkpoint's quantization as its files declare it ("none" when unquantized)."""
-        modelopt = self.read_json("hf_quant_config.json")
+        modelopt = self.hf_quant_config()
         if modelopt is not None:
-            section = modelopt.get("quantization")
-            algo = section.get("quant_algo") if isinstance(section, dict) else None
+            algo = (modelopt.get("quantization") or {}).get("quant_algo")
             return f"modelopt {algo}" if algo else "modelopt"
         config = self.config.get("quantization_config")
         if isinstance(config, dict):
@@ -77,6 +77,18 @@ class Checkpoint:
             algo = config.get("quant_algo")
             return f"{method} {algo}" if algo else str(method)
         return "none"
+
+    def hf_quant_config(self) -> dict[str, Any] | None:
+        """hf_quant_config.json (ModelOpt's declaration), its fields checked, or None when absent."""
+        document = self.read_json(HF_QUANT_CONFIG)
+        if document is None:
+            return None
+        where = str(self.root / HF_QUANT_CONFIG)
+        for name in ("quantization", "producer"):
+            if not isinstance(document.get(name, {}), dict):
+                raise InputError(f"{where}: {name!r} must be an object, not {document[name]!r}.")
+        check_quantization_block(document.get("quantization") or {}, where)
+        return document
 
     def read_json(self, name: str) -> dict[str, Any] | None:
         """A JSON object file at the checkpoint root, or None when absent."""
@@ -130,6 +142,26 @@ def _check_generic_fields(config: dict[str, Any], config_path: Path) -> None:
     architectures = config.get("architectures") or []
     if not all(isinstance(name, str) for name in architectures):
         raise InputError(f"{config_path} field 'architectures' must be a list of class names (strings).")
+    if isinstance(config.get("quantization_config"), dict):
+        check_quantization_block(config["quantization_config"], f"{config_path} field 'quantization_config'")
+
+
+#: fields of a quantization declaration (config.json's `quantization_config`, hf_quant_config.json's
+#: `quantization`) that elastic-slice reads, with the JSON types they must have when present
+_QUANTIZATION_FIELDS: dict[str, type] = {
+    "quant_method": str, "quant_algo": str, "format": str, "kv_cache_quant_algo": str,
+    "exclude_modules": list, "ignore": list,
+}
+
+
+def check_quantization_block(block: dict[str, Any], where: str) -> None:
+    """Refuse a quantization declaration whose fields elastic-slice reads have the wrong JSON types."""
+    for name, kind in _QUANTIZATION_FIELDS.items():
+        value = block.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise InputError(f"{where}: {name!r} must be {_JSON_TYPE_NAMES[kind]}, not {value!r}.")
+        if kind is list and value is not None and not all(isinstance(item, str) for item in value):
+            raise InputError(f"{where}: {name!r} must be a list of module names (strings).")
 
 
 _JSON_TYPE_NAMES = {list: "a list", bool: "true or false", str: "a string", dict: "an object"}

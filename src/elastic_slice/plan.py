@@ -124,7 +124,7 @@ def build_plan(
     version: str = "",
 ) -> Plan:
     """Plan a child: cut every parent tensor by the architecture's rules, in the parent's on-disk order."""
-    parent_quant = parent_quantization(checkpoint.config, checkpoint.read_json(HF_QUANT_CONFIG), checkpoint.tensors)
+    parent_quant = parent_quantization(checkpoint.config, checkpoint.hf_quant_config(), checkpoint.tensors)
     if parent_quant is not None and quantize is not None:
         raise InputError(
             f"the parent is already {parent_quant.scheme.upper()} ({parent_quant.fmt}); --quantize applies to "

@@ -18,7 +18,7 @@ from .plan import Plan, TensorOp, build_plan
 from .quant.output import HF_QUANT_CONFIG
 from .quant.planning import parent_quantization
 from .quiet import quiet_transformers
-from .writer import ShardWriter, write_json, write_weights_index
+from .writer import ShardWriter, WritePool, write_json, write_weights_index
 
 
 @dataclass
@@ -114,7 +114,7 @@ def check_against_parent(
     from .quant.checks import BoundWriter, bad_calibrated_scales, calibrated_tensors  # torch: not for plain cuts
 
     try:
-        quantization = parent_quantization(child.config, child.read_json(HF_QUANT_CONFIG), child.tensors)
+        quantization = parent_quantization(child.config, child.hf_quant_config(), child.tensors)
     except ElasticSliceError as exc:
         report.problems.append(str(exc))
         return
@@ -196,7 +196,7 @@ def check_numerics(
             "pip install elastic-slice."
         ) from exc
     try:
-        quantizations = [parent_quantization(c.config, c.read_json(HF_QUANT_CONFIG), c.tensors) for c in (parent, child)]
+        quantizations = [parent_quantization(c.config, c.hf_quant_config(), c.tensors) for c in (parent, child)]
     except ElasticSliceError as exc:
         report.problems.append(str(exc))
         return
@@ -243,7 +243,8 @@ def dequantized_copy(child: Checkpoint, folder: Path) -> Path:
     budget = Budget(name="self", sizes=arch.parent_sizes(child.config), is_parent=True, norm_semantics="active")
     plan = build_plan(child, arch, budget, dtype=parse_user_dtype("fp32"))
     folder.mkdir(parents=True)
-    execute(child, [Target(plan, ShardWriter(folder, plan))])
+    with WritePool(1) as pool:
+        execute(child, [Target(plan, ShardWriter(folder, plan, pool))])
     write_weights_index(folder, plan)
     write_json(folder / "config.json", plan.child_config)
     return folder

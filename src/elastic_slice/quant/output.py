@@ -7,7 +7,15 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .formats import KV_SCALE, MODELOPT, WEIGHT, compressed_tensors_config, modelopt_config_entry, modelopt_quantization
+from ..checkpoint import HF_QUANT_CONFIG
+from .formats import (
+    KV_SCALE,
+    MODELOPT,
+    WEIGHT,
+    compressed_tensors_config,
+    modelopt_config_entry,
+    modelopt_quantization,
+)
 from .planning import ParentQuantization, QuantRequest, rename_modules
 
 if TYPE_CHECKING:
@@ -16,7 +24,6 @@ if TYPE_CHECKING:
     from ..nesting import Budget
     from ..plan import TensorOp
 
-HF_QUANT_CONFIG = "hf_quant_config.json"
 #: module kinds engines never quantize (embeddings, router gates): listing them would only lengthen the list
 _NEVER_QUANTIZED_KINDS = ("embedding", "router")
 
@@ -119,7 +126,7 @@ def _without_root(name: str) -> str:
 
 def _renumbered(checkpoint: Checkpoint, child_config: dict[str, Any], kept: list[int]) -> dict[str, Any]:
     files: dict[str, Any] = {}
-    hf = checkpoint.read_json(HF_QUANT_CONFIG)
+    hf = checkpoint.hf_quant_config()
     if hf is not None:
         hf = copy.deepcopy(hf)
         block = hf.get("quantization") or {}

@@ -242,7 +242,7 @@ def rename_modules(names: list[str], kept_layers: list[int]) -> list[str]:
 
 def module_quantization(checkpoint: Any, arch: Any) -> dict[str, str]:
     """How each module kind's weights are stored: the parent's dtype, fp8 or nvfp4."""
-    parent = parent_quantization(checkpoint.config, checkpoint.read_json("hf_quant_config.json"), checkpoint.tensors)
+    parent = parent_quantization(checkpoint.config, checkpoint.hf_quant_config(), checkpoint.tensors)
     quantized = {p.dense_name for p in parent.stored.values()} if parent is not None else set()
     kinds: dict[str, set[str]] = {}
     for name, info in checkpoint.tensors.items():

@@ -58,6 +58,8 @@ def test_design_card_inspect(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert named.code == 0, named.stderr
     assert "12B" in named.stdout and "23B" in named.stdout and "not given" not in named.stderr
     monkeypatch.chdir(ckpt)
+    bare = run_cli("inspect")
+    assert bare.code == 0 and bare.stdout.startswith(f"checkpoint {ckpt}\n") and "12B" in bare.stdout
     here = run_cli("inspect", "--json")
     assert here.code == 0 and f"CKPT not given: using the current folder {ckpt}" in here.stderr
     assert here.json()["checkpoint"] == str(ckpt)

@@ -376,8 +376,9 @@ def verify(
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device for --numerics (cpu, cuda)."),
     tolerance: Optional[float] = typer.Option(
         None, "--tolerance", metavar="RATIO",
-        help="--numerics: largest max logit difference over the largest parent logit (default: the output's format: "
-        + ", ".join(f"{fmt} {value:g}" for fmt, value in NUMERIC_TOLERANCE.items()) + ").",
+        help="--numerics: largest max logit difference over the largest parent logit (default by the output's "
+        f"format: unquantized {NUMERIC_TOLERANCE['none']:g}, FP8 {NUMERIC_TOLERANCE['fp8']:g}, NVFP4 "
+        f"{NUMERIC_TOLERANCE['nvfp4']:g}).",
     ),
     as_json: bool = JsonOption,
 ) -> None:

@@ -27,6 +27,7 @@ from conftest import run_cli, tree_hash
 from elastic_slice import api, destination
 from elastic_slice.errors import InputError, RunFailure
 from elastic_slice.hub import check_repo_id
+from elastic_slice.writer import STAGING_MARKER
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = "elastic_slice_manifest.json"
@@ -606,6 +607,7 @@ def test_killed_swap_is_put_back_by_the_next_run(ws: Work) -> None:
     dead = _dead_pid()
     ws.out.rename(ws.work / f".out.old-{dead}-0000")  # a run killed between its two renames
     (ws.work / f".out.partial-{dead}-1111").mkdir()
+    (ws.work / f".out.partial-{dead}-1111" / STAGING_MARKER).touch()  # as every staging folder holds
     result = run_cli("extract", ws.parent, "--size", "12B", "--out", ws.out)
     assert result.code == 2 and "already exists" in result.stderr  # the earlier output is back in place
     assert tree_hash(ws.out) == before and _litter(ws.work) == []
@@ -617,6 +619,35 @@ def test_abandoned_old_folder_is_removed_when_replaced(ws: Work) -> None:
     earlier_output(ws, ws.work / f".out.old-{dead}-0000")
     assert run_cli("extract", ws.parent, "--size", "12B", "--out", ws.out, "--overwrite").code == 0
     assert _litter(ws.work) == []
+
+
+def test_folders_named_like_leftovers_that_are_not_ours_are_left_alone(ws: Work) -> None:
+    """A user's folders that merely look like a killed run's staging or old output are neither moved nor deleted."""
+    dead = _dead_pid()
+    for name in (f".out.old-{dead}-abc", f".out.partial-{dead}-abc"):
+        (ws.work / name).mkdir()
+        (ws.work / name / "u.txt").write_text("mine")
+    before = tree_hash(ws.work)
+    assert run_cli("extract", ws.parent, "--size", "12B", "--out", ws.out).code == 0
+    assert not (ws.out / "u.txt").exists()
+    shutil.rmtree(ws.out)
+    assert tree_hash(ws.work) == before
+
+
+def test_overwrite_refuses_an_earlier_output_whose_shard_was_edited_in_place(ws: Work) -> None:
+    """A shard changed after the output was written keeps its size (same shapes), so size alone cannot tell:
+    its modification time, later than the manifest's, does."""
+    out = earlier_output(ws)
+    shard = next(out.glob("*.safetensors"))
+    with shard.open("r+b") as handle:
+        handle.seek(shard.stat().st_size - 1)
+        handle.write(b"\x42")
+    manifest_time = (out / "elastic_slice_manifest.json").stat().st_mtime_ns
+    os.utime(shard, ns=(manifest_time + 10**9, manifest_time + 10**9))
+    before = tree_hash(ws.root)
+    result = run_cli("extract", ws.parent, "--size", "12B", "--out", out, "--overwrite")
+    assert result.code == 2 and "was changed after elastic-slice wrote it" in result.stderr, result.stderr
+    assert tree_hash(ws.root) == before
 
 
 def _dead_pid() -> int:

@@ -429,7 +429,7 @@ def test_claimed_sizes_fail_fast(tmp_path: Path, case: str, edit: Edit, words: t
         message = " ".join(text.split())
         for word in words:
             assert word in message, (case, word, message)
-        assert seconds < 5, (case, args[0], seconds)  # a sanity bound: these took minutes and gigabytes before
+        assert seconds < 60, (case, args[0], seconds)  # a regression guard, not a speed target: these took 88-284 s before
 
 
 def test_child_config_with_millions_of_layers_fails_fast(tmp_path: Path) -> None:
@@ -441,7 +441,7 @@ def test_child_config_with_millions_of_layers_fails_fast(tmp_path: Path) -> None
     started = time.perf_counter()
     result = run_cli("index", EXAMPLE, "--from-config", f"12B={child}")
     assert result.code == 2 and "has 3000000 layers, more than the parent's 8" in " ".join(result.stderr.split())
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < 60  # regression guard (minutes before), not a speed target
 
 
 # ----- presets and calibration text -------------------------------------------------------------------------------
@@ -471,7 +471,7 @@ def test_calibration_text_is_cut_before_tokenizing(tmp_path: Path) -> None:
     many = tmp_path / "many.txt"
     many.write_text("a paragraph\n\n" * 100_000)
     assert len(calibration_texts(str(many))) == MAX_PARAGRAPHS
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < 60  # regression guard (minutes before), not a speed target
     with pytest.raises(InputError, match="holds no text"):
         calibration_texts(str(_write(tmp_path / "blank.txt", "\n\n  \n")))
 

@@ -33,7 +33,7 @@ from .checkpoint import Checkpoint, is_plain_file_name, trusted_root
 from .errors import InputError, RunFailure
 from .manifest import MANIFEST_FORMAT, read_manifest, sha256_file
 from .units import human_bytes
-from .writer import MANIFEST_FILE
+from .writer import MANIFEST_FILE, STAGING_MARKER
 
 #: files of an earlier output up to this size are compared by sha256 before --overwrite replaces them; larger
 #: ones (weight shards) by name and size, since hashing them would read the whole earlier output at every run
@@ -209,11 +209,12 @@ def earlier_output_refusal(folder: Path) -> str | None:
     listed = _manifest_files(folder / MANIFEST_FILE)
     if listed is None:
         return f"its {MANIFEST_FILE} is not a manifest elastic-slice wrote"
+    written = (folder / MANIFEST_FILE).stat().st_mtime_ns  # the manifest is written last
     foreign = [name for name in entries if name != MANIFEST_FILE and name not in listed]
     if foreign:
         return f"{_some(foreign)} {'is' if len(foreign) == 1 else 'are'} not in its manifest"
     for name, entry in listed.items():
-        problem = _file_problem(folder / name, entry)
+        problem = _file_problem(folder / name, entry, written)
         if problem is not None:
             return f"{name!r} {problem}"
     return None
@@ -236,13 +237,17 @@ def _manifest_files(path: Path) -> dict[str, dict[str, object]] | None:
     return manifest["files"] if manifest.get("format") == MANIFEST_FORMAT else None
 
 
-def _file_problem(path: Path, entry: dict[str, object]) -> str | None:
+def _file_problem(path: Path, entry: dict[str, object], written: int) -> str | None:
+    """What is wrong with one listed file: not a plain file, another size, modified after the manifest (`written`,
+    its mtime: an edit in place of a shard keeps its size), or, when small, another sha256."""
     try:
         stat = path.lstat()
         if not path.is_file() or path.is_symlink():
             return "is not a plain file"
         if stat.st_size != entry.get("size"):
             return f"has {stat.st_size} bytes where its manifest says {entry.get('size')}"
+        if stat.st_mtime_ns > written:
+            return "was changed after elastic-slice wrote it (modified after its manifest)"
         if stat.st_size < HASHED_BELOW and sha256_file(path) != entry.get("sha256"):
             return "was changed after elastic-slice wrote it"
     except FileNotFoundError:
@@ -342,12 +347,13 @@ class _Claim:
         try:
             self.created = _make_folders(self.path.parent)
             self.lock = _lock(self.path.parent / f".{self.stem}.lock", self.path, self.option)
-            _remove_abandoned(self.path, self.stem)
+            _remove_abandoned(self.path, self.stem, self.refusal)
             _check_existing(self.path, self.overwrite, self.option, self.kind, self.refusal)
             prefix = f".{self.stem}.partial-{os.getpid()}-"
             if self.kind == "folder":
                 self.staging = Path(tempfile.mkdtemp(prefix=prefix, dir=self.path.parent))
                 self.staging.chmod(0o777 & ~_umask())
+                (self.staging / STAGING_MARKER).touch()
             else:
                 handle, name = tempfile.mkstemp(prefix=prefix, dir=self.path.parent)
                 os.close(handle)
@@ -373,6 +379,8 @@ class _Claim:
 
     def install(self) -> None:
         assert self.staging is not None
+        if self.kind == "folder":
+            (self.staging / STAGING_MARKER).unlink(missing_ok=True)
         try:
             _rename_noreplace(self.staging, self.path)
         except FileExistsError:
@@ -475,13 +483,21 @@ def _unlock(fd: int, lock_path: Path) -> None:
     os.close(fd)
 
 
-def _remove_abandoned(path: Path, stem: str) -> None:
-    """Clean what runs killed outright (SIGKILL, power loss) left beside `path`: staging paths are removed; an old
-    output renamed aside is put back when nothing took its place, else removed (it was being replaced)."""
+def _remove_abandoned(path: Path, stem: str, refusal: Refusal) -> None:
+    """Clean what runs killed outright (SIGKILL, power loss) left beside `path`, touching only what is provably
+    elastic-slice's: a staging folder holding `STAGING_MARKER` (or a staged file `refusal` accepts) is removed; an
+    old output renamed aside that `refusal` accepts is put back when nothing took its place, else removed. Anything
+    else with such a name (a user's own folder, say) is left as it is."""
     pattern = re.compile(rf"^\.{re.escape(stem)}\.(partial|old)-(\d+)-")
     for sibling in path.parent.iterdir():
         match = pattern.match(sibling.name)
-        if match is None or _process_alive(int(match.group(2))):
+        if match is None or _process_alive(int(match.group(2))) or sibling.is_symlink():
+            continue
+        if match.group(1) == "partial":
+            ours = (sibling / STAGING_MARKER).is_file() if sibling.is_dir() else refusal(sibling) is None
+        else:
+            ours = refusal(sibling) is None
+        if not ours:
             continue
         if match.group(1) == "old" and not os.path.lexists(path):
             try:

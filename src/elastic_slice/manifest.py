@@ -12,7 +12,7 @@ from .errors import InputError
 from .plan import Plan
 from .safetensors_header import MAX_HEADER_BYTES
 from .untrusted_json import load_json_object
-from .writer import MANIFEST_FILE, write_json
+from .writer import MANIFEST_FILE, STAGING_MARKER, write_json
 
 MANIFEST_FORMAT = "elastic-slice-manifest"
 
@@ -66,7 +66,7 @@ def write_manifest(
     """Write the manifest last, covering every other file of the folder."""
     files = {}
     for path in sorted(folder.iterdir()):
-        if path.name == MANIFEST_FILE:
+        if path.name in (MANIFEST_FILE, STAGING_MARKER):
             continue
         digest = shard_sha256.get(path.name) or sha256_file(path)
         files[path.name] = {"size": path.stat().st_size, "sha256": digest}

@@ -33,6 +33,9 @@ HASH_THREADS = 2
 #: direct writes start and end on multiples of this (the largest logical block size in common use)
 DIRECT_ALIGN = 4096
 MANIFEST_FILE = "elastic_slice_manifest.json"
+#: an empty file in every staging folder while it is written: only folders holding it are ever cleaned up as
+#: abandoned stagings (it is removed just before the folder is moved into place, and never listed in a manifest)
+STAGING_MARKER = ".elastic-slice-staging"
 #: bytes set aside for the model card, and for the manifest (plus some per file it lists)
 _CARD_ALLOWANCE = 64 * 2**10
 _MANIFEST_ALLOWANCE = 16 * 2**10

@@ -535,3 +535,20 @@ def test_quantization_declarations_of_the_wrong_shape(case: str, tmp_path: Path)
         assert result.code == 2 and "Traceback" not in result.stderr, result.stderr
         assert expected in result.stderr and file in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_published_files_name_no_local_folder(tmp_path: Path) -> None:
+    """The manifest and card go to the Hub with --push-to-hub: no absolute path of the user's machine in them."""
+    ckpt = tmp_path / "deep" / "private" / "tiny"
+    shutil.copytree(EXAMPLE, ckpt)
+    (tmp_path / "cal.txt").write_text("One paragraph of text.\n\nAnother paragraph.\n")
+    out = tmp_path / "out"
+    result = run_cli("extract", ckpt, "--size", "12B", "--quantize", "fp8", "--calibration", tmp_path / "cal.txt",
+                     "--index", ckpt / "nesting_index.json", "--out", out)
+    assert result.code == 0, result.stderr
+    for name in ("elastic_slice_manifest.json", "README.md"):
+        text = (out / name).read_text()
+        assert str(tmp_path) not in text and "private" not in text, name
+    manifest = json.loads((out / "elastic_slice_manifest.json").read_text())
+    assert manifest["parent"]["path"] == "tiny" and manifest["options"]["quantize"]["calibration"] == "cal.txt"
+    assert manifest["command"].startswith("elastic-slice extract tiny --size 12B")

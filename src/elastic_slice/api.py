@@ -6,13 +6,13 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from . import destination, hub
 from .arch import Architecture, architecture_of, get_architecture
 from .budgets import ALL_BUDGETS, ParamTarget, select_budgets
-from .card import model_card
+from .card import model_card, public_command, public_path_value
 from .checkpoint import Checkpoint
 from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError, RunFailure
@@ -392,10 +392,12 @@ def extract_many(
     arch = get_architecture(ckpt.model_type)
     index_json = [prepared.nesting.to_json()] if keep_index and prepared.nesting is not None else []
     _check_space(ckpt, plans, Path(out), index_json)
+    # the manifest is published with the folder (--push-to-hub): paths in it are reduced to names, like the card's
     options = {
         "dtype": dtype, "max_shard_size": str(max_shard_size),
-        "index": prepared.nesting.source if prepared.nesting is not None else None, "set": overrides,
-        "quantize": None if quantize is None else asdict(quantize),
+        "index": _public_source(prepared.nesting.source) if prepared.nesting is not None else None, "set": overrides,
+        "quantize": None if quantize is None else {
+            **asdict(quantize), "calibration": public_path_value("--calibration", quantize.calibration)},
     }
     # one set of write blocks and threads for every budget; it stops before the staging folders are removed
     with destination.staged_folders(outs, overwrite) as stagings, WritePool(len(plans)) as pool:
@@ -494,8 +496,19 @@ def _finish_folder(
     parent_name = ckpt.hub.repo_id if ckpt.hub else ckpt.config.get("_name_or_path") or ckpt.root.name
     card = model_card(plan, str(parent_name), arch.parent_sizes(ckpt.config), command, _version())
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
-    write_manifest(staging, plan, target.writer.sha256, parent_files, options, command, _version())
+    shown = public_command(command, _public_parent(ckpt)) if command else None
+    write_manifest(staging, plan, target.writer.sha256, parent_files, options, shown, _version())
     return copied
+
+
+def _public_parent(ckpt: Checkpoint) -> str:
+    """The parent as it may be published: its Hub repo id, or its folder's name (never a local path)."""
+    return ckpt.hub.repo_id if ckpt.hub else ckpt.root.resolve().name
+
+
+def _public_source(source: str) -> str:
+    """Where the nesting index came from, without the local folders above it (a preset's description as it is)."""
+    return source if source.startswith("preset ") else PurePath(source).name
 
 
 def verify(

@@ -61,9 +61,9 @@ def public_command(command: str, checkpoint_name: str) -> str:
         word = words[index]
         option, eq, value = word.partition("=")
         if word.startswith("--") and eq:
-            shown.append(f"{option}={_public_path(option, value)}")
+            shown.append(f"{option}={public_path_value(option, value)}")
         elif word.startswith("--") and word not in _FLAGS and index + 1 < len(words):
-            shown += [word, _public_path(word, words[index + 1])]
+            shown += [word, public_path_value(word, words[index + 1])]
             index += 1
         elif not word.startswith("--") and not positional_seen:
             shown.append(checkpoint_name)
@@ -82,8 +82,9 @@ def public_name(name: str) -> str:
     return next((part for part in reversed(parts) if part), name)
 
 
-def _public_path(option: str, value: str) -> str:
-    if option not in _PATH_OPTIONS or value == DEFAULT_CALIBRATION:
+def public_path_value(option: str, value: str | None) -> str | None:
+    """An option's value fit to publish: a local path (for options that take one) reduced to its last component."""
+    if value is None or option not in _PATH_OPTIONS or value == DEFAULT_CALIBRATION:
         return value
     return PurePath(value).name or value
 

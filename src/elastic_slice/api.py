@@ -148,6 +148,12 @@ class QuantOptions:
             raise InputError(f"--recipe {self.recipe!r} is not supported; use {' or '.join(RECIPES)}.")
         if self.kv_cache not in (None, "fp8"):
             raise InputError(f"--kv-cache {self.kv_cache!r} is not supported; use fp8 (or leave it out).")
+        for glob in self.exclude:
+            if not glob.strip() or not glob.isprintable() or glob != glob.strip():
+                raise InputError(
+                    f"--exclude {glob!r} is not a module-name glob (empty, spaces at its ends or control "
+                    "characters); write one like '*.experts*' or 'backbone.layers.3.*'."
+                )
         source = self.calibration_source() if calibrated else None
         amax = None
         if source is not None:

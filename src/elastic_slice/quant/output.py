@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -113,10 +114,42 @@ def exclusions(
 
 
 def glob_regex(glob: str) -> str:
-    """A --exclude glob as a compressed-tensors `re:` pattern matching the same modules under any root name."""
+    """A --exclude glob as a compressed-tensors `re:` pattern matching the same modules under any root name.
+
+    `*` and `?` become `.*` and `.`; a character class `[0-3]` / `[!0-3]` stays a class (`[0-3]` / `[^0-3]`), as
+    fnmatch reads it; everything else is literal."""
     body = _without_root(glob) if not glob.startswith("*") else glob
-    pattern = "".join(".*" if char == "*" else "." if char == "?" else re.escape(char) for char in body)
+    pattern = "".join(_glob_pieces(body))
     return f"re:{'' if pattern.startswith('.*') else '.*'}{pattern}$"
+
+
+def _glob_pieces(glob: str) -> Iterator[str]:
+    """The regular-expression pieces of a glob, read as `fnmatch` reads it."""
+    index = 0
+    while index < len(glob):
+        char = glob[index]
+        index += 1
+        if char == "*":
+            yield ".*"
+        elif char == "?":
+            yield "."
+        elif char == "[" and (end := _class_end(glob, index)) > 0:
+            members = glob[index:end]
+            negate = members.startswith("!")
+            members = members[1:] if negate else members
+            yield "[" + ("^" if negate else "") + members.replace("\\", "\\\\").replace("^", "\\^") + "]"
+            index = end + 1
+        else:
+            yield re.escape(char)
+
+
+def _class_end(glob: str, start: int) -> int:
+    """Where the character class opened just before `start` closes (fnmatch's rule: a `]` right after `[` or `[!`
+    is a member), or -1 when it does not (the `[` is then a literal)."""
+    index = start + (glob[start : start + 1] == "!")
+    index += glob[index : index + 1] == "]"
+    end = glob.find("]", index)
+    return end
 
 
 def _without_root(name: str) -> str:

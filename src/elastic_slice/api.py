@@ -386,7 +386,7 @@ def extract_many(
     single = nest is False or (nest is None and len(sizes) <= 1 and ALL_BUDGETS not in sizes)
     destination.check_folder(Path(out), overwrite, destination.parent_folders(checkpoint), existing=single)
     if push_to_hub is not None:
-        hub.check_repo_id(push_to_hub.replace("{budget}", "budget"))
+        hub.check_can_push(push_to_hub)
     prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target, revision)
     ckpt, plans = prepared.checkpoint, prepared.plans
     if nest is None:

@@ -35,6 +35,7 @@ from .verify import (
     check_structure,
     open_child,
     open_output,
+    require_quantized_parent,
 )
 from .writer import (
     CARD_FILE,
@@ -532,6 +533,8 @@ def verify(
     quant = _manifest_quantization(options.get("quantize"))
     shard_size = options.get("max_shard_size", "5GB")
     prepared = _prepare(parent, [budget], index, options.get("dtype"), shard_size, quant, calibrated=False)
+    if child is not None and quant is None:
+        require_quantized_parent(child, prepared.checkpoint)
     plan = prepared.plans[0]
     dense = _prepare(prepared.checkpoint, [budget], index, options.get("dtype"), shard_size).plans[0] if quant else None
     ckpt = hub.fetch_all(prepared.checkpoint) if numerics else hub.fetch(

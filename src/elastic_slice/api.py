@@ -493,7 +493,8 @@ def _finish_folder(
         write_json(staging / name, content)
     copied = copy_companion_files(ckpt, staging)
     parent_name = ckpt.hub.repo_id if ckpt.hub else ckpt.config.get("_name_or_path") or ckpt.root.name
-    card = model_card(plan, str(parent_name), arch.parent_sizes(ckpt.config), command, _version())
+    card = model_card(plan, str(parent_name), arch.parent_sizes(ckpt.config), command, _version(),
+                      ckpt.hub.repo_id if ckpt.hub else None)
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
     write_manifest(staging, plan, target.writer.sha256, parent_files, options, command, _version())
     return copied

@@ -11,13 +11,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
+from test_quant_outputs import KINDS, _flip
 
 from elastic_slice import api
 from elastic_slice.api import QuantOptions
 from elastic_slice.errors import InputError
 from elastic_slice.manifest import MANIFEST_FILE
-from conftest import run_cli
-from test_quant_outputs import KINDS, _flip
 
 EXPERT = "backbone.layers.1.mixer.experts.2.down_proj"
 
@@ -135,8 +135,9 @@ def test_b_an_ignore_list_missing_a_bf16_module_is_caught(made: dict[str, Path],
     dropped = next(entry for entry in config["ignore"] if "lm_head" in entry)
     _edit_config(folder, lambda q: q["ignore"].remove(dropped))
     report = api.verify(folder)
-    assert report.problems == ["module 'lm_head' is stored unquantized but the quantization config does not exclude "
-                               "it: an engine would read it as quantized."]
+    expected = ("module 'lm_head' is stored unquantized but the quantization config does not exclude it: an engine "
+                "would read it as quantized.")
+    assert report.problems == [expected]
 
 
 @pytest.mark.parametrize("kind", ["fp8-modelopt", "nvfp4-modelopt"])

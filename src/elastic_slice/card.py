@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from .plan import Plan
-from .quant.declared import declared_exclusions
 from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
+from .quant.declared import declared_exclusions
 from .quant.formats import MODELOPT
 from .quant.output import HF_QUANT_CONFIG, QuantSummary
 from .quant.schemes import NVIDIA

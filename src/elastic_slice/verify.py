@@ -15,7 +15,6 @@ from .execute import Target, execute
 from .manifest import MANIFEST_FILE, read_manifest, sha256_file
 from .nesting import Budget
 from .plan import Plan, TensorOp, build_plan
-from .quant.output import HF_QUANT_CONFIG
 from .quant.declared import declaration_mismatches, declared_exclusions
 from .quant.planning import parent_quantization
 from .quiet import quiet_transformers

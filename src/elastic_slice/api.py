@@ -35,6 +35,7 @@ from .verify import (
     check_structure,
     open_child,
     open_output,
+    require_quantized_parent,
 )
 from .writer import (
     CARD_FILE,
@@ -500,7 +501,8 @@ def _finish_folder(
         write_json(staging / name, content)
     copied = copy_companion_files(ckpt, staging)
     parent_name = ckpt.hub.repo_id if ckpt.hub else ckpt.config.get("_name_or_path") or ckpt.root.name
-    card = model_card(plan, str(parent_name), arch.parent_sizes(ckpt.config), command, _version())
+    card = model_card(plan, str(parent_name), arch.parent_sizes(ckpt.config), command, _version(),
+                      ckpt.hub.repo_id if ckpt.hub else None)
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
     shown = public_command(command, _public_parent(ckpt)) if command else None
     write_manifest(staging, plan, target.writer.sha256, parent_files, options, shown, _version())
@@ -551,6 +553,8 @@ def verify(
     quant = _manifest_quantization(options.get("quantize"))
     shard_size = options.get("max_shard_size", "5GB")
     prepared = _prepare(parent, [budget], index, options.get("dtype"), shard_size, quant, calibrated=False)
+    if child is not None and quant is None:
+        require_quantized_parent(child, prepared.checkpoint)
     plan = prepared.plans[0]
     dense = _prepare(prepared.checkpoint, [budget], index, options.get("dtype"), shard_size).plans[0] if quant else None
     ckpt = hub.fetch_all(prepared.checkpoint) if numerics else hub.fetch(

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..checkpoint import HF_QUANT_CONFIG
 from .formats import (
+    INPUT_SCALE,
     KV_SCALE,
     MODELOPT,
     WEIGHT,
@@ -42,6 +43,8 @@ class QuantSummary:
     kv_cache: bool
     #: whether routed-expert weights are stored quantized (transformers mishandles them; see the card)
     experts_quantized: bool
+    #: whether routed experts store activation scales (transformers has no place for them; see the card)
+    experts_input_scales: bool = False
 
 
 def summarize(
@@ -52,16 +55,19 @@ def summarize(
     if request is not None:
         parts = [(op.source, op.quant.part) for op in ops if op.quant is not None]
         return QuantSummary(request.scheme.name, request.fmt, request.recipe, request.calibration, request.exclude,
-                            request.kv_amax is not None, _experts_quantized(arch, parts))
+                            request.kv_amax is not None, _experts_store(arch, parts, WEIGHT),
+                            _experts_store(arch, parts, INPUT_SCALE))
     if parent is None or "quantization_config" not in child_config:
         return None
     parts = [(op.source, parent.stored[op.source].part) for op in ops if op.source in parent.stored]
     kv_cache = any(part == KV_SCALE for _, part in parts)
-    return QuantSummary(parent.scheme, parent.fmt, None, None, (), kv_cache, _experts_quantized(arch, parts))
+    return QuantSummary(parent.scheme, parent.fmt, None, None, (), kv_cache, _experts_store(arch, parts, WEIGHT),
+                        _experts_store(arch, parts, INPUT_SCALE))
 
 
-def _experts_quantized(arch: Architecture, parts: list[tuple[str, str]]) -> bool:
-    return any(part == WEIGHT and arch.module_kind(source) == "expert_linear" for source, part in parts)
+def _experts_store(arch: Architecture, parts: list[tuple[str, str]], wanted: str) -> bool:
+    """Whether a routed expert stores the part `wanted` (its weight quantized, its activation scale)."""
+    return any(part == wanted and arch.module_kind(source) == "expert_linear" for source, part in parts)
 
 
 def output_quantization(

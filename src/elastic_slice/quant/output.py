@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from ..nesting import Budget
     from ..plan import TensorOp
 
-#: module kinds engines never quantize (embeddings, router gates): listing them would only lengthen the list
-_NEVER_QUANTIZED_KINDS = ("embedding", "router")
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ def exclusions(
     for op in ops:
         module = op.out_name.removesuffix(".weight")
         if (op.quant is None and op.out_name.endswith(".weight") and len(op.out_shape) == 2
-                and module not in listed and arch.module_kind(op.source) not in _NEVER_QUANTIZED_KINDS
+                and module not in listed and arch.module_kind(op.source) not in NEVER_QUANTIZED_KINDS
                 and not request.excluded_by_user(op.source, op.out_name)):
             modules.append(module)
             listed.add(module)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..checkpoint import HF_QUANT_CONFIG
+from .declared import NEVER_QUANTIZED_KINDS
 from .formats import (
     INPUT_SCALE,
     KV_SCALE,

@@ -16,6 +16,7 @@ from elastic_slice.api import QuantOptions
 from elastic_slice.arch import get_architecture
 from elastic_slice.arch.nemotron_h_torch import calibration_hooks
 from elastic_slice.checkpoint import ShardFiles, open_checkpoint
+from elastic_slice.errors import InputError
 from elastic_slice.fixtures import TinySpec, build_tiny_elastic
 from elastic_slice.quant.calibrate import MAX_TOKENS, calibrate, calibration_texts, fill_unrouted_experts
 from conftest import load_tensors
@@ -110,3 +111,10 @@ def test_quantized_outputs_equal_the_whole_model_calibration(tiny_parent: Path, 
                     torch.testing.assert_close(streamed[name], tensor, rtol=RELATIVE, atol=0)
                 else:
                     assert torch.equal(streamed[name].view(torch.uint8), tensor.view(torch.uint8)), name
+
+
+def test_progress_callback_stays_out_of_manifests() -> None:
+    options = QuantOptions("nvfp4", on_layer=lambda done, total: None)
+    assert "on_layer" not in options.to_json() and QuantOptions(**options.to_json()) == options
+    with pytest.raises(InputError, match="options.quantize"):
+        api._manifest_quantization({**options.to_json(), "on_layer": "print"})

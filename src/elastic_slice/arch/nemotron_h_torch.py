@@ -248,6 +248,7 @@ def calibrate_layerwise(checkpoint: Any, sequences: list[torch.Tensor], record: 
     run each sequence alone, per-token layers (MoE, MLP) all tokens together."""
     from transformers import AutoConfig
     from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
+    from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHRMSNorm
 
     from ..checkpoint import ShardFiles
 
@@ -258,11 +259,15 @@ def calibrate_layerwise(checkpoint: Any, sequences: list[torch.Tensor], record: 
         match = re.match(r"backbone\.layers\.(\d+)\.", name)
         if match:
             layer_names.setdefault(int(match.group(1)), []).append(name)
+    for needed in ("backbone.embeddings.weight", "backbone.norm_f.weight"):
+        if needed not in checkpoint.tensors:
+            raise InputError(f"calibration needs tensor {needed!r}, which no shard of {checkpoint.root} holds.")
     with ShardFiles(checkpoint) as shards:
         def load(name: str) -> torch.Tensor:
             return shards.read_tensor(name).to(device=device, dtype=torch.float32)
 
-        hidden = [_embed(shards, checkpoint.tensors["backbone.embeddings.weight"], ids).to(device) for ids in sequences]
+        embeddings = checkpoint.tensors["backbone.embeddings.weight"]
+        hidden = [_embed(shards, embeddings, ids).to(device) for ids in sequences]
         positions = [torch.arange(h.shape[1], device=device)[None] for h in hidden]
         masks = [
             {"full_attention": create_causal_mask(config=config, inputs_embeds=h, attention_mask=None, cache=None,
@@ -283,8 +288,6 @@ def calibrate_layerwise(checkpoint: Any, sequences: list[torch.Tensor], record: 
             del block
             if on_layer is not None:
                 on_layer(index + 1, total)
-        from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHRMSNorm
-
         with torch.device("meta"):
             norm = NemotronHRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         norm.load_state_dict({"weight": load("backbone.norm_f.weight")}, assign=True)

@@ -21,6 +21,7 @@ from elastic_slice import api
 from elastic_slice.api import QuantOptions
 from elastic_slice.arch import get_architecture
 from elastic_slice.card import model_card
+from elastic_slice.checkpoint import open_checkpoint
 from elastic_slice.fixtures import TinySpec, build_tiny_elastic
 from elastic_slice.quant import calibrate, nvfp4
 from elastic_slice.quant.calibrate import calibration_texts
@@ -127,7 +128,7 @@ def test_calibration_dependencies_are_core(monkeypatch: pytest.MonkeyPatch, tiny
     assert '"transformers>=5"' in core and '"pyyaml>=6"' in core
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were missing
     with pytest.raises(InputError) as error:
-        calibrate.calibrate(tiny_parent, get_architecture("nemotron_h"), calibration_texts("default"))
+        calibrate.calibrate(open_checkpoint(tiny_parent), get_architecture("nemotron_h"), calibration_texts("default"))
     assert "pip install elastic-slice" in str(error.value)
 
 

@@ -128,7 +128,8 @@ class ExtractResult:
 @dataclass(frozen=True)
 class QuantOptions:
     """Quantize the output: `scheme` fp8 or nvfp4, `fmt` modelopt or compressed-tensors, `recipe` nvidia (NVIDIA's
-    release exclusions) or broad, `exclude` globs added to it, `kv_cache` "fp8" for calibrated KV-cache scales."""
+    release exclusions) or broad, `exclude` globs added to it, `kv_cache` "fp8" for calibrated KV-cache scales;
+    `on_layer(done, total)` reports calibration's progress after each decoder layer."""
 
     scheme: str
     fmt: str = MODELOPT
@@ -137,6 +138,11 @@ class QuantOptions:
     device: str = "cpu"
     recipe: str = NVIDIA
     kv_cache: str | None = None
+    on_layer: Callable[[int, int], None] | None = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as a manifest records them (without the progress callback)."""
+        return {key: value for key, value in asdict(self).items() if key != "on_layer"}
 
     def request(self, checkpoint: Checkpoint, arch: Architecture, calibrated: bool = True) -> QuantRequest:
         """The plan's quantization request; with `calibrated` False no calibration runs (no static scales)."""
@@ -160,7 +166,7 @@ class QuantOptions:
         if source is not None:
             texts = calibration_texts(source)
             announce(source, len(texts), chosen_by_default=self.calibration is None)
-            amax = calibrate(checkpoint.root, arch, texts, self.device)
+            amax = calibrate(checkpoint, arch, texts, self.device, self.on_layer)
         return QuantRequest(
             scheme=scheme, fmt=self.fmt, exclude=tuple(self.exclude), input_amax=amax, recipe=self.recipe,
             recipe_modules=tuple(arch.recipe_exclusions(checkpoint.config)) if self.recipe == NVIDIA else (),
@@ -287,7 +293,7 @@ def _prepare(
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else hub.open_source(checkpoint, revision)
     arch = architecture_of(ckpt)
     if quantize is not None and calibrated and quantize.calibration_source() is not None:
-        ckpt = hub.fetch_all(ckpt)  # calibration runs the whole parent in transformers
+        ckpt = hub.fetch_all(ckpt)  # calibration reads every layer of the parent
     out_dtype = parse_user_dtype(dtype) if dtype is not None else None
     shard_limit = parse_size(str(max_shard_size))
     nesting, budgets = select_budgets(ckpt, arch, sizes, Path(index) if index is not None else None, overrides, target)
@@ -404,7 +410,7 @@ def extract_many(
         "dtype": dtype, "max_shard_size": str(max_shard_size),
         "index": _public_source(prepared.nesting.source) if prepared.nesting is not None else None, "set": overrides,
         "quantize": None if quantize is None else {
-            **asdict(quantize), "calibration": public_path_value("--calibration", quantize.calibration)},
+            **quantize.to_json(), "calibration": public_path_value("--calibration", quantize.calibration)},
     }
     # one set of write blocks and threads for every budget; it stops before the staging folders are removed
     with destination.staged_folders(outs, overwrite) as stagings, WritePool(len(plans)) as pool:
@@ -571,6 +577,8 @@ def _manifest_quantization(recorded: Any) -> QuantOptions | None:
     if recorded is None:
         return None
     try:
+        if "on_layer" in recorded:
+            raise TypeError("unexpected field 'on_layer'")
         options = QuantOptions(**recorded)
         return replace(options, exclude=tuple(options.exclude))
     except TypeError as exc:

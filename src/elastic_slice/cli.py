@@ -7,13 +7,16 @@ import json
 import shlex
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
+)
 from rich.table import Table
 
 from . import api
@@ -211,6 +214,7 @@ def extract(
     command = "elastic-slice " + shlex.join(sys.argv[1:])
     with _progress(as_json) as progress:
         task = progress.add_task("extract", total=None)
+        quant = _calibration_progress(quant, progress, task, "extract")
 
         def started(plans: list[Plan]) -> None:
             _warn(plans)
@@ -293,6 +297,20 @@ def _quant_options(
     return api.QuantOptions(scheme, fmt, tuple(exclude or ()), calibration, device, recipe, kv_cache)
 
 
+def _calibration_progress(
+    quant: api.QuantOptions | None, progress: Progress, task: TaskID, description: str
+) -> api.QuantOptions | None:
+    """`quant` showing calibration's decoder layers done on the progress line, which then reads `description`."""
+    if quant is None:
+        return None
+
+    def on_layer(done: int, total: int) -> None:
+        text = description if done == total else f"calibrating: {done} of {total} layers"
+        progress.update(task, description=literal(text))
+
+    return replace(quant, on_layer=on_layer)
+
+
 @app.command()
 @_reports_errors
 def quantize(
@@ -319,7 +337,7 @@ def quantize(
     with _progress(as_json) as progress:
         task = progress.add_task(literal(f"quantize {to}"), total=None)
         result = api.quantize(
-            checkpoint, out, options, index, max_shard_size, overwrite, command, workers,
+            checkpoint, out, _calibration_progress(options, progress, task, f"quantize {to}"), index, max_shard_size, overwrite, command, workers,
             on_bytes=lambda count: progress.advance(task, count),
         )
     if as_json:

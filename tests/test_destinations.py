@@ -257,7 +257,7 @@ CASES: list[tuple[str, Callable[[Work], list[str]], int, tuple[str, ...]]] = [
     ("push three parts", extract("{out}", "--push-to-hub", "a/b/c", parent="missing"), 2, ("'a/b/c'",)),
     ("push no org", extract("{out}", "--push-to-hub", "name", parent="missing"), 2, ("'name'", "ORG/NAME")),
     ("push bad template", extract("{out}", "--push-to-hub", "org/m-{budget}!", parent="missing"), 2,
-     ("'org/m-budget!'",)),
+     ("'org/m-{{budget}}!'",)),
     ("from-config org/..", lambda ws: ["index", str(ws.parent), "--from-config", "12B=org/.."], 2,
      ("--from-config 'org/..'",)),
     # index outputs
@@ -278,6 +278,16 @@ CASES: list[tuple[str, Callable[[Work], list[str]], int, tuple[str, ...]]] = [
     ("index write-into hub id", lambda ws: ["index", "acme/tiny", "--from-config", f"12B={ws.parent}",
                                             "--write-into"], 2, ("--write-into needs a local parent folder",)),
 ]
+
+
+def test_push_to_hub_while_offline_is_refused_before_any_work(ws: Work, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    before = tree_hash(ws.root)
+    result = run_cli("extract", ws.parent, "--size", "12B", "--out", ws.out, "--push-to-hub", "org/m")
+    assert result.code == 2 and "HF_HUB_OFFLINE is set" in result.stderr, result.stderr
+    assert tree_hash(ws.root) == before
 
 
 @pytest.mark.parametrize("case, setup, code, words", CASES, ids=[c[0] for c in CASES])

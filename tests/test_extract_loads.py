@@ -60,7 +60,8 @@ def test_output_folder_layout(tiny_parent: Path, tmp_path: Path) -> None:
     assert config["hidden_size"] == 96 and config["mamba_num_heads"] == 8
     card = (out / "README.md").read_text()
     assert "budget `12B`" in card and f"{result.params_total:,}" in card and "elastic-slice extract tiny" in card  # the checkpoint as named: its folder
-    assert "base_model: tiny" in card
+    assert "base_model" not in card  # a local parent: the Hub would read its folder name as a repo id
+    assert "No weights were retrained or changed: every value kept is the parent's, as it stored it." in card
 
 
 def test_single_shard_has_no_index(tiny_parent: Path, tmp_path: Path) -> None:

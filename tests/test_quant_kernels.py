@@ -90,3 +90,15 @@ def test_round_trip_error_bounds(name: str) -> None:
     # E4M3 has 3 mantissa bits: relative error at most 2^-4, and at most half the smallest subnormal step below
     bound = torch.maximum(weight.abs() * 2**-4, scale * 2**-10)
     assert ((restored8 - weight).abs() <= bound + 1e-12).all()
+
+
+def test_nvfp4_code_table_equals_rounding_by_definition() -> None:
+    """The bit-pattern lookup gives the codes of clamping and bucketing, on random bit patterns of every exponent
+    and on every rounding boundary, the floats next to it and its negative."""
+    g = torch.Generator().manual_seed(1)
+    random_bits = torch.randint(-2**31, 2**31 - 1, (1 << 20,), generator=g, dtype=torch.int64).to(torch.int32)
+    bounds = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0])
+    around = torch.cat([bounds, torch.nextafter(bounds, torch.tensor(0.0)), torch.nextafter(bounds, torch.tensor(9.0))])
+    values = torch.cat([random_bits.view(torch.float32), around, -around, torch.tensor([float("inf"), -float("inf")])])
+    numbers = ~values.isnan()
+    assert torch.equal(nvfp4.e2m1_codes(values)[numbers], nvfp4._rounded_codes(values)[numbers])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -20,6 +21,7 @@ from elastic_slice import api
 from elastic_slice.api import QuantOptions
 from elastic_slice.arch import get_architecture
 from elastic_slice.card import model_card
+from elastic_slice.checkpoint import open_checkpoint
 from elastic_slice.fixtures import TinySpec, build_tiny_elastic
 from elastic_slice.quant import calibrate, nvfp4
 from elastic_slice.quant.calibrate import calibration_texts
@@ -128,7 +130,7 @@ def test_calibration_dependencies_are_core(monkeypatch: pytest.MonkeyPatch, tiny
     assert '"transformers>=5"' in core and '"pyyaml>=6"' in core
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were missing
     with pytest.raises(InputError) as error:
-        calibrate.calibrate(tiny_parent, get_architecture("nemotron_h"), calibration_texts("default"))
+        calibrate.calibrate(open_checkpoint(tiny_parent), get_architecture("nemotron_h"), calibration_texts("default"))
     assert "pip install elastic-slice" in str(error.value)
 
 
@@ -155,7 +157,7 @@ def test_card_metadata_and_engines(tiny_parent: Path, tmp_path: Path, scheme, fm
     api.extract(tiny_parent, "12B", tmp_path / "o", quantize=quant)
     card = (tmp_path / "o" / "README.md").read_text()
     meta = _front_matter(card)
-    assert meta["library_name"] == library and meta["base_model"] == "tiny"
+    assert meta["library_name"] == library and "base_model" not in meta  # a local parent
     if scheme is None:
         assert "loads with plain `transformers`" in card and "## Quantization" not in card
         return
@@ -169,7 +171,8 @@ def test_card_metadata_and_engines(tiny_parent: Path, tmp_path: Path, scheme, fm
 def test_card_front_matter_cannot_be_injected(tiny_parent: Path) -> None:
     plan = api.plan_extract(tiny_parent, "12B")
     sizes = get_architecture("nemotron_h").parent_sizes(json.loads((tiny_parent / "config.json").read_text()))
-    card = model_card(plan, "evil\nlibrary_name: pwned\ntags: [x]", sizes, None, "0")
+    evil = "evil\nlibrary_name: pwned\ntags: [x]"
+    card = model_card(plan, evil, sizes, None, "0", hub_repo=evil)
     meta = _front_matter(card)
     assert meta["library_name"] == "transformers" and meta["base_model"] == "evil\nlibrary_name: pwned\ntags: [x]"
     assert meta["tags"][0] == "elastic-slice"
@@ -214,6 +217,64 @@ def test_transformers_scales_compressed_tensors_nvfp4_experts_by_their_global_sc
     ours = nvfp4.dequantize(stored[prefix + ".weight_packed"], stored[prefix + ".weight_scale"], g, torch.float32)
     theirs = model.model.layers[1].mixer.experts.up_proj[3].float()
     assert g.item() > 100 and torch.allclose(theirs, ours * g, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("scheme, options, dropped", [
+    ("fp8", {}, set()),
+    ("fp8", {"calibration": "default"}, {"input_scale"}),
+    ("fp8", {"kv_cache": "fp8"}, {"input_scale", "k_scale", "v_scale"}),
+    ("nvfp4", {"kv_cache": "fp8"}, {"input_global_scale", "k_scale", "v_scale"}),
+])
+def test_transformers_drops_routed_expert_activation_and_kv_cache_scales(
+    tiny_parent: Path, tmp_path: Path, scheme: str, options: dict, dropped: set[str]
+) -> None:
+    """compressed-tensors outputs with static activation scales or KV-cache scales: transformers reports the routed
+    experts' activation scales and the KV-cache scales as unexpected (and does not load them); the card says so."""
+    out = tmp_path / "o"
+    api.extract(tiny_parent, "12B", out, quantize=QuantOptions(scheme, "compressed-tensors", **options))
+    model, info = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16, output_loading_info=True)
+    assert not info["missing_keys"] and not info["mismatched_keys"], info
+    unexpected = info["unexpected_keys"]
+    assert {key.rsplit(".", 1)[1] for key in unexpected} == dropped
+    stored = load_tensors(out)
+    routed_inputs = [k for k in stored if re.search(r"\.mixer\.experts\.\d+\..*\.input", k)]
+    kv = [k for k in stored if k.endswith(("k_scale", "v_scale"))]
+    assert len(unexpected) == len(routed_inputs) + len(kv)
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[1, 2, 3, 4]])).logits).all()
+    card = (out / "README.md").read_text()
+    if dropped:
+        assert "as unexpected keys and does not load them" in card and "no missing or unexpected" not in card
+        assert ("`k_scale`, `v_scale`" in card) == ("k_scale" in dropped)
+        assert "loads with no warning" not in card
+    else:
+        assert "loads with no missing or unexpected weights and runs (checked)" in card
+
+
+# ----- what the card says was done ------------------------------------------------------------------------------
+def test_card_says_only_what_was_done(tiny_parent: Path, tmp_path: Path) -> None:
+    api.extract(tiny_parent, "12B", tmp_path / "fp32", dtype="fp32")
+    assert "No weights were retrained or changed except for dtype conversion." in (tmp_path / "fp32" / "README.md").read_text()
+    api.extract(tiny_parent, "12B", tmp_path / "q", quantize=QuantOptions("fp8", "compressed-tensors"))
+    assert "changed except for FP8 quantization." in (tmp_path / "q" / "README.md").read_text()
+    api.quantize(tiny_parent, tmp_path / "p", QuantOptions("nvfp4", "modelopt"))
+    api.extract(tmp_path / "p", "12B", tmp_path / "c")
+    card = (tmp_path / "c" / "README.md").read_text()
+    entries = json.loads((tmp_path / "c" / "hf_quant_config.json").read_text())["quantization"]["exclude_modules"]
+    assert "No weights were retrained or changed: every value kept is the parent's, as it stored it." in card
+    assert "nothing was quantized again" in card and "dtype conversion" not in card
+    assert f"Sliced from a quantized parent (NVFP4, ModelOpt (`hf_quant_config.json`) format; {len(entries)} " \
+        "exclusion entries" in card
+
+
+def test_card_shows_config_values_literally(tiny_parent: Path) -> None:
+    plan = api.plan_extract(tiny_parent, "12B")
+    plan.child_config["torch_dtype"] = "bf16\x1b[2J\r"
+    plan.child_config["model_type"] = "nemotron_h\x07"
+    sizes = get_architecture("nemotron_h").parent_sizes(json.loads((tiny_parent / "config.json").read_text()))
+    card = model_card(plan, "tiny\x1b]0;x\x07", sizes, None, "0")
+    assert "(dtype bf16\\x1b[2J\\r)" in card and "`nemotron_h\\x07`" in card
+    assert not any(ord(char) < 32 and char != "\n" for char in card.split("---", 2)[2])
 
 
 # ----- verify ---------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ traceback, and whatever the files name is printed literally (no Rich markup, no 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from conftest import run_cli
 from elastic_slice import api
 from elastic_slice.errors import InputError
 from elastic_slice.nesting import check_budget_name
+from elastic_slice.quant.output import glob_regex
 from elastic_slice.quant.calibrate import MAX_PARAGRAPH_CHARS, MAX_PARAGRAPHS, calibration_texts
 from elastic_slice.text import literal
 
@@ -535,3 +537,41 @@ def test_quantization_declarations_of_the_wrong_shape(case: str, tmp_path: Path)
         assert result.code == 2 and "Traceback" not in result.stderr, result.stderr
         assert expected in result.stderr and file in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_published_files_name_no_local_folder(tmp_path: Path) -> None:
+    """The manifest and card go to the Hub with --push-to-hub: no absolute path of the user's machine in them."""
+    ckpt = tmp_path / "deep" / "private" / "tiny"
+    shutil.copytree(EXAMPLE, ckpt)
+    (tmp_path / "cal.txt").write_text("One paragraph of text.\n\nAnother paragraph.\n")
+    out = tmp_path / "out"
+    result = run_cli("extract", ckpt, "--size", "12B", "--quantize", "fp8", "--calibration", tmp_path / "cal.txt",
+                     "--index", ckpt / "nesting_index.json", "--out", out)
+    assert result.code == 0, result.stderr
+    for name in ("elastic_slice_manifest.json", "README.md"):
+        text = (out / name).read_text()
+        assert str(tmp_path) not in text and "private" not in text, name
+    manifest = json.loads((out / "elastic_slice_manifest.json").read_text())
+    assert manifest["parent"]["path"] == "tiny" and manifest["options"]["quantize"]["calibration"] == "cal.txt"
+    assert manifest["command"].startswith("elastic-slice extract tiny --size 12B")
+
+
+@pytest.mark.parametrize("glob", ["", " ", "\x1b[31m", "*.experts*\n", " *.experts*"])
+def test_exclude_globs_that_name_no_module_pattern_are_refused(glob: str, tmp_path: Path) -> None:
+    result = run_cli("extract", EXAMPLE, "--size", "12B", "--quantize", "fp8", "--quant-format", "compressed-tensors",
+                     "--exclude", glob, "--out", tmp_path / "out")
+    assert result.code == 2 and "--exclude" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "\x1b" not in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("glob", ["*.experts*", "*.experts.[0-3].*", "*.experts.[!0-3].*", "*.experts.?.*",
+                                  "backbone.layers.1.*", "*[]a]*", "*.experts.[1-", "*q_pro[j]"])
+def test_compressed_tensors_ignore_patterns_match_what_the_glob_matches(glob: str) -> None:
+    """The `re:` pattern written for compressed-tensors selects exactly the modules fnmatch selected when
+    quantizing (a character class written as a literal would declare bf16 experts quantized)."""
+    names = [f"backbone.layers.{layer}.mixer.experts.{expert}.up_proj" for layer in range(3) for expert in range(12)]
+    names += ["backbone.layers.1.mixer.q_proj", "backbone.layers.11.mixer.q_proj", "backbone.layers.2.mixer.a]b"]
+    pattern = glob_regex(glob)
+    assert pattern.startswith("re:")
+    for name in names:
+        assert (re.match(pattern[3:], name) is not None) == fnmatch.fnmatchcase(name, glob), (glob, pattern, name)

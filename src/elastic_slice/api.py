@@ -6,13 +6,13 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from . import defaults, destination, hub
 from .arch import Architecture, architecture_of, get_architecture
 from .budgets import ALL_BUDGETS, ParamTarget, select_budgets
-from .card import model_card
+from .card import model_card, public_command, public_path_value
 from .checkpoint import Checkpoint
 from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError, RunFailure
@@ -44,6 +44,7 @@ from .verify import (
     check_structure,
     open_child,
     open_output,
+    require_quantized_parent,
 )
 from .writer import (
     CARD_FILE,
@@ -136,7 +137,8 @@ class ExtractResult:
 @dataclass(frozen=True)
 class QuantOptions:
     """Quantize the output: `scheme` fp8 or nvfp4, `fmt` modelopt or compressed-tensors, `recipe` nvidia (NVIDIA's
-    release exclusions) or broad, `exclude` globs added to it, `kv_cache` "fp8" for calibrated KV-cache scales."""
+    release exclusions) or broad, `exclude` globs added to it, `kv_cache` "fp8" for calibrated KV-cache scales;
+    `on_layer(done, total)` reports calibration's progress after each decoder layer."""
 
     scheme: str
     fmt: str = MODELOPT
@@ -145,6 +147,11 @@ class QuantOptions:
     device: str = "cpu"
     recipe: str = NVIDIA
     kv_cache: str | None = None
+    on_layer: Callable[[int, int], None] | None = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as a manifest records them (without the progress callback)."""
+        return {key: value for key, value in asdict(self).items() if key != "on_layer"}
 
     def request(self, checkpoint: Checkpoint, arch: Architecture, calibrated: bool = True) -> QuantRequest:
         """The plan's quantization request; with `calibrated` False no calibration runs (no static scales)."""
@@ -157,12 +164,18 @@ class QuantOptions:
             raise InputError(f"--recipe {self.recipe!r} is not supported; use {' or '.join(RECIPES)}.")
         if self.kv_cache not in (None, "fp8"):
             raise InputError(f"--kv-cache {self.kv_cache!r} is not supported; use fp8 (or leave it out).")
+        for glob in self.exclude:
+            if not glob.strip() or not glob.isprintable() or glob != glob.strip():
+                raise InputError(
+                    f"--exclude {glob!r} is not a module-name glob (empty, spaces at its ends or control "
+                    "characters); write one like '*.experts*' or 'backbone.layers.3.*'."
+                )
         source = self.calibration_source() if calibrated else None
         amax = None
         if source is not None:
             texts = calibration_texts(source)
             announce(source, len(texts), chosen_by_default=self.calibration is None)
-            amax = calibrate(checkpoint.root, arch, texts, self.device)
+            amax = calibrate(checkpoint, arch, texts, self.device, self.on_layer)
         return QuantRequest(
             scheme=scheme, fmt=self.fmt, exclude=tuple(self.exclude), input_amax=amax, recipe=self.recipe,
             recipe_modules=tuple(arch.recipe_exclusions(checkpoint.config)) if self.recipe == NVIDIA else (),
@@ -309,7 +322,7 @@ def _plan(
     out_dtype = parse_user_dtype(dtype) if dtype is not None else None
     shard_limit = parse_size(str(max_shard_size))
     if quantize is not None and calibrated and quantize.calibration_source() is not None:
-        ckpt = hub.fetch_all(ckpt)  # calibration runs the whole parent in transformers
+        ckpt = hub.fetch_all(ckpt)  # calibration reads every layer of the parent
     request = quantize.request(ckpt, arch, calibrated) if quantize is not None else None
     plans = [
         build_plan(ckpt, arch, budget, out_dtype, shard_limit, request, _version()) for budget in selected.budgets
@@ -429,7 +442,7 @@ def extract_many(
         single = nest is False or (nest is None and len(sizes) <= 1 and ALL_BUDGETS not in sizes)
         destination.check_folder(Path(out), overwrite, destination.parent_folders(checkpoint), existing=single)
     if push_to_hub is not None:
-        hub.check_repo_id(push_to_hub.replace("{budget}", "budget"))
+        hub.check_can_push(push_to_hub)
     selected = _select(checkpoint, sizes, index, overrides, target, revision)
     if nest is None:
         nest = len(selected.budgets) > 1
@@ -447,10 +460,12 @@ def extract_many(
     arch = get_architecture(ckpt.model_type)
     index_json = [prepared.nesting.to_json()] if keep_index and prepared.nesting is not None else []
     _check_space(ckpt, plans, Path(out), index_json)
+    # the manifest is published with the folder (--push-to-hub): paths in it are reduced to names, like the card's
     options = {
         "dtype": dtype, "max_shard_size": str(max_shard_size),
-        "index": prepared.nesting.source if prepared.nesting is not None else None, "set": overrides,
-        "quantize": None if quantize is None else asdict(quantize),
+        "index": _public_source(prepared.nesting.source) if prepared.nesting is not None else None, "set": overrides,
+        "quantize": None if quantize is None else {
+            **quantize.to_json(), "calibration": public_path_value("--calibration", quantize.calibration)},
     }
     # one set of write blocks and threads for every budget; it stops before the staging folders are removed
     with destination.staged_folders(outs, overwrite) as stagings, WritePool(len(plans)) as pool:
@@ -547,10 +562,22 @@ def _finish_folder(
         write_json(staging / name, content)
     copied = copy_companion_files(ckpt, staging)
     parent_name = ckpt.hub.repo_id if ckpt.hub else ckpt.config.get("_name_or_path") or ckpt.root.name
-    card = model_card(plan, str(parent_name), arch.parent_sizes(ckpt.config), command, _version())
+    card = model_card(plan, str(parent_name), arch.parent_sizes(ckpt.config), command, _version(),
+                      ckpt.hub.repo_id if ckpt.hub else None)
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
-    write_manifest(staging, plan, target.writer.sha256, parent_files, options, command, _version())
+    shown = public_command(command, _public_parent(ckpt)) if command else None
+    write_manifest(staging, plan, target.writer.sha256, parent_files, options, shown, _version())
     return copied
+
+
+def _public_parent(ckpt: Checkpoint) -> str:
+    """The parent as it may be published: its Hub repo id, or its folder's name (never a local path)."""
+    return ckpt.hub.repo_id if ckpt.hub else ckpt.root.resolve().name
+
+
+def _public_source(source: str) -> str:
+    """Where the nesting index came from, without the local folders above it (a preset's description as it is)."""
+    return source if source.startswith("preset ") else PurePath(source).name
 
 
 def verify(
@@ -587,6 +614,8 @@ def verify(
     quant = _manifest_quantization(options.get("quantize"))
     shard_size = options.get("max_shard_size", "5GB")
     prepared = _prepare(parent, [budget], index, options.get("dtype"), shard_size, quant, calibrated=False)
+    if child is not None and quant is None:
+        require_quantized_parent(child, prepared.checkpoint)
     plan = prepared.plans[0]
     dense = _prepare(prepared.checkpoint, [budget], index, options.get("dtype"), shard_size).plans[0] if quant else None
     ckpt = hub.fetch_all(prepared.checkpoint) if numerics else hub.fetch(
@@ -603,6 +632,8 @@ def _manifest_quantization(recorded: Any) -> QuantOptions | None:
     if recorded is None:
         return None
     try:
+        if "on_layer" in recorded:
+            raise TypeError("unexpected field 'on_layer'")
         options = QuantOptions(**recorded)
         return replace(options, exclude=tuple(options.exclude))
     except TypeError as exc:

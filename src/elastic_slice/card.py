@@ -2,7 +2,8 @@
 quantized child, which engines load it and what is known not to work (with the versions that were checked).
 
 The YAML front matter is written by a YAML serializer, so no name read from a file (a parent or budget name with a
-newline or a colon) can add metadata; the "how it was made" command shows the checkpoint as the user named it and
+newline or a colon) can add metadata, and `base_model` is written only for a parent read from the Hub (the Hub
+reads it as a repo id); every other value read from a config is shown through `text.literal`. The "how it was made" command shows the checkpoint as the user named it and
 reduces every path argument to its last component, so no local directory layout is published.
 """
 
@@ -17,9 +18,11 @@ import yaml
 
 from .plan import Plan
 from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
+from .quant.declared import declared_exclusions
 from .quant.formats import MODELOPT
-from .quant.output import QuantSummary
+from .quant.output import HF_QUANT_CONFIG, QuantSummary
 from .quant.schemes import NVIDIA
+from .text import literal
 from .units import human_count
 
 #: the library versions the transformers statements below were measured with (tests/test_quant_outputs.py pins them)
@@ -47,7 +50,7 @@ def _quantization(config: Mapping[str, Any]) -> str:
     if not isinstance(quant, dict):
         return "none"
     detail = quant.get("quant_algo") or quant.get("format") or ""
-    return f"{quant.get('quant_method', 'unknown')} {detail}".strip()
+    return literal(f"{quant.get('quant_method', 'unknown')} {detail}".strip())
 
 
 def public_command(command: str, checkpoint_name: str) -> str:
@@ -61,9 +64,9 @@ def public_command(command: str, checkpoint_name: str) -> str:
         word = words[index]
         option, eq, value = word.partition("=")
         if word.startswith("--") and eq:
-            shown.append(f"{option}={_public_path(option, value)}")
+            shown.append(f"{option}={public_path_value(option, value)}")
         elif word.startswith("--") and word not in _FLAGS and index + 1 < len(words):
-            shown += [word, _public_path(word, words[index + 1])]
+            shown += [word, public_path_value(word, words[index + 1])]
             index += 1
         elif not word.startswith("--") and not positional_seen:
             shown.append(checkpoint_name)
@@ -82,8 +85,9 @@ def public_name(name: str) -> str:
     return next((part for part in reversed(parts) if part), name)
 
 
-def _public_path(option: str, value: str) -> str:
-    if option not in _PATH_OPTIONS or value == DEFAULT_CALIBRATION:
+def public_path_value(option: str, value: str | None) -> str | None:
+    """An option's value fit to publish: a local path (for options that take one) reduced to its last component."""
+    if value is None or option not in _PATH_OPTIONS or value == DEFAULT_CALIBRATION:
         return value
     return PurePath(value).name or value
 
@@ -97,11 +101,13 @@ def library_name(quant: QuantSummary | None) -> str:
     return "vllm"
 
 
-def _front_matter(parent_name: str, config: Mapping[str, Any], budget: str, quant: QuantSummary | None) -> str:
+def _front_matter(hub_repo: str | None, config: Mapping[str, Any], budget: str, quant: QuantSummary | None) -> str:
+    """`base_model` only for a parent read from the Hub: the Hub reads it as a repo id, never a local folder's name."""
     tags = ["elastic-slice", str(config.get("model_type", "")), f"elastic-budget-{budget}"]
     if quant is not None:
         tags += [quant.scheme, quant.fmt]
-    meta = {"base_model": parent_name, "library_name": library_name(quant), "tags": tags}
+    meta = {"base_model": hub_repo} if hub_repo else {}
+    meta |= {"library_name": library_name(quant), "tags": tags}
     return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
@@ -119,10 +125,11 @@ def engine_rows(quant: QuantSummary) -> list[tuple[str, str]]:
         return rows + [(CHECKED_TRANSFORMERS, f"does not know the ModelOpt format; it {failure} (checked)")]
     rows = [("vLLM", f"reads compressed-tensors {scheme} checkpoints: {_NOT_CHECKED}")]
     library = f"{CHECKED_TRANSFORMERS} + {CHECKED_COMPRESSED_TENSORS}"
+    loads = _transformers_loading(quant)
     if quant.scheme == "fp8":
-        return rows + [(library, "loads with no missing or unexpected weights and runs (checked)")]
+        return rows + [(library, f"{loads} and runs (checked)")]
     if quant.experts_quantized:
-        return rows + [(library, "loads with no warning, but its fused routed-expert NVFP4 dequantization ignores "
+        return rows + [(library, f"{loads}, but its fused routed-expert NVFP4 dequantization ignores "
                                  "`weight_global_scale`: routed experts come out multiplied by it and the logits are "
                                  "**wrong** (checked); use vLLM")]
     return rows + [(library, "reports the unquantized routed-expert weights as missing (it does not merge them into "
@@ -130,13 +137,28 @@ def engine_rows(quant: QuantSummary) -> list[tuple[str, str]]:
                              "(checked); use vLLM")]
 
 
-def _quantization_section(quant: QuantSummary) -> str:
+def _transformers_loading(quant: QuantSummary) -> str:
+    """What transformers reports when it loads a compressed-tensors output (checked): the routed experts' activation
+    scales and the KV-cache scales have no place in its model, so it reports them as unexpected and drops them."""
+    dropped = []
+    if quant.experts_input_scales:
+        name = "input_global_scale" if quant.scheme == "nvfp4" else "input_scale"
+        dropped.append(f"the routed experts' activation scales (`{name}`)")
+    if quant.kv_cache:
+        dropped.append("the KV-cache scales (`k_scale`, `v_scale`)")
+    if not dropped:
+        return "loads with no missing or unexpected weights"
+    return f"reports {' and '.join(dropped)} as unexpected keys and does not load them; it loads every other weight"
+
+
+def _quantization_section(quant: QuantSummary, exclusions: list[str]) -> str:
     scheme = quant.scheme.upper()
     fmt = "ModelOpt (`hf_quant_config.json`)" if quant.fmt == MODELOPT else "compressed-tensors"
     lines = [f"- Weights: {scheme}, {fmt} format"]
     if quant.recipe is None:
-        lines.append("- Sliced from a quantized parent: packed weights, block scales and scalars are the parent's, "
-                     "cut along the budget's axes (bit-identical to quantizing this budget with the parent's scales)")
+        lines.append(f"- Sliced from a quantized parent ({scheme}, {fmt} format; {len(exclusions)} exclusion entries "
+                     "in its quantization config, renumbered for this budget): packed weights, block scales and "
+                     "scalars are the parent's, cut along the budget's axes, never quantized again")
     else:
         kept = ("NVIDIA's Nemotron 3 Nano NVFP4 recipe: lm_head, every attention q/k/v/o projection, the Mamba "
                 "in/out projections right before an attention layer, and conv1d" if quant.recipe == NVIDIA else
@@ -151,12 +173,35 @@ def _quantization_section(quant: QuantSummary) -> str:
     return "\n## Quantization\n\n" + "\n".join(lines) + f"\n\n| engine | status |\n| --- | --- |\n{table}\n"
 
 
-def model_card(plan: Plan, parent_name: str, parent_sizes: Mapping[str, Any], command: str | None, version: str) -> str:
-    """Markdown with YAML front matter, deterministic for the same inputs."""
+def _changes(plan: Plan) -> str:
+    """The sentence saying what, if anything, was done to the parent's values (only what this plan does)."""
+    quant = plan.quantization
+    changes = []
+    if any(op.dequant is not None for op in plan.ops):
+        changes.append("dequantization of the parent's quantized weights")
+    if any(op.quant is None and op.dequant is None and op.source_dtype != op.out_dtype for op in plan.ops):
+        changes.append("dtype conversion")
+    if quant is not None and quant.recipe is not None:
+        changes.append(f"{quant.scheme.upper()} quantization")
+    if plan.budget.norm_semantics == "full":
+        changes.append('norm-weight folding (norm_semantics "full")')
+    said = (f"No weights were retrained or changed except for {' and '.join(changes)}." if changes else
+            "No weights were retrained or changed: every value kept is the parent's, as it stored it.")
+    if quant is not None and quant.recipe is None:
+        said += " The quantized weights and scales are the parent's as it stored them: nothing was quantized again."
+    return said
+
+
+def model_card(
+    plan: Plan, parent_name: str, parent_sizes: Mapping[str, Any], command: str | None, version: str,
+    hub_repo: str | None = None,
+) -> str:
+    """Markdown with YAML front matter, deterministic for the same inputs; `hub_repo` is the parent's Hub repo id
+    when it was read from the Hub (the only case that writes `base_model`)."""
     budget = plan.budget
     config = plan.child_config
     quant = plan.quantization
-    parent_name = public_name(parent_name)
+    parent_name = literal(public_name(parent_name))
     rows = "\n".join(
         f"| `{axis}` | {_size(parent_sizes[axis])} | {_size(budget.sizes[axis])} |" for axis in budget.sizes
     )
@@ -164,32 +209,31 @@ def model_card(plan: Plan, parent_name: str, parent_sizes: Mapping[str, Any], co
     quantization = _quantization(config)
     if budget.warning:
         how += f"\nNote: {budget.warning}\n"
-    model_type = config.get("model_type", "")
+    model_type = literal(config.get("model_type", ""))
     loads = (
         f"It is a standard `{model_type}` model: it loads with plain `transformers`, without custom code."
         if quant is None else "Which engines load it is in the Quantization section below."
     )
-    folding = ' and norm-weight folding (norm_semantics "full")' if budget.norm_semantics == "full" else ""
-    quantized = f" and {quant.scheme.upper()} quantization" if quant is not None else ""
+    dtype = literal(config.get("torch_dtype") or config.get("dtype") or "as the parent")
+    exclusions = declared_exclusions(config, plan.extra_files.get(HF_QUANT_CONFIG), quant.fmt) if quant else []
     return f"""---
-{_front_matter(parent_name, config, budget.name, quant)}---
+{_front_matter(hub_repo, config, budget.name, quant)}---
 
 # {parent_name} — budget `{budget.name}`
 
 This model is the `{budget.name}` budget of the elastic checkpoint `{parent_name}`, cut out by prefix slicing along
-the checkpoint's nesting index with elastic-slice {version}. No weights were retrained or changed except for
-dtype conversion{quantized}{folding}.
+the checkpoint's nesting index with elastic-slice {version}. {_changes(plan)}
 {loads}
 
 - Parameters: {plan.params.total:,} total ({human_count(plan.params.total)}), {plan.params.active:,} active per token ({human_count(plan.params.active)})
 - Tensor bytes: {plan.out_bytes:,}
-- Quantization: {quantization} (dtype {config.get('torch_dtype') or config.get('dtype', 'as the parent')})
+- Quantization: {quantization} (dtype {dtype})
 - Layers: {len(budget.sizes.get('layers', []))}
 
 | axis | parent | this model |
 | --- | --- | --- |
 {rows}
-{_quantization_section(quant) if quant is not None else ''}
+{_quantization_section(quant, exclusions) if quant is not None else ''}
 ## How it was made
 {how}
 """.rstrip() + "\n"

@@ -7,6 +7,7 @@ import json
 import shlex
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any, Optional
@@ -14,7 +15,9 @@ from typing import Any, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
+)
 from rich.table import Table
 
 from . import __version__, api, defaults
@@ -311,6 +314,7 @@ def extract(
     command = "elastic-slice " + shlex.join(sys.argv[1:])
     with _progress(as_json) as progress:
         task = progress.add_task("extract", total=None)
+        quant = _calibration_progress(quant, progress, task, "extract")
 
         def started(plans: list[Plan]) -> None:
             _warn(plans)
@@ -407,6 +411,20 @@ def _quant_options(
     return api.QuantOptions(scheme, fmt, tuple(exclude or ()), calibration, device, recipe, kv_cache)
 
 
+def _calibration_progress(
+    quant: api.QuantOptions | None, progress: Progress, task: TaskID, description: str
+) -> api.QuantOptions | None:
+    """`quant` showing calibration's decoder layers done on the progress line, which then reads `description`."""
+    if quant is None:
+        return None
+
+    def on_layer(done: int, total: int) -> None:
+        text = description if done == total else f"calibrating: {done} of {total} layers"
+        progress.update(task, description=literal(text))
+
+    return replace(quant, on_layer=on_layer)
+
+
 @app.command(
     cls=_Command,
     epilog="""Examples (P is a parent checkpoint folder):
@@ -451,8 +469,9 @@ def quantize(
     with _progress(as_json) as progress:
         task = progress.add_task(literal(f"quantize {scheme}"), total=None)
         result = api.quantize(
-            checkpoint, out, options, index, max_shard_size, overwrite, command, workers,
-            on_bytes=lambda count: progress.advance(task, count), on_out=_announce_out,
+            checkpoint, out, _calibration_progress(options, progress, task, f"quantize {scheme}"), index,
+            max_shard_size, overwrite, command, workers, on_bytes=lambda count: progress.advance(task, count),
+            on_out=_announce_out,
         )
     if as_json:
         _print_json(result.to_json())

@@ -41,8 +41,9 @@ def is_repo_id(source: str) -> bool:
     return bool(_REPO_ID.match(source)) and not Path(source).exists()
 
 
-def check_repo_id(repo_id: str, option: str = "--push-to-hub") -> str:
-    """`repo_id` if it is a valid Hub ORG/NAME (huggingface_hub's own rules, and no `.` or `..` part)."""
+def check_repo_id(repo_id: str, option: str = "--push-to-hub", as_given: str | None = None) -> str:
+    """`repo_id` if it is a valid Hub ORG/NAME (huggingface_hub's own rules, and no `.` or `..` part); an error
+    shows `as_given` (what the user typed) when `repo_id` was derived from it."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -53,10 +54,24 @@ def check_repo_id(repo_id: str, option: str = "--push-to-hub") -> str:
         validate_repo_id(repo_id)
     except HFValidationError:
         raise InputError(
-            f"{option} {repo_id!r} is not a Hub repo id: use ORG/NAME of letters, digits, '-', '_' and '.' "
+            f"{option} {as_given or repo_id!r} is not a Hub repo id: use ORG/NAME of letters, digits, '-', '_' and '.' "
             "(not '.' or '..', no '--' or '..' inside, at most 96 characters)."
         ) from None
     return repo_id
+
+
+def check_can_push(push_to_hub: str) -> None:
+    """Refuse --push-to-hub before any work when the name (its {budget} placeholder filled with a sample budget
+    name) is no repo id, or when the Hub client is offline (HF_HUB_OFFLINE), where the upload would fail after
+    the whole extract."""
+    from huggingface_hub import constants
+
+    check_repo_id(push_to_hub.replace("{budget}", "budget"), as_given=push_to_hub)
+    if constants.HF_HUB_OFFLINE:
+        raise InputError(
+            f"--push-to-hub {push_to_hub!r} needs the Hub, but HF_HUB_OFFLINE is set; unset it or leave out "
+            "--push-to-hub."
+        )
 
 
 def cache_folder(repo_id: str) -> Path:

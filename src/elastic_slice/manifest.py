@@ -48,7 +48,8 @@ def describe_parent_files(checkpoint: Checkpoint) -> dict[str, Any]:
         else:
             entry["sha256"] = sha256_file(path)
         files[path.name] = entry
-    described: dict[str, Any] = {"path": str(checkpoint.root), "files": files}
+    # published with the folder: the parent's folder by name only (a Hub parent by repo id and commit, below)
+    described: dict[str, Any] = {"path": checkpoint.root.resolve().name, "files": files}
     if checkpoint.hub is not None:
         described["hub"] = {"repo_id": checkpoint.hub.repo_id, "commit": checkpoint.hub.commit}
     return described

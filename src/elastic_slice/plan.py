@@ -12,7 +12,7 @@ from typing import Any
 from .arch import Architecture, ParamCounts, TensorCut
 from .checkpoint import Checkpoint
 from .quant.formats import parts
-from .quant.output import HF_QUANT_CONFIG, QuantSummary, output_quantization, summarize
+from .quant.output import QuantSummary, output_quantization, summarize
 from .quant.planning import (
     Dequant,
     ParentQuantization,

@@ -15,7 +15,7 @@ from .execute import Target, execute
 from .manifest import MANIFEST_FILE, read_manifest, sha256_file
 from .nesting import Budget
 from .plan import Plan, TensorOp, build_plan
-from .quant.output import HF_QUANT_CONFIG
+from .quant.declared import declaration_mismatches, declared_exclusions
 from .quant.planning import parent_quantization
 from .quiet import quiet_transformers
 from .writer import ShardWriter, WritePool, write_json, write_weights_index
@@ -33,6 +33,11 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def passed(self, check: str, problems_before: int) -> None:
+        """Record `check` as passed only when it added no problem since `problems_before` (its problems say why)."""
+        if len(self.problems) == problems_before:
+            self.checks.append(check)
+
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
 
@@ -49,10 +54,13 @@ def check_files(folder: Path, report: VerifyReport) -> dict[str, Any] | None:
         report.problems.append(str(exc))
         return None
     files: dict[str, dict[str, Any]] = manifest["files"]
+    before = len(report.problems)
     for name, entry in sorted(files.items()):
         target = folder / name
         if target.is_symlink():
             report.problems.append(f"{name!r} is a link; an output folder holds regular files only.")
+        elif target.exists() and not target.is_file():
+            report.problems.append(f"{name!r} is listed in the manifest as a file but is not a file.")
         elif not target.is_file():
             report.problems.append(f"{name!r} is listed in the manifest but missing.")
         elif target.stat().st_size != entry.get("size"):
@@ -61,12 +69,13 @@ def check_files(folder: Path, report: VerifyReport) -> dict[str, Any] | None:
             report.problems.append(f"{name!r} does not match its sha256 in the manifest (the file was changed).")
     for extra in sorted(p.name for p in folder.iterdir() if p.name not in files and p.name != MANIFEST_FILE):
         report.problems.append(f"{extra!r} is not listed in the manifest.")
-    report.checks.append(f"{len(files)} files against the manifest's sizes and sha256")
+    report.passed(f"{len(files)} files against the manifest's sizes and sha256", before)
     return manifest
 
 
 def check_structure(child: Checkpoint, report: VerifyReport) -> None:
     """The config, weights index, shard headers, tensor names and shapes agree with each other."""
+    before = len(report.problems)
     try:
         arch = architecture_of(child)
         sizes = arch.parent_sizes(child.config)
@@ -74,7 +83,24 @@ def check_structure(child: Checkpoint, report: VerifyReport) -> None:
     except ElasticSliceError as exc:
         report.problems.append(str(exc))
         return
-    report.checks.append(f"{len(child.tensors)} tensors: names, shapes and presence agree with config.json")
+    report.passed(f"{len(child.tensors)} tensors: names, shapes and presence agree with config.json", before)
+    check_declaration(child, report)
+
+
+def check_declaration(child: Checkpoint, report: VerifyReport) -> None:
+    """A quantized output's config excludes exactly the linear modules it stores unquantized."""
+    before = len(report.problems)
+    try:
+        quantization = parent_quantization(child.config, child.hf_quant_config(), child.tensors)
+        arch = architecture_of(child)
+    except ElasticSliceError as exc:
+        report.problems.append(str(exc))
+        return
+    if quantization is None:
+        return
+    entries = declared_exclusions(child.config, child.hf_quant_config(), quantization.fmt)
+    report.problems += declaration_mismatches(arch, child.tensors, quantization, entries)
+    report.passed(f"the quantization config's {len(entries)} exclusions agree with the stored tensors", before)
 
 
 class _ComparingWriter:
@@ -118,6 +144,7 @@ def check_against_parent(
     except ElasticSliceError as exc:
         report.problems.append(str(exc))
         return
+    before = len(report.problems)
     calibrated = calibrated_tensors(quantization)
     planned = {op.out_name: op for op in plan.ops}
     for name in sorted(set(child.tensors) - set(planned) - set(calibrated)):
@@ -141,20 +168,37 @@ def check_against_parent(
         bad_scales = bad_calibrated_scales(unplanned, files)
     for name in sorted(writer.mismatched):
         report.problems.append(f"tensor {name!r} differs from the parent's slice for budget {plan.budget.name!r}.")
-    report.checks.append(f"{len(planned)} tensors byte for byte against {parent.root} budget {plan.budget.name}")
+    report.passed(f"{len(planned)} tensors byte for byte against {parent.root} budget {plan.budget.name}", before)
+    before = len(report.problems)
     for name in bad_scales:
         report.problems.append(f"calibrated scale {name!r} is not one finite, positive number.")
     if unplanned:
-        report.checks.append(f"{len(unplanned)} calibrated scales (activations, KV cache) finite and positive")
+        report.passed(f"{len(unplanned)} calibrated scales (activations, KV cache) finite and positive", before)
     if bounds is not None and quantization is not None:
+        before = len(report.problems)
         for name in bounds.outside:
             report.problems.append(
                 f"weight {name!r} dequantizes to values outside the {quantization.scheme.upper()} rounding bound "
                 "of the parent's slice."
             )
-        report.checks.append(
+        report.passed(
             f"{bounds.checked} quantized weights dequantized within the {quantization.scheme.upper()} bound "
-            "of the parent's slice"
+            "of the parent's slice", before
+        )
+
+
+def require_quantized_parent(child: Checkpoint, parent: Checkpoint) -> None:
+    """A child that stores quantized weights without having been quantized by extract (its manifest records no
+    quantize option) was cut from a quantized parent: comparing it with an unquantized parent is an input error."""
+    try:
+        stored = parent_quantization(child.config, child.hf_quant_config(), child.tensors)
+        source = parent_quantization(parent.config, parent.hf_quant_config(), parent.tensors)
+    except ElasticSliceError:
+        return  # check_against_parent reports it
+    if stored is not None and source is None:
+        raise InputError(
+            f"this output was cut from a quantized parent (it stores {stored.scheme.upper()} weights and was not "
+            f"quantized by extract); verify it against that parent (--parent QUANTIZED_PARENT), not {parent.root}."
         )
 
 
@@ -234,7 +278,8 @@ def check_numerics(
     )
     if relative > limit:
         report.problems.append(f"logits differ from the parent's masked forward: {summary} (tolerance {limit:g}).")
-    report.checks.append(f"logits against the parent's masked forward on {device}: {summary}; tolerance {limit:g}")
+    else:
+        report.checks.append(f"logits against the parent's masked forward on {device}: {summary}; tolerance {limit:g}")
 
 
 def dequantized_copy(child: Checkpoint, folder: Path) -> Path:

@@ -88,8 +88,10 @@ class Architecture(Protocol):
         """Patch a transformers model of the parent in place so that it computes a budget's masked forward."""
         ...
 
-    def calibration_hooks(self, model: Any, record: Callable[[str, Any], None]) -> list[Any]:
-        """Forward hooks on a transformers model that pass each linear layer's input to `record(name, input)`,
-        keyed by the layer's checkpoint module name, and the key and value projections' outputs to
-        `record(name + OUTPUT, output)` (for KV-cache scales); returns the hook handles."""
+    def calibrate_layerwise(self, checkpoint: Any, sequences: list[Any], record: Callable[[str, Any], None],
+                            device: str, on_layer: Callable[[int, int], None] | None = None) -> None:
+        """Run token-id sequences through the parent one decoder layer at a time (only that layer's weights
+        resident), passing each linear layer's input to `record(name, input)` keyed by the layer's checkpoint module
+        name, and the key and value projections' outputs to `record(name + OUTPUT, output)` (for KV-cache scales);
+        `on_layer(done, total)` after each layer."""
         ...

@@ -322,10 +322,11 @@ class NemotronH:
 
         return apply_masked_forward(model, dict(sizes), norm)
 
-    def calibration_hooks(self, model: Any, record: Callable[[str, Any], None]) -> list[Any]:
-        from .nemotron_h_torch import calibration_hooks
+    def calibrate_layerwise(self, checkpoint: Any, sequences: list[Any], record: Callable[[str, Any], None],
+                            device: str, on_layer: Callable[[int, int], None] | None = None) -> None:
+        from .nemotron_h_torch import calibrate_layerwise
 
-        return calibration_hooks(model, record)
+        calibrate_layerwise(checkpoint, sequences, record, device, on_layer)
 
 
 _KIND_PATTERNS = [

@@ -1,14 +1,16 @@
-"""Nemotron-H on the transformers side: a budget's masked forward, and calibration hooks.
+"""Nemotron-H on the transformers side: a budget's masked forward, and calibration one layer at a time.
 
 The masked forward is a reference for tests and `verify --numerics`, written independently of the slicing rules:
 keep-masks come from the budget's sizes alone, and transformers' own modules are patched (dropped channels, heads
 and experts zeroed or never routed to, dropped layers skipped, norms taken over the kept channels or, for "full",
-the parent's width). Calibration hooks record each linear layer's input amax under its checkpoint (hub) name.
+the parent's width). Calibration hooks record each linear layer's input amax under its checkpoint (hub) name;
+`calibrate_layerwise` runs them on transformers' decoder blocks built one at a time from the parent's shards.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import types
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .base import OUTPUT
 
 
@@ -130,11 +133,13 @@ def _hub_name(module_name: str) -> str:
     return "backbone." + module_name[len("model."):] if module_name.startswith("model.") else module_name
 
 
-def calibration_hooks(model: nn.Module, record: Callable[[str, torch.Tensor], None]) -> list[Any]:
+def calibration_hooks(model: nn.Module, record: Callable[[str, torch.Tensor], None], prefix: str = "") -> list[Any]:
     """Hooks that pass every linear layer's input (per routed expert for MoE layers) to `record`, and the key and
-    value projections' outputs under their name plus OUTPUT."""
+    value projections' outputs under their name plus OUTPUT; `prefix` is the module's own name in the model (a
+    decoder block run alone: `model.layers.3.`)."""
     handles = []
-    for name, module in model.named_modules():
+    for local_name, module in model.named_modules():
+        name = prefix + local_name
         if isinstance(module, nn.Linear):
             hub = _hub_name(name)
             handles.append(module.register_forward_pre_hook(lambda mod, args, hub=hub: record(hub, args[0])))
@@ -142,9 +147,9 @@ def calibration_hooks(model: nn.Module, record: Callable[[str, torch.Tensor], No
                 handles.append(module.register_forward_hook(
                     lambda mod, args, out, hub=hub: record(hub + OUTPUT, out)))
         elif type(module).__name__ == "NemotronHExperts":
-            prefix = _hub_name(name)
+            experts = _hub_name(name)
             handles.append(module.register_forward_pre_hook(
-                lambda mod, args, prefix=prefix: _record_experts(mod, args, prefix, record)))
+                lambda mod, args, experts=experts: _record_experts(mod, args, experts, record)))
     return handles
 
 
@@ -160,3 +165,131 @@ def _record_experts(experts: nn.Module, args: tuple[Any, ...], prefix: str,
         record(f"{prefix}.{expert}.up_proj", inputs)
         inner = experts.act_fn(nn.functional.linear(inputs, experts.up_proj[expert]))
         record(f"{prefix}.{expert}.down_proj", inner)
+
+
+# ----- calibration one decoder layer at a time ---------------------------------------------------------------------
+Record = Callable[[str, torch.Tensor], None]
+
+
+class _StreamedExperts(nn.Module):
+    """A MoE layer's routed experts read from the shards one at a time (never all resident), computed as
+    transformers' NemotronHExperts does, recording each expert's up_proj and down_proj input."""
+
+    def __init__(self, load: Callable[[str], torch.Tensor], prefix: str, num_experts: int, act_fn: Any,
+                 record: Record) -> None:
+        super().__init__()
+        self.load, self.prefix, self.num_experts, self.act_fn, self.record = load, prefix, num_experts, act_fn, record
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                top_k_weights: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(hidden_states, dtype=top_k_weights.dtype)
+        for expert in torch.unique(top_k_index).tolist():
+            if expert >= self.num_experts:
+                continue
+            top_k_pos, token_idx = torch.where((top_k_index == expert).T)
+            name = f"{self.prefix}.{expert}"
+            inputs = hidden_states[token_idx]
+            self.record(f"{name}.up_proj", inputs)
+            inner = self.act_fn(nn.functional.linear(inputs, self.load(f"{name}.up_proj.weight")))
+            self.record(f"{name}.down_proj", inner)
+            result = nn.functional.linear(inner, self.load(f"{name}.down_proj.weight"))
+            out.index_add_(0, token_idx, (result * top_k_weights[token_idx, top_k_pos, None]).to(out.dtype))
+        return out.to(hidden_states.dtype)
+
+
+_ROUTED_EXPERT = re.compile(r"mixer\.experts\.\d+\.")
+
+
+def _block(config: Any, index: int, names: list[str], load: Callable[[str], torch.Tensor], record: Record) -> nn.Module:
+    """Decoder block `index` built on the meta device and given its weights from the shards (routed experts
+    streamed), with calibration hooks."""
+    from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHBlock
+
+    prefix = f"backbone.layers.{index}."
+    with torch.device("meta"):
+        block = NemotronHBlock(config, layer_idx=index)
+    if block.block_type == "moe":
+        block.mixer.experts = _StreamedExperts(
+            load, prefix + "mixer.experts", config.n_routed_experts, block.mixer.experts.act_fn, record)
+    state = {name[len(prefix):]: load(name) for name in names if not _ROUTED_EXPERT.match(name[len(prefix):])}
+    try:
+        block.load_state_dict(state, assign=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise InputError(f"layer {index} of the parent does not match its config.json for calibration ({first}).") from exc
+    block.eval()
+    calibration_hooks(block, record, prefix=f"model.layers.{index}.")
+    return block
+
+
+def _embed(shards: Any, info: Any, ids: torch.Tensor) -> torch.Tensor:
+    """The embedding rows of `ids` in fp32, read row by row (the table itself is never loaded)."""
+    from ..dtypes import torch_dtype
+
+    rows, width = info.shape[0], info.shape[1]
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    if int(unique[-1]) >= rows:
+        raise InputError(f"the tokenizer gives token id {int(unique[-1])}, past the {rows} rows of {info.name}.")
+    row_bytes = info.nbytes // rows
+    raw = bytearray(row_bytes * len(unique))
+    view = memoryview(raw)
+    for position, row in enumerate(unique.tolist()):
+        shards.read_into(info, row * row_bytes, view[position * row_bytes:(position + 1) * row_bytes])
+    table = torch.frombuffer(raw, dtype=torch_dtype(info.dtype)).reshape(len(unique), width)
+    return table.to(torch.float32)[inverse][None]
+
+
+@torch.no_grad()
+def calibrate_layerwise(checkpoint: Any, sequences: list[torch.Tensor], record: Record, device: str,
+                        on_layer: Callable[[int, int], None] | None = None) -> None:
+    """Run token-id sequences through the parent one decoder layer at a time, in fp32 on `device`, passing
+    activations to `record` as the calibration hooks do. Only one layer's weights (without its routed experts,
+    read one at a time) and the sequences' hidden states are resident; token-mixing layers (Mamba, attention)
+    run each sequence alone, per-token layers (MoE, MLP) all tokens together."""
+    from transformers import AutoConfig
+    from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
+    from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHRMSNorm
+
+    from ..checkpoint import ShardFiles
+
+    config = AutoConfig.from_pretrained(checkpoint.root)
+    config._attn_implementation = "sdpa"
+    layer_names: dict[int, list[str]] = {}
+    for name in checkpoint.tensors:
+        match = re.match(r"backbone\.layers\.(\d+)\.", name)
+        if match:
+            layer_names.setdefault(int(match.group(1)), []).append(name)
+    for needed in ("backbone.embeddings.weight", "backbone.norm_f.weight"):
+        if needed not in checkpoint.tensors:
+            raise InputError(f"calibration needs tensor {needed!r}, which no shard of {checkpoint.root} holds.")
+    with ShardFiles(checkpoint) as shards:
+        def load(name: str) -> torch.Tensor:
+            return shards.read_tensor(name).to(device=device, dtype=torch.float32)
+
+        embeddings = checkpoint.tensors["backbone.embeddings.weight"]
+        hidden = [_embed(shards, embeddings, ids).to(device) for ids in sequences]
+        positions = [torch.arange(h.shape[1], device=device)[None] for h in hidden]
+        masks = [
+            {"full_attention": create_causal_mask(config=config, inputs_embeds=h, attention_mask=None, cache=None,
+                                                  position_ids=p),
+             "linear_attention": create_recurrent_attention_mask(config=config, inputs_embeds=h, attention_mask=None,
+                                                                 cache=None, position_ids=p)}
+            for h, p in zip(hidden, positions)
+        ]
+        total = config.num_hidden_layers
+        for index in range(total):
+            block = _block(config, index, layer_names.get(index, []), load, record)
+            if block.block_type in ("moe", "mlp"):
+                lengths = [h.shape[1] for h in hidden]
+                hidden = list(block(torch.cat(hidden, dim=1)).split(lengths, dim=1))
+            else:
+                hidden = [block(h, attention_mask=m.get(block.block_type), position_ids=p, cache=None, use_cache=False)
+                          for h, m, p in zip(hidden, masks, positions)]
+            del block
+            if on_layer is not None:
+                on_layer(index + 1, total)
+        with torch.device("meta"):
+            norm = NemotronHRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        norm.load_state_dict({"weight": load("backbone.norm_f.weight")}, assign=True)
+        for h in hidden:
+            record("lm_head", norm(h))  # the input of lm_head (whose own weights are not needed)

@@ -16,9 +16,9 @@ def _scalar(value: torch.Tensor | float, fmt: str) -> torch.Tensor:
 
 def quantize_parts(parent: torch.Tensor, child: torch.Tensor, spec: QuantPart) -> dict[str, torch.Tensor]:
     """Every stored part of `child` (a slice of `parent`), quantized with scales taken from the whole parent."""
-    amax = parent.detach().abs().amax().to(torch.float32)
+    amax = fp8.abs_max(parent)  # once for the scales of every part
     if spec.scheme == "nvfp4":
-        global_scale = nvfp4.global_scale(parent)
+        global_scale = nvfp4.global_scale(parent, amax)
         scales = nvfp4.block_scales(child, global_scale)
         result = {
             WEIGHT: nvfp4.quantize(child, scales, global_scale),
@@ -31,7 +31,7 @@ def quantize_parts(parent: torch.Tensor, child: torch.Tensor, spec: QuantPart) -
             step = spec.input_amax / (nvfp4.E2M1_MAX * nvfp4.E4M3_MAX)
             result[INPUT_SCALE] = _scalar(step if spec.fmt == MODELOPT else 1.0 / step, spec.fmt)
         return result
-    scale = fp8.tensor_scale(parent)
+    scale = fp8.tensor_scale(parent, amax)
     result = {WEIGHT: fp8.quantize(child, scale), TENSOR_SCALE: _scalar(scale, spec.fmt)}
     if spec.input_amax is not None:
         result[INPUT_SCALE] = _scalar(spec.input_amax / fp8.E4M3_MAX, spec.fmt)

@@ -1,6 +1,7 @@
 """Activation calibration: run the parent in transformers on sample text and record each linear input's amax.
 
-Input scales come from the parent (every budget copies them), so calibration runs once, on the parent. Routed
+Input scales come from the parent (every budget copies them), so calibration runs once, on the parent, one decoder
+layer at a time (memory bounded by one layer, whatever the parent's depth). Routed
 experts that no calibration token reached take the largest amax of their layer's other experts (what a serving
 engine would otherwise see as their range), so every quantized module gets a scale.
 """
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import Checkpoint
 from ..errors import InputError
 from ..quiet import quiet_transformers
 
@@ -54,23 +57,36 @@ def calibration_texts(source: str) -> list[str]:
     return paragraphs
 
 
-def calibrate(checkpoint_root: Path, arch: Any, texts: list[str], device: str = "cpu") -> dict[str, float]:
-    """Input amax of every linear layer of the model at `checkpoint_root`, keyed by checkpoint module name."""
+def calibrate(checkpoint: Checkpoint, arch: Any, texts: list[str], device: str = "cpu",
+              on_layer: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    """Input amax of every linear layer of the parent, keyed by checkpoint module name, from a run of `texts`
+    through it one decoder layer at a time (`on_layer(done, total)` after each layer)."""
     try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        import torch  # noqa: F401
+        from transformers import AutoTokenizer
     except ImportError as exc:
         raise InputError(
             "calibration needs transformers, a dependency of elastic-slice: reinstall it with "
             "pip install elastic-slice (or pip install 'transformers>=5')."
         ) from exc
+    amax: dict[str, float] = {}
+
+    def record(name: str, tensor: Any) -> None:
+        if tensor.numel():
+            amax[name] = max(amax.get(name, 0.0), float(tensor.detach().abs().amax()))
+
     with quiet_transformers():
         try:
-            tokenizer = AutoTokenizer.from_pretrained(checkpoint_root)
+            tokenizer = AutoTokenizer.from_pretrained(checkpoint.root)
         except (OSError, ValueError) as exc:
-            raise InputError(f"calibration needs the parent's tokenizer files in {checkpoint_root} ({exc}).") from exc
-        model = AutoModelForCausalLM.from_pretrained(checkpoint_root, dtype=torch.float32).to(device).eval()
-        return _run(model, tokenizer, arch, texts, device)
+            raise InputError(f"calibration needs the parent's tokenizer files in {checkpoint.root} ({exc}).") from exc
+        sequences = [tokenizer(text, return_tensors="pt", truncation=True, max_length=MAX_TOKENS)["input_ids"][0]
+                     for text in texts]
+        sequences = [ids for ids in sequences if ids.numel()]
+        if not sequences:
+            raise InputError("the calibration text gives no tokens; give a text file with words in it.")
+        arch.calibrate_layerwise(checkpoint, sequences, record, device, on_layer)
+    return fill_unrouted_experts(amax, int(checkpoint.config.get("n_routed_experts") or 0))
 
 
 def announce(source: str, paragraphs: int, chosen_by_default: bool) -> None:
@@ -79,35 +95,14 @@ def announce(source: str, paragraphs: int, chosen_by_default: bool) -> None:
     print(f"calibrating activation scales on {describe(source)} ({paragraphs} paragraphs){hint}", file=sys.stderr)
 
 
-def _run(model: Any, tokenizer: Any, arch: Any, texts: list[str], device: str) -> dict[str, float]:
-    import torch
-
-    amax: dict[str, float] = {}
-
-    def record(name: str, tensor: Any) -> None:
-        if tensor.numel():
-            amax[name] = max(amax.get(name, 0.0), float(tensor.detach().abs().amax()))
-
-    handles = arch.calibration_hooks(model, record)
-    try:
-        with torch.no_grad():
-            for text in texts:
-                ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=MAX_TOKENS)["input_ids"]
-                model(ids.to(device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return _fill_unrouted_experts(amax, model)
-
-
-def _fill_unrouted_experts(amax: dict[str, float], model: Any) -> dict[str, float]:
+def fill_unrouted_experts(amax: dict[str, float], experts: int) -> dict[str, float]:
+    """Give each routed expert that no token reached the largest amax of its layer's experts."""
     layers: dict[tuple[str, str], float] = {}
     for name, value in amax.items():
         match = _EXPERT.match(name)
         if match:
             key = (match.group(1), match.group(3))
             layers[key] = max(layers.get(key, 0.0), value)
-    experts = int(getattr(model.config, "n_routed_experts", 0) or 0)
     for (prefix, proj), value in layers.items():
         for expert in range(experts):
             amax.setdefault(f"{prefix}.{expert}.{proj}", value)

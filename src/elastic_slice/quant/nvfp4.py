@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .fp8 import abs_max, divided
+
 BLOCK = 16
 E2M1_MAX = 6.0
 E4M3_MAX = 448.0
@@ -28,38 +30,63 @@ _BOUNDS = torch.tensor(
 )
 
 
-def global_scale(weight: torch.Tensor) -> torch.Tensor:
-    """g = 448 * 6 / amax as a 1-element fp32 tensor (1.0 when amax is zero or not finite)."""
-    amax = weight.detach().abs().amax().to(torch.float32).clamp(min=torch.finfo(torch.float32).tiny)
-    scale = E4M3_MAX * E2M1_MAX / amax
+def global_scale(weight: torch.Tensor, amax: torch.Tensor | None = None) -> torch.Tensor:
+    """g = 448 * 6 / amax as a 1-element fp32 tensor (1.0 when amax is zero or not finite); `amax` when known."""
+    amax = abs_max(weight) if amax is None else amax
+    scale = E4M3_MAX * E2M1_MAX / amax.to(torch.float32).clamp(min=torch.finfo(torch.float32).tiny)
     return torch.nan_to_num(scale, nan=1.0, posinf=1.0, neginf=1.0).reshape(1)
 
 
 def block_scales(weight: torch.Tensor, global_scale_: torch.Tensor) -> torch.Tensor:
     """E4M3 scale of every block of 16 inputs: [out, in / 16]."""
     rows, cols = weight.shape
-    blocks = weight.to(torch.float32).reshape(rows, cols // BLOCK, BLOCK)
-    amax = blocks.abs().amax(dim=-1)
+    low, high = torch.aminmax(weight.reshape(rows, cols // BLOCK, BLOCK), dim=-1)
+    amax = torch.maximum(low.neg(), high).to(torch.float32)
     scales = (global_scale_.to(torch.float32) * (amax / E2M1_MAX)).clamp(-E4M3_MAX, E4M3_MAX)
     scales = scales.to(torch.float8_e4m3fn).to(torch.float32)
     scales = torch.where(scales == 0, torch.tensor(_ZERO_BLOCK_SCALE), scales)
     return scales.to(torch.float8_e4m3fn)
 
 
-def e2m1_codes(values: torch.Tensor) -> torch.Tensor:
-    """4-bit codes (sign << 3 | magnitude index) of fp32 values already clamped to [-6, 6]."""
+def _rounded_codes(values: torch.Tensor) -> torch.Tensor:
+    """4-bit codes (sign << 3 | magnitude index) of fp32 values, by clamping to [-6, 6] and bucketing: the
+    definition, used to build the lookup table of `e2m1_codes`."""
+    values = torch.clamp(values, -E2M1_MAX, E2M1_MAX)
     index = torch.bucketize(values.abs(), _BOUNDS).to(torch.uint8)  # boundaries strictly below each magnitude
     signed = E2M1_VALUES[index.long()] * torch.sign(values)
     return index | (torch.signbit(signed).to(torch.uint8) << 3)
+
+
+def _code_table() -> torch.Tensor:
+    """The code of every fp32 value by its top 11 bits (sign, exponent, two mantissa bits) and whether any lower
+    bit is set: entry 2k is the value whose bits are k << 21, entry 2k + 1 any value above it within those top bits.
+    Every rounding boundary of E2M1 (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5) has two mantissa bits, so the code is
+    constant between such values and the table is exact."""
+    top = torch.arange(2048, dtype=torch.int32) << 21
+    pairs = torch.stack((top, top | 1), dim=-1).reshape(-1)
+    return _rounded_codes(pairs.view(torch.float32))
+
+
+_CODES = _code_table()
+_LOW_BITS = (1 << 21) - 1
+
+
+def e2m1_codes(values: torch.Tensor) -> torch.Tensor:
+    """4-bit codes (sign << 3 | magnitude index) of fp32 values, rounded to the nearest E2M1 value with ties to
+    even (values beyond 6 give 6): one table lookup per value on its bit pattern, int32 temporaries only."""
+    bits = values.contiguous().view(torch.int32)
+    index = bits >> 20
+    index &= 0xFFE
+    index |= (bits & _LOW_BITS).ne_(0)
+    return torch.index_select(_CODES, 0, index.reshape(-1)).reshape(values.shape)
 
 
 def quantize(weight: torch.Tensor, scales: torch.Tensor, global_scale_: torch.Tensor) -> torch.Tensor:
     """Packed codes [out, in / 2] of `weight` under given block and global scales (the parent's, when nested)."""
     rows, cols = weight.shape
     step = scales.to(torch.float32) / global_scale_.to(torch.float32)
-    scaled = weight.to(torch.float32).reshape(rows, cols // BLOCK, BLOCK) / step.unsqueeze(-1)
-    codes = e2m1_codes(torch.clamp(scaled, -E2M1_MAX, E2M1_MAX).reshape(rows, cols))
-    return pack(codes)
+    scaled = divided(weight.reshape(rows, cols // BLOCK, BLOCK), step.unsqueeze(-1))
+    return pack(e2m1_codes(scaled).reshape(rows, cols))
 
 
 def pack(codes: torch.Tensor) -> torch.Tensor:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..checkpoint import HF_QUANT_CONFIG
+from .declared import NEVER_QUANTIZED_KINDS
 from .formats import (
+    INPUT_SCALE,
     KV_SCALE,
     MODELOPT,
     WEIGHT,
@@ -24,8 +27,6 @@ if TYPE_CHECKING:
     from ..nesting import Budget
     from ..plan import TensorOp
 
-#: module kinds engines never quantize (embeddings, router gates): listing them would only lengthen the list
-_NEVER_QUANTIZED_KINDS = ("embedding", "router")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class QuantSummary:
     kv_cache: bool
     #: whether routed-expert weights are stored quantized (transformers mishandles them; see the card)
     experts_quantized: bool
+    #: whether routed experts store activation scales (transformers has no place for them; see the card)
+    experts_input_scales: bool = False
 
 
 def summarize(
@@ -51,16 +54,19 @@ def summarize(
     if request is not None:
         parts = [(op.source, op.quant.part) for op in ops if op.quant is not None]
         return QuantSummary(request.scheme.name, request.fmt, request.recipe, request.calibration, request.exclude,
-                            request.kv_amax is not None, _experts_quantized(arch, parts))
+                            request.kv_amax is not None, _experts_store(arch, parts, WEIGHT),
+                            _experts_store(arch, parts, INPUT_SCALE))
     if parent is None or "quantization_config" not in child_config:
         return None
     parts = [(op.source, parent.stored[op.source].part) for op in ops if op.source in parent.stored]
     kv_cache = any(part == KV_SCALE for _, part in parts)
-    return QuantSummary(parent.scheme, parent.fmt, None, None, (), kv_cache, _experts_quantized(arch, parts))
+    return QuantSummary(parent.scheme, parent.fmt, None, None, (), kv_cache, _experts_store(arch, parts, WEIGHT),
+                        _experts_store(arch, parts, INPUT_SCALE))
 
 
-def _experts_quantized(arch: Architecture, parts: list[tuple[str, str]]) -> bool:
-    return any(part == WEIGHT and arch.module_kind(source) == "expert_linear" for source, part in parts)
+def _experts_store(arch: Architecture, parts: list[tuple[str, str]], wanted: str) -> bool:
+    """Whether a routed expert stores the part `wanted` (its weight quantized, its activation scale)."""
+    return any(part == wanted and arch.module_kind(source) == "expert_linear" for source, part in parts)
 
 
 def output_quantization(
@@ -105,7 +111,7 @@ def exclusions(
     for op in ops:
         module = op.out_name.removesuffix(".weight")
         if (op.quant is None and op.out_name.endswith(".weight") and len(op.out_shape) == 2
-                and module not in listed and arch.module_kind(op.source) not in _NEVER_QUANTIZED_KINDS
+                and module not in listed and arch.module_kind(op.source) not in NEVER_QUANTIZED_KINDS
                 and not request.excluded_by_user(op.source, op.out_name)):
             modules.append(module)
             listed.add(module)
@@ -113,10 +119,42 @@ def exclusions(
 
 
 def glob_regex(glob: str) -> str:
-    """A --exclude glob as a compressed-tensors `re:` pattern matching the same modules under any root name."""
+    """A --exclude glob as a compressed-tensors `re:` pattern matching the same modules under any root name.
+
+    `*` and `?` become `.*` and `.`; a character class `[0-3]` / `[!0-3]` stays a class (`[0-3]` / `[^0-3]`), as
+    fnmatch reads it; everything else is literal."""
     body = _without_root(glob) if not glob.startswith("*") else glob
-    pattern = "".join(".*" if char == "*" else "." if char == "?" else re.escape(char) for char in body)
+    pattern = "".join(_glob_pieces(body))
     return f"re:{'' if pattern.startswith('.*') else '.*'}{pattern}$"
+
+
+def _glob_pieces(glob: str) -> Iterator[str]:
+    """The regular-expression pieces of a glob, read as `fnmatch` reads it."""
+    index = 0
+    while index < len(glob):
+        char = glob[index]
+        index += 1
+        if char == "*":
+            yield ".*"
+        elif char == "?":
+            yield "."
+        elif char == "[" and (end := _class_end(glob, index)) > 0:
+            members = glob[index:end]
+            negate = members.startswith("!")
+            members = members[1:] if negate else members
+            yield "[" + ("^" if negate else "") + members.replace("\\", "\\\\").replace("^", "\\^") + "]"
+            index = end + 1
+        else:
+            yield re.escape(char)
+
+
+def _class_end(glob: str, start: int) -> int:
+    """Where the character class opened just before `start` closes (fnmatch's rule: a `]` right after `[` or `[!`
+    is a member), or -1 when it does not (the `[` is then a literal)."""
+    index = start + (glob[start : start + 1] == "!")
+    index += glob[index : index + 1] == "]"
+    end = glob.find("]", index)
+    return end
 
 
 def _without_root(name: str) -> str:

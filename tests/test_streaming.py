@@ -100,11 +100,13 @@ def test_cli_all_budgets(tiny_parent: Path, tmp_path: Path) -> None:
 
 def test_manifest_records_parent_budget_options_and_hashes(tiny_parent: Path, tmp_path: Path) -> None:
     out = tmp_path / "m"
-    api.extract(tiny_parent, "12B", out, dtype="fp32", command="elastic-slice extract ...")
+    command = f"elastic-slice extract {tiny_parent} --size 12B --dtype fp32 --out {out}"
+    api.extract(tiny_parent, "12B", out, dtype="fp32", command=command)
     manifest = json.loads((out / "elastic_slice_manifest.json").read_text())
     assert manifest["tool"]["name"] == "elastic-slice"
     assert manifest["budget"]["name"] == "12B" and manifest["budget"]["sizes"]["hidden_size"] == 96
-    assert manifest["options"]["dtype"] == "fp32" and manifest["command"] == "elastic-slice extract ..."
+    assert manifest["options"]["dtype"] == "fp32"  # the command as published: local folders reduced to names
+    assert manifest["command"] == f"elastic-slice extract {tiny_parent.name} --size 12B --dtype fp32 --out m"
     parent = manifest["parent"]["files"]
     assert "header_sha256" in parent["model-00001-of-00003.safetensors"]
     assert parent["config.json"]["sha256"] == sha256_file(tiny_parent / "config.json")

@@ -18,7 +18,7 @@ elastic-slice extract "$parent" --all --out "$out/bf16" --json > "$out/bf16.json
 
 # FP8 and NVFP4: one nested quantized parent each, then every budget sliced from it
 for scheme in fp8 nvfp4; do
-  elastic-slice quantize "$parent" --to "$scheme" --quant-format "$format" "${calibration[@]}" \
+  elastic-slice quantize "$parent" --quantize "$scheme" --quant-format "$format" "${calibration[@]}" \
     --out "$out/$scheme-parent" --json > "$out/$scheme-parent.json"
   elastic-slice extract "$out/$scheme-parent" --all --out "$out/$scheme" --json > "$out/$scheme.json"
 done

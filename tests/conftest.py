@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -61,6 +63,25 @@ def run_cli(*args: str) -> CliResult:
     finally:
         sys.argv = argv
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def tree_hash(root: Path) -> dict[str, str]:
+    """Every path under `root` (hidden ones too) -> what it is: a file's sha256 (size and times for huge sparse
+    files), a link's target, or a folder."""
+    found: dict[str, str] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                found[key] = "link " + os.readlink(path)
+            elif path.is_dir():
+                found[key] = "dir"
+            elif path.stat().st_size > 2**26:  # a sparse file of gigabytes: its size and change time
+                found[key] = f"{path.stat().st_size} {path.stat().st_mtime_ns} {path.stat().st_ctime_ns}"
+            else:
+                found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
 
 
 def add_budgets(parent: Path, **budgets: Any) -> None:

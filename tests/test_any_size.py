@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from transformers import AutoModelForCausalLM
 
 from elastic_slice import api
 from conftest import run_cli
 
 
+@pytest.mark.slow
 def test_sweep_between_neighbours(tiny_parent: Path, tmp_path: Path) -> None:
     report = {b.name: b.params_total for b in api.inspect(tiny_parent).budgets}
     low, high = report["12B"], report["23B"]

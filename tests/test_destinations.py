@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, tree_hash
 from elastic_slice import api, destination
 from elastic_slice.errors import InputError, RunFailure
 from elastic_slice.hub import check_repo_id
@@ -62,25 +62,6 @@ def ws(tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Wo
     (outside / "secret.txt").write_text("outside every output\n")
     monkeypatch.chdir(work)
     return Work(tmp_path, work, parent, work / "out", outside)
-
-
-def tree_hash(root: Path) -> dict[str, str]:
-    """Every path under `root` (hidden ones too) -> what it is: a file's sha256 (size and times for huge sparse
-    files), a link's target, or a folder."""
-    found: dict[str, str] = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            key = str(path.relative_to(root))
-            if path.is_symlink():
-                found[key] = "link " + os.readlink(path)
-            elif path.is_dir():
-                found[key] = "dir"
-            elif path.stat().st_size > 2**26:  # a sparse file of gigabytes: its size and change time
-                found[key] = f"{path.stat().st_size} {path.stat().st_mtime_ns} {path.stat().st_ctime_ns}"
-            else:
-                found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
 
 
 def earlier_output(ws: Work, path: Path | None = None) -> Path:
@@ -190,13 +171,13 @@ CASES: list[tuple[str, Callable[[Work], list[str]], int, tuple[str, ...]]] = [
                                                 "--overwrite"], 2, ("contains", *OVERLAP)),
     ("extract two budgets into parent", lambda ws: ["extract", str(ws.parent), "--size", "12B", "--size", "23B",
                                                     "--out", str(ws.parent / "two")], 2, ("lies inside", *OVERLAP)),
-    ("quantize out=parent", lambda ws: ["quantize", str(ws.parent), "--to", "fp8", "--quant-format",
+    ("quantize out=parent", lambda ws: ["quantize", str(ws.parent), "--quantize", "fp8", "--quant-format",
                                         "compressed-tensors", "--out", str(ws.parent), "--overwrite"],
      2, ("{parent} is", *OVERLAP)),
-    ("quantize out inside parent", lambda ws: ["quantize", str(ws.parent), "--to", "fp8", "--quant-format",
+    ("quantize out inside parent", lambda ws: ["quantize", str(ws.parent), "--quantize", "fp8", "--quant-format",
                                                "compressed-tensors", "--out", str(ws.parent / "q")],
      2, ("lies inside", *OVERLAP)),
-    ("quantize out contains parent", lambda ws: ["quantize", str(ws.parent), "--to", "fp8", "--quant-format",
+    ("quantize out contains parent", lambda ws: ["quantize", str(ws.parent), "--quantize", "fp8", "--quant-format",
                                                  "compressed-tensors", "--out", str(ws.work), "--overwrite"],
      2, ("contains", *OVERLAP)),
     ("index out inside parent", lambda ws: index_args(ws, "--out", str(ws.parent / "nesting_index.json"),
@@ -263,7 +244,7 @@ CASES: list[tuple[str, Callable[[Work], list[str]], int, tuple[str, ...]]] = [
         "extract", str(ws.parent), "--size", "12B", "--size", "23B", "--out", str(ws.out), "--overwrite"]),
      2, ("{out}/12B", "'mine.txt'")),
     ("quantize overwrite foreign", with_setup(make_dir("out", files={"mine.txt": "x"}), lambda ws: [
-        "quantize", str(ws.parent), "--to", "fp8", "--quant-format", "compressed-tensors", "--out", str(ws.out),
+        "quantize", str(ws.parent), "--quantize", "fp8", "--quant-format", "compressed-tensors", "--out", str(ws.out),
         "--overwrite"]), 2, ("'mine.txt'",)),
     # Hub ids, refused before anything is read (the checkpoint does not even exist in the push cases)
     ("ckpt org/..", extract("{out}", parent="org/.."), 2, ("CKPT 'org/..'", "not a Hub repo id")),
@@ -546,6 +527,7 @@ def test_concurrent_runs_without_the_lock_lose_nothing(ws: Work, monkeypatch: py
     assert api.verify(ws.out, parent=ws.parent).ok and _litter(ws.work) == []
 
 
+@pytest.mark.slow
 def test_two_processes_to_one_out(ws: Work) -> None:
     command = [sys.executable, "-m", "elastic_slice", "extract", str(ws.parent), "--size", "12B", "--out", str(ws.out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -570,6 +552,7 @@ api.extract(sys.argv[1], "12B", sys.argv[2], on_bytes=pause)
 """
 
 
+@pytest.mark.slow
 def test_second_process_stops_at_the_lock_of_a_paused_first(ws: Work) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     go = ws.root / "go"

@@ -136,11 +136,6 @@ def test_existing_out_is_refused(tiny_parent: Path, tmp_path: Path) -> None:
     assert (out / "config.json").exists()
 
 
-def test_out_required_without_dry_run(tiny_parent: Path) -> None:
-    result = run_cli("extract", tiny_parent, "--size", "12B")
-    assert result.code == 2 and "--out" in result.stderr
-
-
 def test_usage_error_exit_code(tiny_parent: Path) -> None:
     result = run_cli("extract", tiny_parent)
     assert result.code == 2 and "--size" in result.stderr

@@ -12,6 +12,8 @@ from elastic_slice import api
 from elastic_slice.arch.nemotron_h_torch import apply_masked_forward
 from conftest import AXIS_BUDGETS
 
+pytestmark = pytest.mark.slow  # forward passes in transformers
+
 TOKENS = torch.tensor([[5, 17, 99, 4, 250, 31, 7, 77, 123, 9, 41, 42, 43, 200, 8, 15, 16, 23, 42, 300, 11, 12]])
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import load_tensors, run_cli
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "tiny-elastic"
 
 
+@pytest.mark.slow
 def test_example_script_rebuilds_the_committed_checkpoint(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "examples" / "make_tiny_elastic.py"), str(tmp_path / "t")], check=True)
     committed, rebuilt = load_tensors(EXAMPLE), load_tensors(tmp_path / "t")

@@ -14,6 +14,7 @@ from elastic_slice import api
 from conftest import add_budgets, load_tensors, run_cli
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("budget", ["30B", "23B", "12B"])
 def test_budget_loads_and_generates(tiny_parent: Path, tmp_path: Path, budget: str) -> None:
     out = tmp_path / budget
@@ -69,6 +70,7 @@ def test_single_shard_has_no_index(tiny_parent: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "one" / "model.safetensors.index.json").exists()
 
 
+@pytest.mark.slow
 def test_depth_cut_renumbers_layers(axis_parents: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "shallow"
     api.extract(axis_parents["active"], "layers", out)
@@ -80,6 +82,7 @@ def test_depth_cut_renumbers_layers(axis_parents: dict[str, Path], tmp_path: Pat
     assert model.config.num_hidden_layers == 5
 
 
+@pytest.mark.slow
 def test_hybrid_override_pattern_configs_are_cut_too(tiny_parent: Path, tmp_path: Path) -> None:
     """Hub configs of NVIDIA's releases spell the layers as `hybrid_override_pattern`."""
     parent = tmp_path / "legacy"

@@ -21,6 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from hub_standin import HubStandIn
 
+pytestmark = pytest.mark.slow  # the CLI in subprocesses against a local Hub stand-in
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "tiny-elastic"
 MAIN, SPARE = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"

@@ -17,6 +17,8 @@ import pytest
 from elastic_slice import api
 from elastic_slice.fixtures import TinySpec, build_tiny_elastic
 
+pytestmark = pytest.mark.slow  # signals to subprocesses
+
 ROOT = Path(__file__).resolve().parent.parent
 MEDIUM = TinySpec(
     vocab_size=4096, hidden_size=1024, mamba_num_heads=32, mamba_head_dim=32, n_groups=4, num_attention_heads=16,

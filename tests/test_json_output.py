@@ -24,10 +24,11 @@ def test_every_command_json(tiny_parent: Path, tmp_path: Path) -> None:
         "inspect": ["inspect", tiny_parent, "--json"],
         "plan": ["extract", tiny_parent, "--size", "12B", "--dry-run", "--json"],
         "extract": ["extract", tiny_parent, "--size", "12B", "--out", tmp_path / "one", "--json"],
-        "quantize": ["quantize", tiny_parent, "--to", "fp8", "--quant-format", "compressed-tensors",
+        "quantize": ["quantize", tiny_parent, "--quantize", "fp8", "--quant-format", "compressed-tensors",
                      "--out", tmp_path / "q", "--json"],
         "verify": ["verify", tmp_path / "one", "--parent", tiny_parent, "--json"],
         "index": ["index", tiny_parent, "--from-config", f"12B={tmp_path / 'one'}"],
+        "index_json": ["index", tiny_parent, "--from-config", f"12B={tmp_path / 'one'}", "--json"],
     }
     for kind, args in runs.items():
         result = run_cli(*args)
@@ -37,6 +38,11 @@ def test_every_command_json(tiny_parent: Path, tmp_path: Path) -> None:
     assert len(_valid("extract", many.stdout)) == 2
     plans = run_cli("extract", tiny_parent, "--all", "--dry-run", "--json")
     assert len(_valid("plan", plans.stdout)) == 3
+    written = run_cli("index", tiny_parent, "--from-config", f"12B={tmp_path / 'one'}", "--out", tmp_path / "i.json",
+                      "--json")
+    document = _valid("index_json", written.stdout)
+    assert document["written"] == [str(tmp_path / "i.json")]
+    assert json.loads((tmp_path / "i.json").read_text()) == document["index"]
 
 
 def test_api_and_cli_agree(tiny_parent: Path, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ def parent(axis_parents: dict[str, Path], tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_per_layer_budget_is_exact(parent: Path, tmp_path: Path) -> None:
     out = tmp_path / "child"
     api.extract(parent, "hetero", out)

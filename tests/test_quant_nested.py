@@ -16,6 +16,8 @@ from elastic_slice.quant import fp8, nvfp4
 from conftest import add_budgets, load_tensors, run_cli
 
 FORMATS = [("nvfp4", "modelopt"), ("fp8", "modelopt"), ("nvfp4", "compressed-tensors"), ("fp8", "compressed-tensors")]
+#: ModelOpt parents calibrate in transformers: slow
+PARENT_FORMATS = [pytest.param(f, id="-".join(f), marks=[pytest.mark.slow] * (f[1] == "modelopt")) for f in FORMATS]
 
 
 def _options(scheme: str, fmt: str) -> QuantOptions:
@@ -26,7 +28,7 @@ def _bytes(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.reshape(-1).view(torch.uint8)
 
 
-@pytest.fixture(scope="module", params=FORMATS, ids=["-".join(f) for f in FORMATS])
+@pytest.fixture(scope="module", params=PARENT_FORMATS)
 def quantized_parent(request: pytest.FixtureRequest, tiny_parent: Path, tmp_path_factory: pytest.TempPathFactory):
     scheme, fmt = request.param
     out = tmp_path_factory.mktemp("quantized") / f"{scheme}-{fmt}"
@@ -70,6 +72,7 @@ def test_quantized_child_equals_independent_quantization(tiny_parent: Path, tmp_
     assert "Quantization: none" in (tmp_path / "p" / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_modelopt_layout_and_config(tiny_parent: Path, tmp_path: Path) -> None:
     out = tmp_path / "m"
     api.extract(tiny_parent, "12B", out, quantize=QuantOptions("nvfp4", "modelopt", calibration="default"))
@@ -103,11 +106,11 @@ def test_nvfp4_block_alignment_errors(tiny_parent: Path, tmp_path: Path) -> None
     parent = tmp_path / "p"
     shutil.copytree(tiny_parent, parent)
     add_budgets(parent, odd={"moe_intermediate_size": 40})
-    result = run_cli("quantize", parent, "--to", "nvfp4", "--quant-format", "compressed-tensors", "--out", tmp_path / "q")
+    result = run_cli("quantize", parent, "--quantize", "nvfp4", "--quant-format", "compressed-tensors", "--out", tmp_path / "q")
     assert result.code == 2 and "budget 'odd'" in result.stderr and "multiple of 16" in result.stderr
     assert "down_proj" in result.stderr and not (tmp_path / "q").exists()
     # FP8 has no blocks: the same index quantizes, and slicing the NVFP4 parent of the other budgets still works
-    assert run_cli("quantize", parent, "--to", "fp8", "--quant-format", "compressed-tensors", "--out",
+    assert run_cli("quantize", parent, "--quantize", "fp8", "--quant-format", "compressed-tensors", "--out",
                    tmp_path / "q8").code == 0
 
 
@@ -131,6 +134,7 @@ def test_quantize_usage_errors(tiny_parent: Path, tmp_path: Path, args: list[str
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_dtype_dequantizes_a_quantized_parent(quantized_parent, tmp_path: Path) -> None:
     scheme, fmt, parent = quantized_parent
     api.extract(parent, "12B", tmp_path / "dense", dtype="bf16")
@@ -160,6 +164,7 @@ def test_dtype_dequantizes_a_quantized_parent(quantized_parent, tmp_path: Path) 
     assert again.code == 2 and "already" in again.stderr
 
 
+@pytest.mark.slow
 def test_compressed_tensors_output_in_transformers(tiny_parent: Path, tmp_path: Path, capsys) -> None:
     """A real client: transformers (with compressed-tensors) loads the FP8 and NVFP4 children on CPU.
 

@@ -28,6 +28,8 @@ from elastic_slice.quant.calibrate import calibration_texts
 from elastic_slice.errors import InputError
 from conftest import load_tensors, run_cli
 
+pytestmark = pytest.mark.slow  # calibration and models in transformers, a subprocess
+
 #: nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-NVFP4 (docs/quantization.md cites the source)
 NANO_PATTERN = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME"
 NANO_EXCLUDES = ["lm_head"] + [

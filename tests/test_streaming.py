@@ -116,6 +116,7 @@ def test_manifest_records_parent_budget_options_and_hashes(tiny_parent: Path, tm
         assert entry["sha256"] == sha256_file(out / name) and entry["size"] == (out / name).stat().st_size
 
 
+@pytest.mark.slow
 def test_plain_cut_never_imports_torch(tiny_parent: Path, tmp_path: Path) -> None:
     """Torch costs seconds to import; a cut that only moves bytes runs without it (casts and quantizing use it)."""
     script = (

@@ -492,7 +492,7 @@ def test_progress_descriptions_on_a_terminal_are_literal(tmp_path: Path, monkeyp
 
     buffer = io.StringIO()
     monkeypatch.setattr(cli, "stderr", Console(file=buffer, force_terminal=True, width=200))
-    result = run_cli("quantize", EXAMPLE, "--to", "[/bold]x\x1b[2J", "--out", tmp_path / "q",
+    result = run_cli("quantize", EXAMPLE, "--quantize", "[/bold]x\x1b[2J", "--out", tmp_path / "q",
                      "--quant-format", "compressed-tensors")
     shown = buffer.getvalue()
     assert result.code == 2 and "Traceback" not in result.stderr + shown

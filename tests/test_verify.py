@@ -19,6 +19,7 @@ def child(tiny_parent: Path, tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_fresh_output_verifies(child: Path, tiny_parent: Path) -> None:
     result = run_cli("verify", child, "--parent", tiny_parent, "--numerics", "--json")
     assert result.code == 0, result.stdout + result.stderr

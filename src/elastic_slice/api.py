@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import Any
 
-from . import destination, hub
+from . import defaults, destination, hub
 from .arch import Architecture, architecture_of, get_architecture
 from .budgets import ALL_BUDGETS, ParamTarget, select_budgets
 from .card import model_card, public_command, public_path_value
@@ -18,7 +18,16 @@ from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError, RunFailure
 from .execute import Target, execute
 from .manifest import describe_parent_files, write_manifest
-from .nesting import INDEX_FILE, INDEX_FORMAT, NestingIndex, check_budget_name, find_index, parse_index, resolve_budget
+from .nesting import (
+    INDEX_FILE,
+    INDEX_FORMAT,
+    Budget,
+    NestingIndex,
+    check_budget_name,
+    find_index,
+    parse_index,
+    resolve_budget,
+)
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
 from .arch.base import OUTPUT
 from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
@@ -272,10 +281,53 @@ def _download_bytes(ckpt: Checkpoint, plans: list[Plan]) -> int:
 
 
 @dataclass(frozen=True)
+class _Selected:
+    checkpoint: Checkpoint
+    arch: Architecture
+    nesting: NestingIndex | None
+    budgets: list[Budget]
+
+
+@dataclass(frozen=True)
 class _Prepared:
     checkpoint: Checkpoint
     nesting: NestingIndex | None
     plans: list[Plan]
+
+
+def _select(
+    checkpoint: str | Path | Checkpoint,
+    sizes: list[str],
+    index: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    target: ParamTarget | None = None,
+    revision: str | None = None,
+) -> _Selected:
+    """The checkpoint opened and the budgets a command means, resolved and checked (nothing planned yet)."""
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else hub.open_source(checkpoint, revision)
+    arch = architecture_of(ckpt)
+    nesting, budgets = select_budgets(ckpt, arch, sizes, Path(index) if index is not None else None, overrides, target)
+    return _Selected(ckpt, arch, nesting, budgets)
+
+
+def _plan(
+    selected: _Selected,
+    dtype: str | None,
+    max_shard_size: str | int,
+    quantize: QuantOptions | None = None,
+    calibrated: bool = True,
+) -> _Prepared:
+    """The plans of the selected budgets; calibration runs here when `quantize` needs it and `calibrated`."""
+    ckpt, arch = selected.checkpoint, selected.arch
+    out_dtype = parse_user_dtype(dtype) if dtype is not None else None
+    shard_limit = parse_size(str(max_shard_size))
+    if quantize is not None and calibrated and quantize.calibration_source() is not None:
+        ckpt = hub.fetch_all(ckpt)  # calibration reads every layer of the parent
+    request = quantize.request(ckpt, arch, calibrated) if quantize is not None else None
+    plans = [
+        build_plan(ckpt, arch, budget, out_dtype, shard_limit, request, _version()) for budget in selected.budgets
+    ]
+    return _Prepared(ckpt, selected.nesting, plans)
 
 
 def _prepare(
@@ -290,16 +342,8 @@ def _prepare(
     revision: str | None = None,
     calibrated: bool = True,
 ) -> _Prepared:
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else hub.open_source(checkpoint, revision)
-    arch = architecture_of(ckpt)
-    if quantize is not None and calibrated and quantize.calibration_source() is not None:
-        ckpt = hub.fetch_all(ckpt)  # calibration reads every layer of the parent
-    out_dtype = parse_user_dtype(dtype) if dtype is not None else None
-    shard_limit = parse_size(str(max_shard_size))
-    nesting, budgets = select_budgets(ckpt, arch, sizes, Path(index) if index is not None else None, overrides, target)
-    request = quantize.request(ckpt, arch, calibrated) if quantize is not None else None
-    plans = [build_plan(ckpt, arch, budget, out_dtype, shard_limit, request, _version()) for budget in budgets]
-    return _Prepared(ckpt, nesting, plans)
+    selected = _select(checkpoint, sizes, index, overrides, target, revision)
+    return _plan(selected, dtype, max_shard_size, quantize, calibrated)
 
 
 def plan_extract(
@@ -335,7 +379,7 @@ def plan_extract_many(
 def extract(
     checkpoint: str | Path,
     size: str | None,
-    out: str | Path,
+    out: str | Path | None,
     index: str | Path | None = None,
     dtype: str | None = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
@@ -350,7 +394,8 @@ def extract(
     private: bool = False,
 ) -> ExtractResult:
     """Cut budget `size` (None with `overrides` alone) out of `checkpoint` (a folder or a Hub repo id at
-    `revision`) into a Hugging Face folder at `out`, then upload it to repo `push_to_hub` if given.
+    `revision`) into a Hugging Face folder at `out` (None: `<parent>-<budget>` beside the parent, see
+    `defaults.output_folder`), then upload it to repo `push_to_hub` if given.
 
     `overrides` ({"hidden_size": 2048, ...}) sets axes on top of that budget, or of the parent."""
     return extract_many(
@@ -363,7 +408,7 @@ def extract(
 def extract_many(
     checkpoint: str | Path | Checkpoint,
     sizes: list[str],
-    out: str | Path,
+    out: str | Path | None,
     index: str | Path | None = None,
     dtype: str | None = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
@@ -380,25 +425,35 @@ def extract_many(
     on_plans: Callable[[list[Plan]], None] | None = None,
     push_to_hub: str | None = None,
     private: bool = False,
+    on_out: Callable[[Path], None] | None = None,
 ) -> list[ExtractResult]:
     """Cut several budgets in one pass over the parent: each source tensor is read once and cut for every budget.
 
     With `nest` (the default), each budget goes to `out/<budget name>`; otherwise `out` is the one budget's folder;
-    None nests only when there are several budgets. Each folder is checked before any work, locked while written and
-    moved into place only when complete; `overwrite` replaces only an empty folder or an earlier elastic-slice
-    output (see `destination`). `on_plans` sees the plans before anything is written.
+    None nests only when there are several budgets. `out` None means `<parent>-<budget>` beside the parent, or
+    `<parent>-budgets` when nesting (see `defaults.output_folder`); `on_out` is told that folder. Each folder is
+    checked before any work (calibration included), locked while written and moved into place only when complete;
+    `overwrite` replaces only an empty folder or an earlier elastic-slice output (see `destination`). `on_plans`
+    sees the plans before anything is written.
     `checkpoint` may be a Checkpoint already opened (its headers are then not read again).
     `push_to_hub` ("org/name", with "{budget}" in it for several budgets) uploads each finished folder.
     """
-    single = nest is False or (nest is None and len(sizes) <= 1 and ALL_BUDGETS not in sizes)
-    destination.check_folder(Path(out), overwrite, destination.parent_folders(checkpoint), existing=single)
+    if out is not None:  # checked before the checkpoint is opened (a Hub repo id: before any request)
+        single = nest is False or (nest is None and len(sizes) <= 1 and ALL_BUDGETS not in sizes)
+        destination.check_folder(Path(out), overwrite, destination.parent_folders(checkpoint), existing=single)
     if push_to_hub is not None:
         hub.check_can_push(push_to_hub)
-    prepared = _prepare(checkpoint, sizes, index, dtype, max_shard_size, quantize, overrides, target, revision)
-    ckpt, plans = prepared.checkpoint, prepared.plans
+    selected = _select(checkpoint, sizes, index, overrides, target, revision)
     if nest is None:
-        nest = len(plans) > 1
-    outs = _destinations(Path(out), overwrite, nest, ckpt, plans)
+        nest = len(selected.budgets) > 1
+    if out is None:
+        suffix = defaults.SEVERAL_BUDGETS if nest else selected.budgets[0].name
+        out = defaults.output_folder(selected.checkpoint, suffix)
+        if on_out is not None:
+            on_out(out)
+    outs = _destinations(Path(out), overwrite, nest, selected.checkpoint, [b.name for b in selected.budgets])
+    prepared = _plan(selected, dtype, max_shard_size, quantize)
+    ckpt, plans = prepared.checkpoint, prepared.plans
     repos = _push_targets(push_to_hub, plans)
     if on_plans is not None:
         on_plans(plans)
@@ -460,15 +515,15 @@ def extract_many(
     ]
 
 
-def _destinations(out: Path, overwrite: bool, nest: bool, ckpt: Checkpoint, plans: list[Plan]) -> list[Path]:
+def _destinations(out: Path, overwrite: bool, nest: bool, ckpt: Checkpoint, budgets: list[str]) -> list[Path]:
     """The folders the budgets go to (`out`, or `out/<budget>` for each), checked: none may overlap the parent."""
     parents = destination.parent_folders(ckpt)
     folder = destination.check_folder(out, overwrite, parents, existing=not nest)
     if not nest:
         return [folder]
     return [
-        destination.check_folder(destination.budget_folder(folder, plan.budget.name), overwrite, parents)
-        for plan in plans
+        destination.check_folder(destination.budget_folder(folder, budget), overwrite, parents)
+        for budget in budgets
     ]
 
 
@@ -587,7 +642,7 @@ def _manifest_quantization(recorded: Any) -> QuantOptions | None:
 
 def quantize(
     checkpoint: str | Path,
-    out: str | Path,
+    out: str | Path | None,
     options: QuantOptions,
     index: str | Path | None = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
@@ -595,12 +650,19 @@ def quantize(
     command: str | None = None,
     workers: int = 2,
     on_bytes: Callable[[int], None] | None = None,
+    on_out: Callable[[Path], None] | None = None,
 ) -> ExtractResult:
     """A nested quantized parent: the parent budget quantized once, keeping its nesting index, so that every
-    budget sliced from it is a valid quantized model equal to quantizing that budget with the parent's scales."""
-    destination.check_folder(Path(out), overwrite, destination.parent_folders(checkpoint))
+    budget sliced from it is a valid quantized model equal to quantizing that budget with the parent's scales.
+    `out` None means `<parent>-<scheme>` beside the parent (see `defaults.output_folder`); `on_out` is told it."""
+    if out is not None:
+        destination.check_folder(Path(out), overwrite, destination.parent_folders(checkpoint))
     # every budget must slice the quantized parent into whole NVFP4 blocks: plan them all before writing
     checked = _prepare(checkpoint, [ALL_BUDGETS], index, None, max_shard_size, _without_calibration(options))
+    if out is None:
+        out = defaults.output_folder(checked.checkpoint, options.scheme.lower())
+        if on_out is not None:
+            on_out(out)
     return extract_many(
         checked.checkpoint, [checked.nesting.parent], out, index, None, max_shard_size, overwrite, command, workers, on_bytes,
         nest=False, quantize=options, keep_index=True,
@@ -647,6 +709,9 @@ class IndexResult:
     document: dict[str, Any]
     text: str
     written: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.document, "written": self.written}
 
 
 def author_index(

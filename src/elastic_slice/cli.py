@@ -13,46 +13,117 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
 from rich.progress import (
     BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
 )
 from rich.table import Table
 
-from . import api
+from . import __version__, api, defaults
 from .errors import ElasticSliceError, InputError
 from .nesting import parse_set
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan
 from .text import literal, say, styled
 from .units import human_bytes, human_count
+from .verify import NUMERIC_TOLERANCE
+
+
+class _FlagsShownAsFlags:
+    """Help that shows a flag as a flag: typer 0.29's Rich help prints every option's value type, so a flag
+    (`--json`, `--help`, which take no value) read `--json <bool>`; a flag's type is shown as nothing."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsShownAsFlags, TyperCommand):
+    """A command of this CLI."""
+
+
+class _Group(_FlagsShownAsFlags, TyperGroup):
+    """The `elastic-slice` command group."""
+
 
 app = typer.Typer(
-    add_completion=False,
+    cls=_Group,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Cut standalone Hugging Face models out of elastic (many-in-one) checkpoints.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="""Start inside a checkpoint folder (one with a config.json):
+elastic-slice inspect
+elastic-slice extract --size 12B       # writes <folder>-12B beside it""",
 )
 #: every line printed to these goes through `text.say` / `text.styled`: untrusted names are shown literally
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
+#: the help of a checkpoint argument that may be left out
+HERE = "(default: the current folder, when it has a config.json)"
+QuantizeOption = typer.Option(None, "--quantize", metavar="SCHEME", help="Quantize to fp8 or nvfp4.")
 QuantFormatOption = typer.Option(
-    "modelopt", "--quant-format", help="modelopt (hf_quant_config.json) or compressed-tensors."
+    "modelopt", "--quant-format", metavar="FORMAT", help="modelopt (hf_quant_config.json) or compressed-tensors."
 )
-ExcludeOption = typer.Option(None, "--exclude", help="Module name glob to keep unquantized (repeatable).")
+ExcludeOption = typer.Option(
+    None, "--exclude", metavar="GLOB", help="Module name glob to keep unquantized (repeatable)."
+)
 CalibrationOption = typer.Option(
-    None, "--calibration",
+    None, "--calibration", metavar="FILE",
     help="Text file for activation scales, or 'default' for the built-in sample (ModelOpt and --kv-cache use it "
     "when not given).",
 )
-DeviceOption = typer.Option("cpu", "--device", help="Device for calibration runs (cpu, cuda).")
+DeviceOption = typer.Option("cpu", "--device", metavar="DEVICE", help="Device for calibration runs (cpu, cuda).")
 RecipeOption = typer.Option(
-    "nvidia", "--recipe", help="What stays unquantized: nvidia (NVIDIA's Nemotron NVFP4 release) or broad."
+    "nvidia", "--recipe", metavar="RECIPE",
+    help="What stays unquantized: nvidia (NVIDIA's Nemotron NVFP4 release) or broad.",
 )
-KvCacheOption = typer.Option(None, "--kv-cache", help="fp8: write calibrated FP8 KV-cache scales (default: none).")
-RevisionOption = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit) of a repo id CKPT.")
-IndexOption = typer.Option(None, "--index", help="Nesting index JSON file (default: nesting_index.json, then config.json).")
+KvCacheOption = typer.Option(
+    None, "--kv-cache", metavar="fp8", help="Write calibrated FP8 KV-cache scales (default: none)."
+)
+RevisionOption = typer.Option(
+    None, "--revision", metavar="REV", help="Hub revision (branch, tag or commit) of a repo id CKPT."
+)
+IndexOption = typer.Option(
+    None, "--index", metavar="FILE", help="Nesting index JSON file (default: nesting_index.json, then config.json)."
+)
+MaxShardSizeOption = typer.Option(DEFAULT_MAX_SHARD_SIZE, "--max-shard-size", metavar="SIZE", help="Largest shard.")
+OverwriteOption = typer.Option(
+    False, "--overwrite", help="Replace an empty folder or an earlier elastic-slice output at --out when done."
+)
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        say(stdout, f"elastic-slice {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Cut standalone Hugging Face models out of elastic (many-in-one) checkpoints."""
+
+
+def _here_if_none(checkpoint: str | None, argument: str = "CKPT") -> str:
+    """`checkpoint`, or the current folder when it is left out (said on stderr)."""
+    if checkpoint is not None:
+        return checkpoint
+    folder = defaults.current_folder(argument)
+    say(stderr, f"{argument} not given: using the current folder {folder}")
+    return str(folder)
+
+
+def _announce_out(folder: Path) -> None:
+    say(stderr, f"--out not given: writing to {folder}")
 
 
 def _reports_errors(command: Callable[..., None]) -> Callable[..., None]:
@@ -84,15 +155,24 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-@app.command()
+@app.command(
+    cls=_Command,
+    epilog="""Examples:
+elastic-slice inspect                  # inside a checkpoint folder
+elastic-slice inspect ckpt/ --json
+elastic-slice inspect org/name         # Hub repo: headers only, no weights""",
+)
 @_reports_errors
 def inspect(
-    checkpoint: str = typer.Argument(..., help="Checkpoint folder, or a Hub repo id (org/name)."),
+    checkpoint: Optional[str] = typer.Argument(
+        None, metavar="CKPT", show_default=False, help=f"Checkpoint folder, or a Hub repo id (org/name) {HERE}."
+    ),
     index: Optional[Path] = IndexOption,
     revision: Optional[str] = RevisionOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Show the checkpoint, its nesting index and every budget: sizes, parameters, bytes, problems."""
+    checkpoint = _here_if_none(checkpoint)
     report = api.inspect(checkpoint, index, revision)
     if as_json:
         _print_json(report.to_json())
@@ -146,32 +226,52 @@ def _axis_value(value: Any) -> str:
     return f"{len(value)} layers" if isinstance(value, list) else str(value)
 
 
-@app.command()
+@app.command(
+    cls=_Command,
+    epilog="""Examples (P is a parent checkpoint folder):
+elastic-slice extract --size 12B       # inside P: writes P-12B beside P
+elastic-slice extract P --size 18B --quantize nvfp4 --out P-18B-nvfp4
+elastic-slice extract P --set layers=0-3,5 --dry-run""",
+)
 @_reports_errors
 def extract(
-    checkpoint: str = typer.Argument(..., help="Parent checkpoint folder, or a Hub repo id (org/name)."),
+    checkpoint: Optional[str] = typer.Argument(
+        None, metavar="CKPT", show_default=False,
+        help=f"Parent checkpoint folder, or a Hub repo id (org/name) {HERE}.",
+    ),
     revision: Optional[str] = RevisionOption,
     size: Optional[list[str]] = typer.Option(
-        None, "--size", help="Budget name from the nesting index, e.g. 12B (case-insensitive); repeat for several."
+        None, "--size", metavar="NAME",
+        help="Budget from the nesting index, e.g. 12B (case-insensitive); a size between two budgets, e.g. 18B, or "
+        "a parameter count, e.g. 18e9; repeat for several.",
     ),
     all_budgets: bool = typer.Option(False, "--all", help="Every budget of the nesting index, in one pass."),
     target_params: Optional[float] = typer.Option(
-        None, "--target-params", help="Any-size budget: this many total parameters, between two trained budgets."
+        None, "--target-params", metavar="N",
+        help="Any-size budget: this many total parameters, between two trained budgets.",
     ),
     active_params: Optional[float] = typer.Option(
-        None, "--active-params", help="Any-size budget: this many active (per-token) parameters."
+        None, "--active-params", metavar="N", help="Any-size budget: this many active (per-token) parameters."
     ),
     set_axes: Optional[list[str]] = typer.Option(
-        None, "--set", help="Set an axis for an ad-hoc budget, e.g. --set hidden_size=2048 (repeatable)."
+        None, "--set", metavar="AXIS=VALUE",
+        help="Set an axis for an ad-hoc budget, e.g. hidden_size=2048 or layers=0,1,2 (also [0,1,2] or 0-2); "
+        "repeatable.",
     ),
     out: Optional[Path] = typer.Option(
-        None, "--out", help="Output folder; with several budgets, the folder that gets one subfolder per budget."
+        None, "--out", metavar="DIR",
+        help="Output folder (default: <parent>-<budget> beside the parent; in the current folder for a Hub repo "
+        "id). With several budgets, the folder that gets one subfolder per budget (default: <parent>-budgets).",
     ),
     index: Optional[Path] = IndexOption,
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="Output dtype: bf16, fp16 or fp32 (default: parent's)."),
-    max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, "--max-shard-size", help="Largest shard, e.g. 5GB."),
-    workers: int = typer.Option(2, "--workers", min=1, max=64, help="Reader threads (reads overlap writes)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="Quantize the output: fp8 or nvfp4."),
+    dtype: Optional[str] = typer.Option(
+        None, "--dtype", metavar="DTYPE", help="Output dtype: bf16, fp16 or fp32 (default: the parent's)."
+    ),
+    max_shard_size: str = MaxShardSizeOption,
+    workers: int = typer.Option(
+        2, "--workers", min=1, max=64, metavar="N", help="Reader threads (reads overlap writes)."
+    ),
+    quantize: Optional[str] = QuantizeOption,
     quant_format: str = QuantFormatOption,
     exclude: Optional[list[str]] = ExcludeOption,
     calibration: Optional[str] = CalibrationOption,
@@ -179,14 +279,16 @@ def extract(
     recipe: str = RecipeOption,
     kv_cache: Optional[str] = KvCacheOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and output size; write nothing."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an empty folder or an earlier elastic-slice output at --out when done."),
+    overwrite: bool = OverwriteOption,
     push_to_hub: Optional[str] = typer.Option(
-        None, "--push-to-hub", help="Upload each finished folder to this Hub repo (ORG/NAME; {budget} for several)."
+        None, "--push-to-hub", metavar="ORG/NAME",
+        help="Upload each finished folder to this Hub repo ({budget} in the name for several).",
     ),
     private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repo private."),
     as_json: bool = JsonOption,
 ) -> None:
     """Cut budgets out of an elastic checkpoint into standalone Hugging Face folders."""
+    checkpoint = _here_if_none(checkpoint)
     if all_budgets and size:
         raise InputError("give either --size or --all, not both.")
     target = (
@@ -209,8 +311,6 @@ def extract(
             for plan in plans:
                 _render_plan(plan)
         return
-    if out is None:
-        raise InputError("--out DIR is required unless --dry-run is given.")
     command = "elastic-slice " + shlex.join(sys.argv[1:])
     with _progress(as_json) as progress:
         task = progress.add_task("extract", total=None)
@@ -225,7 +325,7 @@ def extract(
             checkpoint, sizes, out, index, dtype, max_shard_size, overwrite, command, workers,
             on_bytes=lambda count: progress.advance(task, count), nest=None, quantize=quant,
             overrides=overrides, target=target, revision=revision, on_plans=started,
-            push_to_hub=push_to_hub, private=private,
+            push_to_hub=push_to_hub, private=private, on_out=_announce_out,
         )
     if as_json:
         _print_json(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results])
@@ -257,23 +357,37 @@ def _print_results(results: list[api.ExtractResult]) -> None:
     )
 
 
-@app.command()
+@app.command(
+    cls=_Command,
+    epilog="""Examples:
+elastic-slice verify P-12B                         # files, hashes, structure
+elastic-slice verify P-12B --parent P --numerics   # every byte, the logits""",
+)
 @_reports_errors
 def verify(
-    out: Path = typer.Argument(..., help="Output folder written by `elastic-slice extract`."),
-    parent: Optional[str] = typer.Option(None, "--parent", help="Parent checkpoint: re-derive and compare every byte."),
-    size: Optional[str] = typer.Option(None, "--size", help="Budget of the output (default: the manifest's)."),
+    out: Optional[str] = typer.Argument(
+        None, metavar="OUT", show_default=False,
+        help=f"Output folder written by `elastic-slice extract` {HERE}.",
+    ),
+    parent: Optional[str] = typer.Option(
+        None, "--parent", metavar="CKPT", help="Parent checkpoint: re-derive and compare every byte."
+    ),
+    size: Optional[str] = typer.Option(
+        None, "--size", metavar="NAME", help="Budget of the output (default: the manifest's)."
+    ),
     index: Optional[Path] = IndexOption,
     numerics: bool = typer.Option(False, "--numerics", help="Also compare logits with the parent's masked forward."),
-    device: str = typer.Option("cpu", "--device", help="Device for --numerics (cpu, cuda)."),
+    device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device for --numerics (cpu, cuda)."),
     tolerance: Optional[float] = typer.Option(
-        None, "--tolerance",
-        help="--numerics: largest max logit difference over the largest parent logit (default: the format's).",
+        None, "--tolerance", metavar="RATIO",
+        help="--numerics: largest max logit difference over the largest parent logit (default by the output's "
+        f"format: unquantized {NUMERIC_TOLERANCE['none']:g}, FP8 {NUMERIC_TOLERANCE['fp8']:g}, NVFP4 "
+        f"{NUMERIC_TOLERANCE['nvfp4']:g}).",
     ),
     as_json: bool = JsonOption,
 ) -> None:
     """Re-read an output folder and check its files, structure and (with --parent) its bytes and logits."""
-    report = api.verify(out, parent, size, index, numerics, device, tolerance)
+    report = api.verify(_here_if_none(out, "OUT"), parent, size, index, numerics, device, tolerance)
     if as_json:
         _print_json(report.to_json())
     else:
@@ -311,12 +425,23 @@ def _calibration_progress(
     return replace(quant, on_layer=on_layer)
 
 
-@app.command()
+@app.command(
+    cls=_Command,
+    epilog="""Examples (P is a parent checkpoint folder):
+elastic-slice quantize --quantize nvfp4   # inside P: writes P-nvfp4 beside P
+elastic-slice quantize P --quantize fp8 --quant-format compressed-tensors""",
+)
 @_reports_errors
 def quantize(
-    checkpoint: str = typer.Argument(..., help="Unquantized elastic parent checkpoint folder."),
-    to: str = typer.Option(..., "--to", help="fp8 or nvfp4."),
-    out: Path = typer.Option(..., "--out", help="Output folder for the nested quantized parent."),
+    checkpoint: Optional[str] = typer.Argument(
+        None, metavar="CKPT", show_default=False, help=f"Unquantized elastic parent checkpoint folder {HERE}."
+    ),
+    scheme: Optional[str] = QuantizeOption,
+    scheme_as_to: Optional[str] = typer.Option(None, "--to", hidden=True, help="The former name of --quantize."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", metavar="DIR",
+        help="Output folder for the nested quantized parent (default: <parent>-<scheme> beside the parent).",
+    ),
     quant_format: str = QuantFormatOption,
     exclude: Optional[list[str]] = ExcludeOption,
     calibration: Optional[str] = CalibrationOption,
@@ -324,21 +449,29 @@ def quantize(
     recipe: str = RecipeOption,
     kv_cache: Optional[str] = KvCacheOption,
     index: Optional[Path] = IndexOption,
-    max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, "--max-shard-size", help="Largest shard, e.g. 5GB."),
-    workers: int = typer.Option(2, "--workers", min=1, max=64, help="Reader threads."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an empty folder or an earlier elastic-slice output at --out when done."),
+    max_shard_size: str = MaxShardSizeOption,
+    workers: int = typer.Option(2, "--workers", min=1, max=64, metavar="N", help="Reader threads."),
+    overwrite: bool = OverwriteOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Quantize a parent once into a nested FP8/NVFP4 parent that keeps its nesting index: every budget sliced
-    from it is a valid quantized model."""
-    options = _quant_options(to, quant_format, exclude, calibration, device, recipe, kv_cache)
+    """Quantize a parent once into a nested FP8/NVFP4 parent that keeps its nesting index.
+
+    Every budget sliced from it is a valid quantized model."""
+    checkpoint = _here_if_none(checkpoint)
+    if scheme is not None and scheme_as_to is not None and scheme != scheme_as_to:
+        raise InputError(f"--quantize {scheme!r} and --to {scheme_as_to!r} disagree; give --quantize alone.")
+    scheme = scheme or scheme_as_to
+    if scheme is None:
+        raise InputError("give the scheme to quantize to with --quantize fp8 or --quantize nvfp4.")
+    options = _quant_options(scheme, quant_format, exclude, calibration, device, recipe, kv_cache)
     assert options is not None
     command = "elastic-slice " + shlex.join(sys.argv[1:])
     with _progress(as_json) as progress:
-        task = progress.add_task(literal(f"quantize {to}"), total=None)
+        task = progress.add_task(literal(f"quantize {scheme}"), total=None)
         result = api.quantize(
-            checkpoint, out, _calibration_progress(options, progress, task, f"quantize {to}"), index, max_shard_size, overwrite, command, workers,
-            on_bytes=lambda count: progress.advance(task, count),
+            checkpoint, out, _calibration_progress(options, progress, task, f"quantize {scheme}"), index,
+            max_shard_size, overwrite, command, workers, on_bytes=lambda count: progress.advance(task, count),
+            on_out=_announce_out,
         )
     if as_json:
         _print_json(result.to_json())
@@ -346,20 +479,39 @@ def quantize(
         _print_results([result])
 
 
-@app.command("index")
+@app.command(
+    "index",
+    cls=_Command,
+    epilog="""Examples (P is a parent checkpoint folder):
+elastic-slice index P --from-config 12B=P-12B --parent-name 30B
+elastic-slice index --from-config 12B=../P-12B --write-into   # inside P""",
+)
 @_reports_errors
 def index_command(
-    parent: str = typer.Argument(..., help="Parent checkpoint folder."),
-    from_config: list[str] = typer.Option(
-        ..., "--from-config", help="NAME=PATH: a budget from a child's config.json (file, folder or Hub repo id)."
+    parent: Optional[str] = typer.Argument(
+        None, metavar="PARENT", show_default=False, help=f"Parent checkpoint folder {HERE}."
     ),
-    parent_name: str = typer.Option("parent", "--parent-name", help="Name of the parent budget, e.g. 30B."),
-    norm_semantics: str = typer.Option("active", "--norm-semantics", help="active or full (see the spec)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the index to this file."),
+    from_config: list[str] = typer.Option(
+        ..., "--from-config", metavar="NAME=PATH",
+        help="A budget from a child's config.json (file, folder or Hub repo id); repeatable.",
+    ),
+    parent_name: str = typer.Option(
+        "parent", "--parent-name", metavar="NAME", help="Name of the parent's own budget in the index, e.g. 30B."
+    ),
+    norm_semantics: str = typer.Option(
+        "active", "--norm-semantics", metavar="active|full", help="How norms of cut widths are computed (see the spec)."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Write the index to this file."),
     write_into: bool = typer.Option(False, "--write-into", help="Write nesting_index.json into the parent folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index file."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the index and the files written as one JSON document on stdout, nothing else."
+    ),
 ) -> None:
-    """Author a nesting index from the config.json of already-extracted children."""
+    """Author a nesting index from the config.json of already-extracted children.
+
+    Without --out or --write-into, the index is printed."""
+    parent = _here_if_none(parent, "PARENT")
     sources: dict[str, str] = {}
     for item in from_config:
         name, sep, source = item.partition("=")
@@ -369,10 +521,12 @@ def index_command(
             raise InputError(f"--from-config names budget {name!r} twice.")
         sources[name] = source
     result = api.author_index(parent, sources, parent_name, norm_semantics, out, write_into, overwrite)
-    if not result.written:
-        sys.stdout.write(result.text)
-    else:
+    if result.written:
         say(stderr, f"wrote {', '.join(result.written)}")
+    if as_json:
+        _print_json(result.to_json())
+    elif not result.written:
+        sys.stdout.write(result.text)
 
 
 def _render_plan(plan: Plan) -> None:
@@ -404,4 +558,4 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit then fails the write with EFBIG instead of killing us
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    app()
+    app(prog_name="elastic-slice")  # also under `python -m elastic_slice`: usage lines and completion name the command

@@ -221,17 +221,41 @@ def custom_budget(
 
 
 def parse_set(values: list[str]) -> dict[str, Any]:
-    """`--set axis=value` pairs: an integer, or a comma-separated list of integers (for `layers`)."""
+    """`--set axis=value` pairs: an integer, or a list of integers as a user types it (for `layers`): `0,1,2`,
+    `[0, 1, 2]`, and inclusive ranges such as `0-3,5`."""
     overrides: dict[str, Any] = {}
     for item in values:
         axis, sep, value = item.partition("=")
         if not sep or not axis.strip():
             raise InputError(f"--set {item!r} must look like axis=value, for example --set hidden_size=2048.")
+        listed = value.strip()
+        bracketed = listed.startswith("[") and listed.endswith("]")
+        if bracketed:
+            listed = listed[1:-1]
         try:
-            numbers = [int(part) for part in value.split(",")]
+            numbers = [number for part in listed.split(",") for number in _integers(part.strip())]
         except ValueError:
             raise InputError(
-                f"--set {item!r}: the value must be an integer or a comma-separated list of integers."
+                f"--set {item!r}: the value must be an integer or a list of integers such as 0,1,2, [0, 1, 2] or "
+                "0-3,5."
             ) from None
-        overrides[axis.strip()] = numbers if "," in value or axis.strip() == "layers" else numbers[0]
+        is_list = bracketed or "," in listed or "-" in listed.lstrip("-") or axis.strip() == "layers"
+        overrides[axis.strip()] = numbers if is_list else numbers[0]
     return overrides
+
+
+#: the longest range `--set` expands (far more layers than any model has)
+_MAX_RANGE = 1 << 16
+
+
+def _integers(part: str) -> list[int]:
+    """One item of a `--set` list: an integer, or an inclusive ascending range `first-last`."""
+    first, dash, last = part.partition("-")
+    if not dash or not first:  # an integer (a leading "-": negative)
+        return [int(part)]
+    start, stop = int(first), int(last)
+    if stop < start:
+        raise ValueError(part)
+    if stop - start >= _MAX_RANGE:
+        raise InputError(f"--set range {part!r} has more than {_MAX_RANGE} entries; no model has that many layers.")
+    return list(range(start, stop + 1))

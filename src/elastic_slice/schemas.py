@@ -70,5 +70,8 @@ NESTING_INDEX = _object({
     "budgets": {"type": "object", "additionalProperties": {"type": "object"}},
 })
 
+#: `index --json`: the nesting index and the files it was written to (none when only printed)
+INDEX = _object({"index": NESTING_INDEX, "written": _STRINGS})
+
 SCHEMAS = {"inspect": INSPECT, "extract": EXTRACT, "quantize": EXTRACT_RESULT, "plan": PLAN, "verify": VERIFY,
-           "index": NESTING_INDEX}
+           "index": NESTING_INDEX, "index_json": INDEX}

@@ -280,6 +280,13 @@ CASES: list[tuple[str, Callable[[Work], list[str]], int, tuple[str, ...]]] = [
 ]
 
 
+def test_missing_parent_is_named_missing_even_when_out_is_its_path(ws: Work) -> None:
+    missing = ws.work / "nope"
+    result = run_cli("extract", missing, "--size", "12B", "--out", missing)
+    assert result.code == 2 and "does not exist" in result.stderr, result.stderr
+    assert not missing.exists()
+
+
 def test_push_to_hub_while_offline_is_refused_before_any_work(ws: Work, monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 

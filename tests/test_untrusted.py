@@ -520,6 +520,7 @@ QUANT_DECLARATIONS = {
     "config method a number": ("config.json", {"quant_method": 7}, "'quant_method' must be a string"),
     "config ignore a string": ("config.json", {"quant_method": "compressed-tensors", "ignore": "lm_head"},
                                "'ignore' must be a list"),
+    "config unknown method": ("config.json", {"quant_method": "gptq", "bits": 4}, "quantization method 'gptq'"),
 }
 
 

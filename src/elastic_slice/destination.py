@@ -65,6 +65,8 @@ def parent_folders(source: str | Path | Checkpoint) -> list[Protected]:
         return [Protected(hub.cache_folder(str(source)), f"the Hugging Face cache folder of {source}")]
     else:
         root = Path(source)
+        if not root.exists():
+            return []  # nothing to protect; opening the checkpoint says it does not exist
     folders = {root.resolve(): f"the parent checkpoint {root.resolve()}"}
     cache = trusted_root(root)
     folders.setdefault(cache, f"the Hugging Face cache folder {cache} of the parent checkpoint")

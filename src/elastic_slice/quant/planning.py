@@ -120,6 +120,12 @@ def parent_quantization(config: dict[str, Any], hf_quant_config: dict[str, Any] 
     elif isinstance(qconfig, dict) and qconfig.get("quant_method") == COMPRESSED_TENSORS:
         algo = {"nvfp4-pack-quantized": "nvfp4", "float-quantized": "fp8"}.get(str(qconfig.get("format")), "")
         fmt, suffixes = COMPRESSED_TENSORS, _CT_SUFFIXES
+    elif isinstance(qconfig, dict):
+        # slicing as if unquantized would carry a declaration that no longer describes the tensors
+        raise InputError(
+            f"config.json declares quantization method {qconfig.get('quant_method')!r}; elastic-slice slices "
+            f"unquantized parents and {MODELOPT} or {COMPRESSED_TENSORS} FP8/NVFP4 ones."
+        )
     else:
         return None
     if algo not in SCHEMES:

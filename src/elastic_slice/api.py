@@ -10,7 +10,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from . import defaults, destination, hub
-from .arch import Architecture, architecture_of, get_architecture
+from .arch import Architecture, architecture_of
 from .budgets import ALL_BUDGETS, ParamTarget, select_budgets
 from .card import model_card, public_command, public_path_value
 from .checkpoint import Checkpoint
@@ -457,7 +457,7 @@ def extract_many(
     repos = _push_targets(push_to_hub, plans)
     if on_plans is not None:
         on_plans(plans)
-    arch = get_architecture(ckpt.model_type)
+    arch = selected.arch
     index_json = [prepared.nesting.to_json()] if keep_index and prepared.nesting is not None else []
     _check_space(ckpt, plans, Path(out), index_json)
     # the manifest is published with the folder (--push-to-hub): paths in it are reduced to names, like the card's
@@ -613,11 +613,12 @@ def verify(
     options = (manifest or {}).get("options", {})
     quant = _manifest_quantization(options.get("quantize"))
     shard_size = options.get("max_shard_size", "5GB")
-    prepared = _prepare(parent, [budget], index, options.get("dtype"), shard_size, quant, calibrated=False)
+    selected = _select(parent, [budget], index)
     if child is not None and quant is None:
-        require_quantized_parent(child, prepared.checkpoint)
+        require_quantized_parent(child, selected.checkpoint)
+    prepared = _plan(selected, options.get("dtype"), shard_size, quant, calibrated=False)
     plan = prepared.plans[0]
-    dense = _prepare(prepared.checkpoint, [budget], index, options.get("dtype"), shard_size).plans[0] if quant else None
+    dense = _plan(selected, options.get("dtype"), shard_size).plans[0] if quant else None
     ckpt = hub.fetch_all(prepared.checkpoint) if numerics else hub.fetch(
         prepared.checkpoint, _needed_files([plan], prepared.checkpoint))
     if child is not None:

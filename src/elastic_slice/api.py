@@ -10,7 +10,8 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from . import defaults, destination, hub
-from .arch import Architecture, architecture_of
+from .arch import BoundArchitecture, architecture_of
+from .arch.base import OUTPUT
 from .budgets import ALL_BUDGETS, ParamTarget, select_budgets
 from .card import model_card, public_command, public_path_value
 from .checkpoint import Checkpoint
@@ -29,7 +30,6 @@ from .nesting import (
     resolve_budget,
 )
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
-from .arch.base import OUTPUT
 from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
 from .quant.calibrate import announce, calibrate, calibration_texts, describe
 from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
@@ -141,7 +141,7 @@ class QuantOptions:
     `on_layer(done, total)` reports calibration's progress after each decoder layer."""
 
     scheme: str
-    fmt: str = MODELOPT
+    fmt: str = MODELOPT.name
     exclude: tuple[str, ...] = ()
     calibration: str | None = None
     device: str = "cpu"
@@ -153,12 +153,13 @@ class QuantOptions:
         """The options as a manifest records them (without the progress callback)."""
         return {key: value for key, value in asdict(self).items() if key != "on_layer"}
 
-    def request(self, checkpoint: Checkpoint, arch: Architecture, calibrated: bool = True) -> QuantRequest:
+    def request(self, checkpoint: Checkpoint, arch: BoundArchitecture, calibrated: bool = True) -> QuantRequest:
         """The plan's quantization request; with `calibrated` False no calibration runs (no static scales)."""
         scheme = SCHEMES.get(self.scheme.lower())
         if scheme is None:
-            raise InputError(f"--quantize {self.scheme!r} is not supported; use fp8 or nvfp4.")
-        if self.fmt not in FORMATS:
+            raise InputError(f"--quantize {self.scheme!r} is not supported; use {' or '.join(SCHEMES)}.")
+        fmt = FORMATS.get(self.fmt)
+        if fmt is None:
             raise InputError(f"--quant-format {self.fmt!r} is not supported; use {' or '.join(FORMATS)}.")
         if self.recipe not in RECIPES:
             raise InputError(f"--recipe {self.recipe!r} is not supported; use {' or '.join(RECIPES)}.")
@@ -177,8 +178,8 @@ class QuantOptions:
             announce(source, len(texts), chosen_by_default=self.calibration is None)
             amax = calibrate(checkpoint, arch, texts, self.device, self.on_layer)
         return QuantRequest(
-            scheme=scheme, fmt=self.fmt, exclude=tuple(self.exclude), input_amax=amax, recipe=self.recipe,
-            recipe_modules=tuple(arch.recipe_exclusions(checkpoint.config)) if self.recipe == NVIDIA else (),
+            scheme=scheme, fmt=fmt, exclude=tuple(self.exclude), input_amax=amax, recipe=self.recipe,
+            recipe_modules=tuple(arch.recipe_exclusions()) if self.recipe == NVIDIA else (),
             kv_amax=_outputs(amax) if self.kv_cache and amax is not None else None,
             calibration=describe(source) if source is not None else None,
         )
@@ -188,7 +189,8 @@ class QuantOptions:
         static scales (ModelOpt stores them); None for compressed-tensors without it (dynamic / weight-only)."""
         if self.calibration is not None:
             return self.calibration
-        return DEFAULT_CALIBRATION if self.fmt == MODELOPT or self.kv_cache else None
+        fmt = FORMATS.get(self.fmt)
+        return DEFAULT_CALIBRATION if (fmt is not None and fmt.needs_input_scales) or self.kv_cache else None
 
 
 def _outputs(amax: dict[str, float]) -> dict[str, float]:
@@ -234,7 +236,7 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
     report.module_quantization = module_quantization(ckpt, arch)
     for name in nesting.budgets:
         try:
-            plan = build_plan(ckpt, arch, resolve_budget(nesting, name, ckpt.config, arch))
+            plan = build_plan(ckpt, arch, resolve_budget(nesting, name, arch))
         except ElasticSliceError as exc:
             report.problems.append(str(exc))
             continue
@@ -248,7 +250,7 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
                 bytes={
                     **footprint(
                         ((name, arch.module_kind(name), shape) for name, shape in plan.dense_shapes.items()),
-                        set(rename_modules(arch.recipe_exclusions(ckpt.config), list(plan.budget.sizes["layers"]))),
+                        set(rename_modules(arch.recipe_exclusions(), list(plan.budget.sizes["layers"]))),
                     ),
                     "stored": plan.out_bytes,
                 },
@@ -283,7 +285,7 @@ def _download_bytes(ckpt: Checkpoint, plans: list[Plan]) -> int:
 @dataclass(frozen=True)
 class _Selected:
     checkpoint: Checkpoint
-    arch: Architecture
+    arch: BoundArchitecture
     nesting: NestingIndex | None
     budgets: list[Budget]
 
@@ -474,27 +476,27 @@ def extract_many(
             _check_space(ckpt, plans, Path(out), index_json)
         parent_files = describe_parent_files(ckpt)
         started = time.perf_counter()
-        targets = [Target(plan, ShardWriter(staging, plan, pool)) for plan, staging in zip(plans, stagings)]
+        targets = [Target(plan, ShardWriter(staging, plan, pool)) for plan, staging in zip(plans, stagings, strict=True)]
         try:
             execute(ckpt, targets, workers=workers, on_bytes=on_bytes)
             if keep_index and prepared.nesting is not None:
                 for staging in stagings:
                     write_json(staging / INDEX_FILE, prepared.nesting.to_json(), sort_keys=False)
             copied = [
-                _finish_folder(ckpt, arch, target, staging, command, parent_files, options)
-                for target, staging in zip(targets, stagings)
+                _finish_folder(ckpt, arch, written, staging, command, parent_files, options)
+                for written, staging in zip(targets, stagings, strict=True)
             ]
         except OSError as exc:
             raise RunFailure(f"writing the output failed: {exc.strerror or exc} ({exc.filename or 'output'}).") from exc
         finally:
-            for target in targets:
-                target.writer.abort()
+            for written in targets:
+                written.writer.abort()
     seconds = time.perf_counter() - started
     total = sum(plan.out_bytes for plan in plans)
     urls = [
         hub.push(path, repo, private, f"elastic-slice: budget {plan.budget.name} of {ckpt.hub.repo_id if ckpt.hub else ckpt.root.name}")
         if repo else None
-        for path, plan, repo in zip(outs, plans, repos)
+        for path, plan, repo in zip(outs, plans, repos, strict=True)
     ]
     return [
         ExtractResult(
@@ -511,7 +513,7 @@ def extract_many(
             copied_files=files,
             hub_url=url,
         )
-        for path, plan, files, url in zip(outs, plans, copied, urls)
+        for path, plan, files, url in zip(outs, plans, copied, urls, strict=True)
     ]
 
 
@@ -547,7 +549,7 @@ def _push_targets(push_to_hub: str | None, plans: list[Plan]) -> list[str | None
 
 def _finish_folder(
     ckpt: Checkpoint,
-    arch: Architecture,
+    arch: BoundArchitecture,
     target: Target,
     staging: Path,
     command: str | None,
@@ -562,7 +564,7 @@ def _finish_folder(
         write_json(staging / name, content)
     copied = copy_companion_files(ckpt, staging)
     parent_name = ckpt.hub.repo_id if ckpt.hub else ckpt.config.get("_name_or_path") or ckpt.root.name
-    card = model_card(plan, str(parent_name), arch.parent_sizes(ckpt.config), command, _version(),
+    card = model_card(plan, str(parent_name), arch.parent_sizes(), command, _version(),
                       ckpt.hub.repo_id if ckpt.hub else None)
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
     shown = public_command(command, _public_parent(ckpt)) if command else None
@@ -660,6 +662,7 @@ def quantize(
         destination.check_folder(Path(out), overwrite, destination.parent_folders(checkpoint))
     # every budget must slice the quantized parent into whole NVFP4 blocks: plan them all before writing
     checked = _prepare(checkpoint, [ALL_BUDGETS], index, None, max_shard_size, _without_calibration(options))
+    assert checked.nesting is not None  # every budget of an index was asked for
     if out is None:
         out = defaults.output_folder(checked.checkpoint, options.scheme.lower())
         if on_out is not None:
@@ -672,7 +675,7 @@ def quantize(
 
 def _without_calibration(options: QuantOptions) -> QuantOptions:
     """The same quantization planned without running calibration (for checks that need no scales)."""
-    return replace(options, fmt=COMPRESSED_TENSORS, calibration=None, kv_cache=None)
+    return replace(options, fmt=COMPRESSED_TENSORS.name, calibration=None, kv_cache=None)
 
 
 def derive_index(
@@ -687,19 +690,19 @@ def derive_index(
         check_budget_name(name, "--from-config")
     ckpt = hub.open_source(parent)
     arch = architecture_of(ckpt)
-    parent_sizes = {axis: value for axis, value in arch.parent_sizes(ckpt.config).items() if axis != "layers"}
+    parent_sizes = {axis: value for axis, value in arch.parent_sizes().items() if axis != "layers"}
     budgets: dict[str, Any] = {parent_name: parent_sizes}
     for name, source in from_configs.items():
         if name in budgets:
             raise InputError(f"budget {name!r} is given twice.")
-        budgets[name] = arch.sizes_from_child_config(ckpt.config, _child_config(source), name)
+        budgets[name] = arch.sizes_from_child_config(_child_config(source), name)
     document = {
         "format": "elastic-nesting-index", "version": 1, "architecture": arch.model_type,
         "parent": parent_name, "norm_semantics": norm_semantics, "budgets": budgets,
     }
     nesting = parse_index(document, "the derived index")
     for name in budgets:
-        resolve_budget(nesting, name, ckpt.config, arch)
+        resolve_budget(nesting, name, arch)
     return document
 
 

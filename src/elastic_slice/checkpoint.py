@@ -55,9 +55,6 @@ class Checkpoint:
     def total_bytes(self) -> int:
         return sum(info.nbytes for info in self.tensors.values())
 
-    def path_of(self, file: str) -> Path:
-        return self.root / file
-
     def dtype_bytes(self) -> dict[str, int]:
         """Tensor bytes per safetensors dtype code."""
         totals: dict[str, int] = {}
@@ -172,7 +169,7 @@ def assemble_checkpoint(
 ) -> Checkpoint:
     """A Checkpoint from checked shard headers: tensor names unique across shards, agreeing with the weights index."""
     tensors: dict[str, TensorInfo] = {}
-    for name, shard in zip(shard_files, shards):
+    for name, shard in zip(shard_files, shards, strict=True):
         for info in shard.tensors:
             if info.name in tensors:
                 raise InputError(f"tensor {info.name!r} appears in both {tensors[info.name].file} and {name}.")

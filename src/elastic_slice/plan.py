@@ -9,9 +9,11 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .arch import Architecture, ParamCounts, TensorCut
+from .arch import BoundArchitecture, ParamCounts, TensorCut
 from .checkpoint import Checkpoint
-from .quant.formats import parts
+from .dtypes import CASTABLE_FLOATS, CONFIG_DTYPE_NAMES, itemsize
+from .errors import InputError
+from .nesting import Budget
 from .quant.output import QuantSummary, output_quantization, summarize
 from .quant.planning import (
     Dequant,
@@ -19,16 +21,12 @@ from .quant.planning import (
     QuantPart,
     QuantRequest,
     StoredPart,
-    check_nvfp4_input_cuts,
     kv_scale_ops,
     parent_quantization,
     renamed_like,
     stored_selection,
 )
 from .safetensors_header import TensorInfo
-from .dtypes import CASTABLE_FLOATS, CONFIG_DTYPE_NAMES, itemsize
-from .errors import InputError
-from .nesting import Budget
 from .selection import Selection, length
 
 SINGLE_SHARD_FILE = "model.safetensors"
@@ -40,7 +38,7 @@ class TensorOp:
     """One output tensor: its source tensor, the index ranges kept per dimension, and its output form."""
 
     source: str
-    source_file: str
+    #: the source tensor's dtype (the card says when the output casts it)
     source_dtype: str
     source_shape: tuple[int, ...]
     selection: Selection
@@ -116,7 +114,7 @@ class Plan:
 
 def build_plan(
     checkpoint: Checkpoint,
-    arch: Architecture,
+    arch: BoundArchitecture,
     budget: Budget,
     dtype: str | None = None,
     max_shard_size: int = 5 * 10**9,
@@ -127,13 +125,13 @@ def build_plan(
     parent_quant = parent_quantization(checkpoint.config, checkpoint.hf_quant_config(), checkpoint.tensors)
     if parent_quant is not None and quantize is not None:
         raise InputError(
-            f"the parent is already {parent_quant.scheme.upper()} ({parent_quant.fmt}); --quantize applies to "
+            f"the parent is already {parent_quant.scheme.name.upper()} ({parent_quant.fmt.name}); --quantize applies to "
             "unquantized parents: slice it as it is, or add --dtype bf16 to dequantize."
         )
     dequantize = parent_quant is not None and dtype is not None
     stored = parent_quant.stored if parent_quant is not None else {}
     present = set(checkpoint.tensors) | {part.dense_name for part in stored.values()}
-    missing = [name for name in arch.required_tensors(checkpoint.config) if name not in present]
+    missing = [name for name in arch.required_tensors() if name not in present]
     if missing:
         raise InputError(
             f"{checkpoint.root} lacks tensor {missing[0]!r} that its config.json requires"
@@ -144,12 +142,12 @@ def build_plan(
         part = stored.get(info.name)
         if part is not None and dequantize:
             assert parent_quant is not None and dtype is not None
-            ops.extend(_dequantized_op(arch, checkpoint, budget, info, part, parent_quant, dtype))
+            ops.extend(_dequantized_op(arch, budget, info, part, parent_quant, dtype))
             continue
         if part is not None:
-            ops.extend(_stored_op(arch, checkpoint, budget, info, part))
+            ops.extend(_stored_op(arch, budget, info, part))
             continue
-        cut = arch.cut(info.name, info.shape, checkpoint.config, budget.sizes, budget.norm_semantics)
+        cut = arch.cut(info.name, info.shape, budget.sizes, budget.norm_semantics)
         if cut is None:
             continue
         if cut.pad_to is not None and quantize is not None:
@@ -170,7 +168,7 @@ def build_plan(
                        pad_value=cut.pad_value if cut.pad_to is not None else None))
         ops.extend(kv_ops)
     placed, shards = assign_shards(ops, max_shard_size)
-    child_config = arch.child_config(checkpoint.config, budget.sizes)
+    child_config = arch.child_config(budget.sizes)
     if dtype is not None:
         _set_config_dtype(child_config, dtype)
     if dequantize:
@@ -181,7 +179,7 @@ def build_plan(
     dense_shapes = {
         op.out_name: op.out_shape for op in placed if op.quant is None and (op.source not in stored or op.dequant)
     }
-    dense_shapes.update(_dense_shapes_of_quantized(placed, stored, arch, checkpoint, budget))
+    dense_shapes.update(_dense_shapes_of_quantized(placed, stored, arch, budget))
     return Plan(
         parent=str(checkpoint.root),
         budget=budget,
@@ -200,7 +198,6 @@ def _op(info: TensorInfo, selection: Selection, out_name: str, out_dtype: str, s
         dequant: Dequant | None = None, pad_value: float | None = None) -> TensorOp:
     return TensorOp(
         source=info.name,
-        source_file=info.file,
         source_dtype=info.dtype,
         source_shape=info.shape,
         selection=selection,
@@ -217,24 +214,21 @@ def _op(info: TensorInfo, selection: Selection, out_name: str, out_dtype: str, s
 
 def _quantized_ops(info: TensorInfo, cut: TensorCut, request: QuantRequest, budget: Budget) -> list[TensorOp]:
     rows, cols = length(cut.selection[0]), length(cut.selection[1])
-    if request.scheme.name == "nvfp4":
-        check_nvfp4_input_cuts(cut.selection[1], info.name, budget.name)
-        if info.shape[1] % 16:
-            raise InputError(f"NVFP4 needs input dimensions that are multiples of 16; {info.name!r} has {info.shape[1]}.")
+    request.scheme.check_input_cut(cut.selection[1], info.shape[1], info.name, budget.name)
     module = cut.out_name.removesuffix("weight")
     amax = None if request.input_amax is None else request.input_amax.get(info.name.removesuffix(".weight"))
     if request.input_amax is not None and amax is None:
         raise InputError(f"calibration recorded no activations for {info.name.removesuffix('.weight')!r}.")
     return [
         _op(info, cut.selection, module + spec.suffix, spec.dtype, out_shape=spec.shape,
-            quant=QuantPart(request.scheme.name, request.fmt, spec.part, amax))
-        for spec in parts(request.scheme.name, request.fmt, rows, cols, with_input_scale=amax is not None)
+            quant=QuantPart(request.scheme, request.fmt, spec.part, amax))
+        for spec in request.fmt.parts(request.scheme, rows, cols, with_input_scale=amax is not None)
     ]
 
 
-def _stored_op(arch: Architecture, checkpoint: Checkpoint, budget: Budget, info: TensorInfo,
+def _stored_op(arch: BoundArchitecture, budget: Budget, info: TensorInfo,
                part: StoredPart) -> list[TensorOp]:
-    cut = arch.cut(part.dense_name, part.dense_shape, checkpoint.config, budget.sizes, budget.norm_semantics)
+    cut = arch.cut(part.dense_name, part.dense_shape, budget.sizes, budget.norm_semantics)
     if cut is None:
         return []
     if cut.pad_to is not None:
@@ -243,12 +237,12 @@ def _stored_op(arch: Architecture, checkpoint: Checkpoint, budget: Budget, info:
     return [_op(info, selection, renamed_like(info.name, part.dense_name, cut.out_name), info.dtype)]
 
 
-def _dequantized_op(arch: Architecture, checkpoint: Checkpoint, budget: Budget, info: TensorInfo,
+def _dequantized_op(arch: BoundArchitecture, budget: Budget, info: TensorInfo,
                     part: StoredPart, parent: ParentQuantization, dtype: str) -> list[TensorOp]:
     """A quantized parent's weight, dequantized and cut like the dense weight; its scales feed it and vanish."""
     if part.part != "weight":
         return []
-    cut = arch.cut(part.dense_name, part.dense_shape, checkpoint.config, budget.sizes, budget.norm_semantics)
+    cut = arch.cut(part.dense_name, part.dense_shape, budget.sizes, budget.norm_semantics)
     if cut is None:
         return []
     module = part.dense_name.removesuffix("weight")
@@ -258,8 +252,8 @@ def _dequantized_op(arch: Architecture, checkpoint: Checkpoint, budget: Budget, 
     return [_op(info, cut.selection, cut.out_name, dtype, dequant=dequant)]
 
 
-def _dense_shapes_of_quantized(ops: list[TensorOp], stored: dict[str, StoredPart], arch: Architecture,
-                               checkpoint: Checkpoint, budget: Budget) -> dict[str, tuple[int, ...]]:
+def _dense_shapes_of_quantized(ops: list[TensorOp], stored: dict[str, StoredPart], arch: BoundArchitecture,
+                               budget: Budget) -> dict[str, tuple[int, ...]]:
     """Logical (dense) shapes of quantized weights, so that parameter counts ignore packing and scales."""
     shapes: dict[str, tuple[int, ...]] = {}
     for op in ops:
@@ -267,7 +261,7 @@ def _dense_shapes_of_quantized(ops: list[TensorOp], stored: dict[str, StoredPart
             shapes[op.out_name] = tuple(length(r) for r in op.selection)
         part = stored.get(op.source)
         if part is not None and part.part == "weight" and op.dequant is None:
-            cut = arch.cut(part.dense_name, part.dense_shape, checkpoint.config, budget.sizes, budget.norm_semantics)
+            cut = arch.cut(part.dense_name, part.dense_shape, budget.sizes, budget.norm_semantics)
             assert cut is not None
             shapes[cut.out_name] = tuple(length(r) for r in cut.selection)
     return shapes
@@ -294,7 +288,7 @@ def assign_shards(ops: list[TensorOp], max_shard_size: int) -> tuple[list[Tensor
     names = [SINGLE_SHARD_FILE] if count == 1 else [
         f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)
     ]
-    placed = [replace(op, shard=name) for name, group in zip(names, groups) for op in group]
+    placed = [replace(op, shard=name) for name, group in zip(names, groups, strict=True) for op in group]
     return placed, names
 
 

@@ -55,11 +55,11 @@ def _at_layer(sizes: dict[str, Any], layer: int) -> dict[str, Any]:
     }
 
 
-def _masked_rmsnorm(module: nn.Module, mask: torch.Tensor, full_width: bool) -> None:
+def _masked_rmsnorm(module: Any, mask: torch.Tensor, full_width: bool) -> None:
     weight = module.weight
     denominator = mask.numel() if full_width else int(mask.sum())
 
-    def forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
         x = hidden_states.to(torch.float32) * mask
         variance = x.pow(2).sum(-1, keepdim=True) / denominator
         return (weight * mask * x * torch.rsqrt(variance + self.variance_epsilon)).to(hidden_states.dtype)
@@ -67,10 +67,10 @@ def _masked_rmsnorm(module: nn.Module, mask: torch.Tensor, full_width: bool) -> 
     module.forward = types.MethodType(forward, module)
 
 
-def _masked_gated_norm(module: nn.Module, mask: torch.Tensor, group: int, denominator: int) -> None:
+def _masked_gated_norm(module: Any, mask: torch.Tensor, group: int, denominator: int) -> None:
     weight = module.weight
 
-    def forward(self: nn.Module, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self: Any, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         x = hidden_states.to(torch.float32)
         if gate is not None:
             x = x * nn.functional.silu(gate.to(torch.float32))
@@ -91,7 +91,7 @@ def _skip_block(module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def apply_masked_forward(model: nn.Module, sizes: dict[str, Any], norm_semantics: str) -> nn.Module:
+def apply_masked_forward(model: Any, sizes: dict[str, Any], norm_semantics: str) -> Any:
     """Patch an fp32 NemotronHForCausalLM in place so that it computes the budget's masked forward."""
     cfg = model.config
     masks = Masks(cfg, _at_layer(sizes, 0))
@@ -154,7 +154,7 @@ def calibration_hooks(model: nn.Module, record: Callable[[str, torch.Tensor], No
 
 
 @torch.no_grad()
-def _record_experts(experts: nn.Module, args: tuple[Any, ...], prefix: str,
+def _record_experts(experts: Any, args: tuple[Any, ...], prefix: str,
                     record: Callable[[str, torch.Tensor], None]) -> None:
     hidden_states, top_k_index = args[0], args[1]
     for expert in torch.unique(top_k_index).tolist():
@@ -200,7 +200,7 @@ class _StreamedExperts(nn.Module):
 _ROUTED_EXPERT = re.compile(r"mixer\.experts\.\d+\.")
 
 
-def _block(config: Any, index: int, names: list[str], load: Callable[[str], torch.Tensor], record: Record) -> nn.Module:
+def _block(config: Any, index: int, names: list[str], load: Callable[[str], torch.Tensor], record: Record) -> Any:
     """Decoder block `index` built on the meta device and given its weights from the shards (routed experts
     streamed), with calibration hooks."""
     from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHBlock
@@ -274,7 +274,7 @@ def calibrate_layerwise(checkpoint: Any, sequences: list[torch.Tensor], record: 
                                                   position_ids=p),
              "linear_attention": create_recurrent_attention_mask(config=config, inputs_embeds=h, attention_mask=None,
                                                                  cache=None, position_ids=p)}
-            for h, p in zip(hidden, positions)
+            for h, p in zip(hidden, positions, strict=True)
         ]
         total = config.num_hidden_layers
         for index in range(total):
@@ -284,7 +284,7 @@ def calibrate_layerwise(checkpoint: Any, sequences: list[torch.Tensor], record: 
                 hidden = list(block(torch.cat(hidden, dim=1)).split(lengths, dim=1))
             else:
                 hidden = [block(h, attention_mask=m.get(block.block_type), position_ids=p, cache=None, use_cache=False)
-                          for h, m, p in zip(hidden, masks, positions)]
+                          for h, m, p in zip(hidden, masks, positions, strict=True)]
             del block
             if on_layer is not None:
                 on_layer(index + 1, total)

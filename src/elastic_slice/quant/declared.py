@@ -3,58 +3,31 @@
 Engines decide per linear module from the config, not from the tensors: a module the config calls quantized but the
 folder stores in bf16 (or the reverse) fails to load or computes garbage. Matching follows the engines: ModelOpt
 `exclude_modules` entries are fnmatch globs (vLLM), compressed-tensors `ignore` entries are exact names or `re:`
-patterns tried with `re.match` (compressed-tensors' `match_name`); both are tried against the module's name with and
-without its root module (`backbone.`), which engines rename.
+patterns tried with `re.match` (compressed-tensors' `match_name`); both are tried against the module's checkpoint name
+and its serving name (the architecture's `serving_name`: the root module dropped, which engines rename).
 """
 
 from __future__ import annotations
 
-import re
-from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
-from .formats import MODELOPT, WEIGHT
+from .formats import WEIGHT, Format
 from .planning import ParentQuantization
 
 if TYPE_CHECKING:
-    from ..arch import Architecture
+    from ..arch import BoundArchitecture
 
 #: module kinds engines never quantize whatever the config says (embeddings, router gates)
 NEVER_QUANTIZED_KINDS = ("embedding", "router")
 
 
-def declared_exclusions(config: dict[str, Any], hf_quant_config: dict[str, Any] | None, fmt: str) -> list[str]:
-    """The exclusion entries an engine reads: ModelOpt `exclude_modules`, compressed-tensors `ignore`."""
-    if fmt == MODELOPT:
-        block = (hf_quant_config or {}).get("quantization") if hf_quant_config is not None else \
-            config.get("quantization_config")
-        entries = (block or {}).get("exclude_modules") if isinstance(block, dict) else None
-    else:
-        entries = (config.get("quantization_config") or {}).get("ignore")
-    return [str(entry) for entry in entries] if isinstance(entries, list) else []
-
-
-def declared_excluded(module: str, entries: list[str], fmt: str) -> bool:
-    """Whether an engine reading `entries` keeps `module` unquantized."""
-    names = (module, module.split(".", 1)[1]) if "." in module else (module,)
-    for entry in entries:
-        for name in names:
-            if fmt == MODELOPT and fnmatchcase(name, entry):
-                return True
-            if fmt != MODELOPT and (_regex_match(entry, name) if entry.startswith("re:") else entry == name):
-                return True
-    return False
-
-
-def _regex_match(entry: str, name: str) -> bool:
-    try:
-        return re.match(entry.removeprefix("re:"), name) is not None
-    except re.error:
-        return False
+def declared_excluded(names: tuple[str, ...], entries: list[str], fmt: Format) -> bool:
+    """Whether an engine reading `entries` keeps a module unquantized (`names`: its checkpoint and serving names)."""
+    return any(fmt.excludes(entry, name) for entry in entries for name in names)
 
 
 def declaration_mismatches(
-    arch: Architecture, tensors: dict[str, Any], quantization: ParentQuantization, entries: list[str]
+    arch: BoundArchitecture, tensors: dict[str, Any], quantization: ParentQuantization, entries: list[str]
 ) -> list[str]:
     """One sentence per linear module whose declared and stored quantization disagree."""
     stored = {part.dense_name.removesuffix(".weight") for part in quantization.stored.values() if part.part == WEIGHT}
@@ -64,11 +37,11 @@ def declaration_mismatches(
         if (module in stored or not name.endswith(".weight") or len(info.shape) != 2
                 or arch.module_kind(name) in NEVER_QUANTIZED_KINDS):
             continue
-        if not declared_excluded(module, entries, quantization.fmt):
+        if not declared_excluded((module, arch.serving_name(module)), entries, quantization.fmt):
             problems.append(f"module {module!r} is stored unquantized but the quantization config does not exclude "
                             "it: an engine would read it as quantized.")
     for module in sorted(stored):
-        if declared_excluded(module, entries, quantization.fmt):
+        if declared_excluded((module, arch.serving_name(module)), entries, quantization.fmt):
             problems.append(f"module {module!r} is stored quantized but the quantization config excludes it: an "
                             "engine would read it as unquantized.")
     return problems

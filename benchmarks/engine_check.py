@@ -133,7 +133,7 @@ def run_dequantized(folder: Path, scratch: Path, device: str) -> dict[str, Any]:
 
 def agreement(tokens: list[list[int]], reference: list[list[int]]) -> float:
     """The share of decoded positions where `tokens` equal the reference's."""
-    pairs = [(a, b) for mine, ref in zip(tokens, reference) for a, b in zip(mine, ref)]
+    pairs = [(a, b) for mine, ref in zip(tokens, reference, strict=False) for a, b in zip(mine, ref, strict=False)]
     return round(sum(a == b for a, b in pairs) / len(pairs), 4) if pairs else 0.0
 
 

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 import torch
+
 from elastic_slice.arch.nemotron_h_torch import Masks
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from elastic_slice import api
 from conftest import run_cli
+from elastic_slice import api
 
 
 @pytest.mark.slow

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import add_budgets
 
+from conftest import add_budgets
 from elastic_slice import api
 from elastic_slice import execute as execute_module
 from elastic_slice.checkpoint import ShardFiles, open_checkpoint
@@ -77,7 +77,7 @@ def test_shard_shortened_at_any_point_of_the_run_is_a_clear_error(
         out = tmp_path / "runs" / f"{path}-{point}"
         out.parent.mkdir(exist_ok=True)
 
-        def shorten(number: int, shard: Path) -> None:
+        def shorten(number: int, shard: Path, point: int = point) -> None:
             if number == point:
                 os.truncate(shard, headers[shard.name])  # only the header is left
 

@@ -4,19 +4,19 @@
 from __future__ import annotations
 
 import shutil
-import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import tomllib
 import typer
 
+from conftest import run_cli, tree_hash
 from elastic_slice import api, defaults
 from elastic_slice.checkpoint import HubOrigin, open_checkpoint
 from elastic_slice.cli import app
 from elastic_slice.errors import InputError
 from elastic_slice.nesting import parse_set
-from conftest import run_cli, tree_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "tiny-elastic"

@@ -476,7 +476,9 @@ def test_folder_created_after_planning_survives(ws: Work) -> None:
 def test_earlier_output_appearing_mid_run_is_replaced(ws: Work, tmp_path: Path, rename_kind: str) -> None:
     earlier = earlier_output(ws, tmp_path / "earlier")
 
-    def hook(count: int, done: list[bool] = []) -> None:
+    done: list[bool] = []
+
+    def hook(count: int) -> None:
         if not done:
             shutil.copytree(earlier, ws.out)
             done.append(True)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conftest import AXIS_BUDGETS
 from elastic_slice import api
 from elastic_slice.arch.nemotron_h_torch import apply_masked_forward
-from conftest import AXIS_BUDGETS
 
 pytestmark = pytest.mark.slow  # forward passes in transformers
 

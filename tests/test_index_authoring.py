@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from elastic_slice import api
 from conftest import run_cli
+from elastic_slice import api
 
 
 def _shards(folder: Path) -> dict[str, bytes]:

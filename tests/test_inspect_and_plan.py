@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from elastic_slice import api
 from conftest import add_budgets, load_tensors, run_cli
+from elastic_slice import api
 
 
 def test_inspect_table(tiny_parent: Path) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from conftest import run_cli
 from elastic_slice import api
 from elastic_slice.schemas import SCHEMAS
-from conftest import run_cli
 
 
 def _valid(kind: str, text: str) -> object:

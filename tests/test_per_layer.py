@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conftest import add_budgets, load_tensors, run_cli
 from elastic_slice import api
 from elastic_slice.arch.nemotron_h_torch import apply_masked_forward
-from conftest import add_budgets, load_tensors, run_cli
 
 # pattern ME*-ME*M: MoE layers 1 and 5, the dense MLP layer 3
 PER_LAYER = {

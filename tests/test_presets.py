@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from elastic_slice import api
 from elastic_slice.preset import PRESETS_ENV
-from conftest import run_cli
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conftest import add_budgets, load_tensors, run_cli
 from elastic_slice import api
 from elastic_slice.api import QuantOptions
 from elastic_slice.quant import fp8, nvfp4
-from conftest import add_budgets, load_tensors, run_cli
 
 FORMATS = [("nvfp4", "modelopt"), ("fp8", "modelopt"), ("nvfp4", "compressed-tensors"), ("fp8", "compressed-tensors")]
 #: ModelOpt parents calibrate in transformers: slow

@@ -13,16 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import add_budgets, run_cli
 
+from conftest import add_budgets, run_cli
 from elastic_slice import api
 from elastic_slice import execute as execute_module
+from elastic_slice import writer as writer_module
 from elastic_slice.budgets import ALL_BUDGETS
 from elastic_slice.checkpoint import open_checkpoint
 from elastic_slice.errors import RunFailure
 from elastic_slice.execute import Target, execute
 from elastic_slice.manifest import sha256_file
-from elastic_slice import writer as writer_module
 from elastic_slice.writer import ShardWriter, WritePool
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import NemotronHConfig
 
-from elastic_slice import api
 from conftest import AXIS_BUDGETS, load_tensors
+from elastic_slice import api
 from reference import expected_child_tensors
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from elastic_slice import api
 from conftest import load_tensors, run_cli
+from elastic_slice import api
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
-from test_quant_outputs import KINDS, _flip
 
+from conftest import run_cli
 from elastic_slice import api
 from elastic_slice.api import QuantOptions
 from elastic_slice.errors import InputError
 from elastic_slice.manifest import MANIFEST_FILE
+from test_quant_outputs import KINDS, _flip
 
 EXPERT = "backbone.layers.1.mixer.experts.2.down_proj"
 

@@ -157,7 +157,7 @@ def check_quantization_block(block: dict[str, Any], where: str) -> None:
         value = block.get(name)
         if value is not None and not isinstance(value, kind):
             raise InputError(f"{where}: {name!r} must be {_JSON_TYPE_NAMES[kind]}, not {value!r}.")
-        if kind is list and value is not None and not all(isinstance(item, str) for item in value):
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
             raise InputError(f"{where}: {name!r} must be a list of module names (strings).")
 
 

@@ -9,7 +9,6 @@ direction overrides and isolates, line separators, lone surrogates) as Python es
 from __future__ import annotations
 
 import re
-from typing import Union
 
 from rich.console import Console
 from rich.text import Text
@@ -19,7 +18,7 @@ from rich.text import Text
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 #: a piece of a printed line: untrusted text (shown literally), or (fixed text, Rich style) for labels
-Part = Union[str, tuple[str, str]]
+Part = str | tuple[str, str]
 
 
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}

@@ -209,3 +209,25 @@ def test_parent_budget_keeps_config(parent: Path) -> None:
     assert bound.parent_sizes() == {"intermediate_size": 128, "layers": list(range(10))}
     child = bound.child_config(bound.resolve("E4", {}))
     assert child["intermediate_size"] == TINY_TEXT_CONFIG["intermediate_size"]
+
+
+def test_e4b_preset_matches_by_fingerprint_and_gives_the_published_e2b() -> None:
+    """transformers' Gemma3nTextConfig defaults are E4B's shape: the preset matches it, every budget resolves, and
+    E2B's child config is the official E2B's shape (30 layers, 8192 channels, 10 KV-sharing layers)."""
+    from transformers import Gemma3nTextConfig
+
+    from elastic_slice.nesting import parse_index
+    from elastic_slice.preset import match_preset
+
+    text = Gemma3nTextConfig().to_dict()
+    config = {"model_type": "gemma3n", "text_config": text}
+    preset = match_preset(config)
+    assert preset is not None and "google/gemma3n-slicing-configs" in preset.source
+    index = parse_index(preset.index, preset.file)
+    bound = get_architecture("gemma3n").bind(config)
+    for name, requested in index.budgets.items():
+        bound.resolve(name, requested)
+    e2b = bound.child_config(bound.resolve("E2B", index.budgets["E2B"]))["text_config"]
+    assert e2b["num_hidden_layers"] == 30 and e2b["intermediate_size"] == [8192] * 30
+    assert e2b["num_kv_shared_layers"] == 10 and e2b["activation_sparsity_pattern"][:11] == [0.95] * 10 + [0.0]
+    assert match_preset({"model_type": "gemma3n", "text_config": {**text, "num_hidden_layers": 30}}) is None

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from conftest import run_cli, tree_hash
+from elastic_slice.arch.gemma3n_fixture import LAYER_TYPES, SPARSITY
 from elastic_slice.errors import InputError
 from elastic_slice.matformer import MAX_BYTES, budget_name, read_table, table_budgets
 
@@ -68,7 +71,7 @@ def test_uniform_widths_are_one_integer_and_parent_added(tmp_path: Path) -> None
     ((f"A,,1,1%,{_dims('64', '2__048', '64')},null",), "is not an integer"),
     ((f"A,,1,1%,{_dims('64', '99999 * 99999', '64')},null",), "is larger than"),
     ((f"A,,1,1%,{_dims('64', '0', '64')},null",), "not a positive width"),
-    ((f"A,,1,1%,64,null",), "expected a list"),
+    (("A,,1,1%,64,null",), "expected a list"),
     ((f"A,,1,1%,{_dims('64', '64', '64')},null", f"A,,1,1%,{_dims('64', '64', '64')},null"), "both become budget"),
     ((f"Config for E2B,,1,1%,{_dims('64', '64', '64')},null", f"E2B Model,,1,1%,{_dims('64', '64', '64')},null"),
      "both become budget 'E2B'"),
@@ -96,3 +99,63 @@ def test_missing_column_oversize_and_binary_refused(tmp_path: Path) -> None:
         read_table(_table(tmp_path))
     with pytest.raises(InputError, match="more cells than columns"):
         read_table(_table(tmp_path, f"A,1,1,1,{_dims('64')},null,extra"))
+
+
+# ----- the command: CSV -> index -> extract every row -> the child's config is the row ----------------------------
+@pytest.fixture(scope="module")
+def gemma_parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from elastic_slice.arch.gemma3n_fixture import build_tiny_gemma3n
+
+    return build_tiny_gemma3n(tmp_path_factory.mktemp("gemma3n") / "parent")
+
+
+#: rows in the published format with values made for the tiny parent (10 layers of 128 channels; KV sharing from
+#: layer 6 on, reusing layers 4 and 5)
+TINY_ROWS = (
+    f"Main model,10,0.1,50.00%,{_dims(*['2 * 64'] * 10)},null",
+    f"Config for official E2B Model,8,0.05,40.00%,{_dims(*['2_0 * 2'] * 8)},\"[6, 7]\"",
+    f"Config for E0.07B (layer-level),10,0.07,45.00%,{_dims('64', '96', '128', '32', '64', '96', '128', '64', '32', '96')},null",
+    f"Small,7,0.04,30.00%,{_dims('64', '64', '32', '32', '128', '64', '64')},\"[2, 7, 8]\"",
+)
+
+
+def test_csv_round_trip_every_row_extracts_to_its_config(gemma_parent: Path, tmp_path: Path) -> None:
+    table = _table(tmp_path, *TINY_ROWS)
+    result = run_cli("index", str(gemma_parent), "--from-matformer-csv", str(table), "--parent-name", "E4",
+                     "--out", str(tmp_path / "index.json"), "--json")
+    assert result.code == 0, result.stderr
+    shown = result.json()
+    assert shown["budget_names"] == {
+        "Main model": "E4", "Config for official E2B Model": "E2B",
+        "Config for E0.07B (layer-level)": "E0.07B-layer-level", "Small": "Small",
+    }
+    assert "row 'Config for official E2B Model' -> budget E2B" in result.stderr
+    for row in read_table(table):
+        budget = shown["budget_names"][row.name]
+        out = tmp_path / budget
+        assert run_cli("extract", str(gemma_parent), "--size", budget, "--index", str(tmp_path / "index.json"),
+                       "--out", str(out)).code == 0
+        config = json.loads((out / "config.json").read_text())
+        kept = [i for i in range(10) if i not in row.skipped]
+        assert config["num_hidden_layers"] == len(kept) == len(row.ffn)
+        assert config["intermediate_size"] == row.ffn
+        assert config["layer_types"] == [LAYER_TYPES[i] for i in kept]
+        assert config["activation_sparsity_pattern"] == [SPARSITY[i] for i in kept]
+        assert config["num_kv_shared_layers"] == sum(1 for i in kept if i >= 6)
+
+
+def test_csv_row_breaking_kv_sharing_is_named(gemma_parent: Path, tmp_path: Path) -> None:
+    table = _table(tmp_path, f"Config for Bad,9,1,1%,{_dims(*['64'] * 9)},[5]")
+    before = tree_hash(gemma_parent)
+    result = run_cli("index", str(gemma_parent), "--from-matformer-csv", str(table), "--out", str(tmp_path / "i.json"))
+    assert result.code == 2
+    assert "row 'Config for Bad'" in result.stderr and "reuses the keys and values of layer 5" in result.stderr
+    assert not (tmp_path / "i.json").exists() and tree_hash(gemma_parent) == before
+
+
+def test_csv_needs_a_gemma3n_parent_and_one_source(tiny_parent: Path, tmp_path: Path) -> None:
+    table = _table(tmp_path, f"A,1,1,1%,{_dims('64')},null")
+    result = run_cli("index", str(tiny_parent), "--from-matformer-csv", str(table))
+    assert result.code == 2 and "needs a Gemma 3n parent" in result.stderr
+    both = run_cli("index", str(tiny_parent), "--from-matformer-csv", str(table), "--from-config", "a=b")
+    assert both.code == 2 and "either --from-config" in both.stderr

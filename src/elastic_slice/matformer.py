@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .arch.base import BoundArchitecture
+from .arch.gemma3n import BoundGemma3n
 from .errors import InputError
 from .nesting import MAX_BUDGETS, check_budget_name
 
@@ -148,6 +150,15 @@ def _shown(text: str) -> str:
     return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
+def parent_widths(arch: BoundArchitecture) -> list[int]:
+    """The per-layer FFN widths of a Gemma 3n parent; any other family is refused."""
+    if not isinstance(arch, BoundGemma3n):
+        raise InputError(
+            f"--from-matformer-csv needs a Gemma 3n parent (model_type gemma3n or gemma3n_text), not {arch.model_type!r}."
+        )
+    return list(arch.shape.ffn)
+
+
 def table_budgets(rows: list[Row], parent_name: str, parent_ffn: list[int]) -> tuple[dict[str, Any], dict[str, str]]:
     """Nesting-index budgets from the rows, checked against the parent's per-layer FFN widths, and the mapping
     row name -> budget name. The parent budget (`parent_name`) is the "Main model" row, or added when absent."""
@@ -174,7 +185,7 @@ def table_budgets(rows: list[Row], parent_name: str, parent_ffn: list[int]) -> t
                 f"{len(row.skipped)} skipped); give one width per kept layer."
             )
         widths: list[int | None] = [None] * n
-        for layer, width in zip(kept, row.ffn):
+        for layer, width in zip(kept, row.ffn, strict=True):
             widths[layer] = width
         budget: dict[str, Any] = {}
         if row.skipped:
@@ -189,4 +200,4 @@ def table_budgets(rows: list[Row], parent_name: str, parent_ffn: list[int]) -> t
     return budgets, names
 
 
-__all__ = ["Row", "budget_name", "read_table", "table_budgets"]
+__all__ = ["Row", "budget_name", "parent_widths", "read_table", "table_budgets"]

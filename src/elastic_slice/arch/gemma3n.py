@@ -519,7 +519,7 @@ def _unique_subsequence(parent: Sequence[Any], child: Sequence[Any], budget: str
 def _check_layers(budget: str, value: Any, parent_layers: int) -> list[int]:
     if not isinstance(value, list) or not value or not all(_is_int(i) for i in value):
         raise BudgetError(budget, "layers", "must be a non-empty list of parent layer indices")
-    if any(b <= a for a, b in zip(value, value[1:])) or value[0] < 0 or value[-1] >= parent_layers:
+    if any(b <= a for a, b in zip(value, value[1:], strict=False)) or value[0] < 0 or value[-1] >= parent_layers:
         raise BudgetError(budget, "layers", f"indices must be sorted, unique and in 0..{parent_layers - 1}")
     return list(value)
 

@@ -26,21 +26,22 @@ from synthetic import CONFIG, write_parent  # noqa: E402
 PATTERNS = ("M*M", "MEM*EME")
 REPEATS = 5
 CALIBRATE = (
-    "import sys, torch; torch.set_flush_denormal(True); from elastic_slice.arch import get_architecture; from elastic_slice.checkpoint import "
+    "import sys, torch; torch.set_flush_denormal(True); from elastic_slice.arch import architecture_of; from elastic_slice.checkpoint import "
     "open_checkpoint; from elastic_slice.quant.calibrate import calibrate, calibration_texts; "
-    "amax = calibrate(open_checkpoint(sys.argv[1]), get_architecture('nemotron_h'), calibration_texts('default')); "
+    "parent = open_checkpoint(sys.argv[1]); "
+    "amax = calibrate(parent, architecture_of(parent), calibration_texts('default')); "
     "print(len(amax))"
 )
 
 
 def measure(pattern: str) -> dict[str, object]:
-    from elastic_slice.fixtures import _write_tokenizer
+    from elastic_slice.arch.nemotron_h_fixture import write_tokenizer
 
     parent = WORK / f"calib-{pattern.replace('*', 'A')}"
     shutil.rmtree(parent, ignore_errors=True)
     try:
         write_parent(parent, pattern)
-        _write_tokenizer(parent, CONFIG["vocab_size"])
+        write_tokenizer(parent, CONFIG["vocab_size"])
         runs = [timed([sys.executable, "-c", CALIBRATE, str(parent)]) for _ in range(REPEATS)]
         seconds = [run["seconds"] for run in runs]
         rss = [run["peak_rss_gb"] for run in runs]

@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from elastic_slice.fixtures import build_tiny_elastic
+from elastic_slice.arch.nemotron_h_fixture import build_tiny_elastic
 
 EXAMPLE = Path(__file__).resolve().parent / "tiny-elastic"
 

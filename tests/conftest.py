@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 
 from elastic_slice.cli import main
-from elastic_slice.fixtures import TINY_BUDGETS, TinySpec, build_tiny_elastic
+from elastic_slice.arch.nemotron_h_fixture import TINY_BUDGETS, TinySpec, build_tiny_elastic
 
 #: one budget per elastic axis alone, and one with every axis together (pattern ME*-ME*M)
 AXIS_BUDGETS: dict[str, dict[str, Any]] = {

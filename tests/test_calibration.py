@@ -13,11 +13,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from elastic_slice import api
 from elastic_slice.api import QuantOptions
-from elastic_slice.arch import get_architecture
+from elastic_slice.arch import architecture_of, get_architecture
 from elastic_slice.arch.nemotron_h_torch import calibration_hooks
 from elastic_slice.checkpoint import ShardFiles, open_checkpoint
 from elastic_slice.errors import InputError
-from elastic_slice.fixtures import TinySpec, build_tiny_elastic
+from elastic_slice.arch.nemotron_h_fixture import TinySpec, build_tiny_elastic
 from elastic_slice.quant.calibrate import MAX_TOKENS, calibrate, calibration_texts, fill_unrouted_experts
 from conftest import load_tensors
 
@@ -41,7 +41,7 @@ def whole_model_amax(parent: Path, texts: list[str]) -> dict[str, float]:
                   use_cache=False)
     for handle in handles:
         handle.remove()
-    return fill_unrouted_experts(amax, model.config.n_routed_experts)
+    return fill_unrouted_experts(amax, get_architecture("nemotron_h").bind(model.config.to_dict()))
 
 
 def assert_close(streamed: dict[str, float], reference: dict[str, float]) -> None:
@@ -64,7 +64,7 @@ def test_layerwise_scales_equal_the_whole_model(tiny_parent: Path, tmp_path: Pat
         path.write_text("A short line.\n\n" + "word " * 2000 + "\n\nThe last paragraph, on its own.")
         source = str(path)
     texts = calibration_texts(source)
-    streamed = calibrate(open_checkpoint(tiny_parent), get_architecture("nemotron_h"), texts)
+    streamed = calibrate(open_checkpoint(tiny_parent), architecture_of(open_checkpoint(tiny_parent)), texts)
     assert_close(streamed, whole_model_amax(tiny_parent, texts))
     assert any(name.endswith(":output") for name in streamed) and "lm_head" in streamed
 
@@ -81,7 +81,7 @@ def test_layerwise_on_every_layer_kind_reports_each_layer(deep_parent: Path, mon
 
     monkeypatch.setattr(ShardFiles, "read_tensor", recording)
     layers: list[tuple[int, int]] = []
-    streamed = calibrate(checkpoint, get_architecture("nemotron_h"), texts, on_layer=lambda *done: layers.append(done))
+    streamed = calibrate(checkpoint, architecture_of(checkpoint), texts, on_layer=lambda *done: layers.append(done))
     assert layers == [(done, 10) for done in range(1, 11)]
     assert "backbone.embeddings.weight" not in read and "lm_head.weight" not in read  # rows only / not needed
     order = [int(name.split(".")[2]) for name in read if name.startswith("backbone.layers.")]

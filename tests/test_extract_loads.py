@@ -120,7 +120,7 @@ def test_cli_extract_summary_and_json(tiny_parent: Path, tmp_path: Path) -> None
 
 
 def test_index_inside_config(tmp_path: Path) -> None:
-    from elastic_slice.fixtures import build_tiny_elastic
+    from elastic_slice.arch.nemotron_h_fixture import build_tiny_elastic
 
     parent = build_tiny_elastic(tmp_path / "p", index_in_config=True, with_tokenizer=False)
     assert not (parent / "nesting_index.json").exists()

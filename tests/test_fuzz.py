@@ -23,7 +23,7 @@ EXAMPLE = ROOT / "examples" / "tiny-elastic"
 SHARD = (EXAMPLE / "model-00003-of-00003.safetensors").read_bytes()
 CONFIG = json.loads((EXAMPLE / "config.json").read_text())
 INDEX = json.loads((EXAMPLE / "nesting_index.json").read_text())
-ARCH = get_architecture("nemotron_h")
+ARCH = get_architecture("nemotron_h").bind(CONFIG)
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -140,7 +140,7 @@ budgets = st.dictionaries(st.sampled_from(["30B", "23B", "12B", "x", "../x", ""]
 def _parse_and_resolve(document: object) -> NestingIndex:
     index = parse_index(document, "fuzz.json")
     for name in index.budgets:
-        resolve_budget(index, name, CONFIG, ARCH)
+        resolve_budget(index, name, ARCH)
     return index
 
 

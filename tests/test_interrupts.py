@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from elastic_slice import api
-from elastic_slice.fixtures import TinySpec, build_tiny_elastic
+from elastic_slice.arch.nemotron_h_fixture import TinySpec, build_tiny_elastic
 
 pytestmark = pytest.mark.slow  # signals to subprocesses
 

@@ -19,10 +19,10 @@ from transformers import AutoModelForCausalLM
 
 from elastic_slice import api
 from elastic_slice.api import QuantOptions
-from elastic_slice.arch import get_architecture
+from elastic_slice.arch import architecture_of, get_architecture
 from elastic_slice.card import model_card
 from elastic_slice.checkpoint import open_checkpoint
-from elastic_slice.fixtures import TinySpec, build_tiny_elastic
+from elastic_slice.arch.nemotron_h_fixture import TinySpec, build_tiny_elastic
 from elastic_slice.quant import calibrate, nvfp4
 from elastic_slice.quant.calibrate import calibration_texts
 from elastic_slice.errors import InputError
@@ -51,8 +51,15 @@ def _front_matter(card: str) -> dict:
 
 
 # ----- NVIDIA's recipe ------------------------------------------------------------------------------------------
+def _nano_config() -> dict:
+    """The example's config with the Nano's layer pattern (the recipe depends on the pattern alone)."""
+    config = json.loads((Path(__file__).resolve().parent.parent / "examples" / "tiny-elastic" / "config.json").read_text())
+    del config["layers_block_type"]
+    return {**config, "hybrid_override_pattern": NANO_PATTERN}
+
+
 def test_recipe_reproduces_the_nano_release_list() -> None:
-    exclusions = get_architecture("nemotron_h").recipe_exclusions({"hybrid_override_pattern": NANO_PATTERN})
+    exclusions = get_architecture("nemotron_h").bind(_nano_config()).recipe_exclusions()
     assert exclusions == NANO_EXCLUDES and len(exclusions) == 60
 
 
@@ -130,7 +137,8 @@ def test_calibration_dependencies_are_core(monkeypatch: pytest.MonkeyPatch, tiny
     assert '"transformers>=5"' in core and '"pyyaml>=6"' in core
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if it were missing
     with pytest.raises(InputError) as error:
-        calibrate.calibrate(open_checkpoint(tiny_parent), get_architecture("nemotron_h"), calibration_texts("default"))
+        calibrate.calibrate(open_checkpoint(tiny_parent), architecture_of(open_checkpoint(tiny_parent)),
+                            calibration_texts("default"))
     assert "pip install elastic-slice" in str(error.value)
 
 
@@ -170,7 +178,7 @@ def test_card_metadata_and_engines(tiny_parent: Path, tmp_path: Path, scheme, fm
 
 def test_card_front_matter_cannot_be_injected(tiny_parent: Path) -> None:
     plan = api.plan_extract(tiny_parent, "12B")
-    sizes = get_architecture("nemotron_h").parent_sizes(json.loads((tiny_parent / "config.json").read_text()))
+    sizes = get_architecture("nemotron_h").bind(json.loads((tiny_parent / "config.json").read_text())).parent_sizes()
     evil = "evil\nlibrary_name: pwned\ntags: [x]"
     card = model_card(plan, evil, sizes, None, "0", hub_repo=evil)
     meta = _front_matter(card)
@@ -271,7 +279,7 @@ def test_card_shows_config_values_literally(tiny_parent: Path) -> None:
     plan = api.plan_extract(tiny_parent, "12B")
     plan.child_config["torch_dtype"] = "bf16\x1b[2J\r"
     plan.child_config["model_type"] = "nemotron_h\x07"
-    sizes = get_architecture("nemotron_h").parent_sizes(json.loads((tiny_parent / "config.json").read_text()))
+    sizes = get_architecture("nemotron_h").bind(json.loads((tiny_parent / "config.json").read_text())).parent_sizes()
     card = model_card(plan, "tiny\x1b]0;x\x07", sizes, None, "0")
     assert "(dtype bf16\\x1b[2J\\r)" in card and "`nemotron_h\\x07`" in card
     assert not any(ord(char) < 32 and char != "\n" for char in card.split("---", 2)[2])

@@ -10,7 +10,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from . import defaults, destination, hub, matformer
-from .arch import Architecture, architecture_of
+from .arch import BoundArchitecture, architecture_of
 from .budgets import ALL_BUDGETS, ParamTarget, select_budgets
 from .card import model_card, public_command, public_path_value
 from .checkpoint import Checkpoint
@@ -154,7 +154,7 @@ class QuantOptions:
         """The options as a manifest records them (without the progress callback)."""
         return {key: value for key, value in asdict(self).items() if key != "on_layer"}
 
-    def request(self, checkpoint: Checkpoint, arch: Architecture, calibrated: bool = True) -> QuantRequest:
+    def request(self, checkpoint: Checkpoint, arch: BoundArchitecture, calibrated: bool = True) -> QuantRequest:
         """The plan's quantization request; with `calibrated` False no calibration runs (no static scales)."""
         scheme = SCHEMES.get(self.scheme.lower())
         if scheme is None:
@@ -179,7 +179,7 @@ class QuantOptions:
             amax = calibrate(checkpoint, arch, texts, self.device, self.on_layer)
         return QuantRequest(
             scheme=scheme, fmt=self.fmt, exclude=tuple(self.exclude), input_amax=amax, recipe=self.recipe,
-            recipe_modules=tuple(arch.recipe_exclusions(checkpoint.config)) if self.recipe == NVIDIA else (),
+            recipe_modules=tuple(arch.recipe_exclusions()) if self.recipe == NVIDIA else (),
             kv_amax=_outputs(amax) if self.kv_cache and amax is not None else None,
             calibration=describe(source) if source is not None else None,
         )
@@ -235,7 +235,7 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
     report.module_quantization = module_quantization(ckpt, arch)
     for name in nesting.budgets:
         try:
-            plan = build_plan(ckpt, arch, resolve_budget(nesting, name, ckpt.config, arch))
+            plan = build_plan(ckpt, arch, resolve_budget(nesting, name, arch))
         except ElasticSliceError as exc:
             report.problems.append(str(exc))
             continue
@@ -249,7 +249,7 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
                 bytes={
                     **footprint(
                         ((name, arch.module_kind(name), shape) for name, shape in plan.dense_shapes.items()),
-                        set(rename_modules(arch.recipe_exclusions(ckpt.config), list(plan.budget.sizes["layers"]))),
+                        set(rename_modules(arch.recipe_exclusions(), list(plan.budget.sizes["layers"]))),
                     ),
                     "stored": plan.out_bytes,
                 },
@@ -284,7 +284,7 @@ def _download_bytes(ckpt: Checkpoint, plans: list[Plan]) -> int:
 @dataclass(frozen=True)
 class _Selected:
     checkpoint: Checkpoint
-    arch: Architecture
+    arch: BoundArchitecture
     nesting: NestingIndex | None
     budgets: list[Budget]
 
@@ -548,7 +548,7 @@ def _push_targets(push_to_hub: str | None, plans: list[Plan]) -> list[str | None
 
 def _finish_folder(
     ckpt: Checkpoint,
-    arch: Architecture,
+    arch: BoundArchitecture,
     target: Target,
     staging: Path,
     command: str | None,
@@ -563,7 +563,7 @@ def _finish_folder(
         write_json(staging / name, content)
     copied = copy_companion_files(ckpt, staging)
     parent_name = ckpt.hub.repo_id if ckpt.hub else ckpt.config.get("_name_or_path") or ckpt.root.name
-    card = model_card(plan, str(parent_name), arch.parent_sizes(ckpt.config), command, _version(),
+    card = model_card(plan, str(parent_name), arch.parent_sizes(), command, _version(),
                       ckpt.hub.repo_id if ckpt.hub else None)
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
     shown = public_command(command, _public_parent(ckpt)) if command else None
@@ -688,13 +688,13 @@ def derive_index(
         check_budget_name(name, "--from-config")
     ckpt = hub.open_source(parent)
     arch = architecture_of(ckpt)
-    parent_sizes = {axis: value for axis, value in arch.parent_sizes(ckpt.config).items() if axis != "layers"}
+    parent_sizes = {axis: value for axis, value in arch.parent_sizes().items() if axis != "layers"}
     budgets: dict[str, Any] = {parent_name: parent_sizes}
     for name, source in from_configs.items():
         if name in budgets:
             raise InputError(f"budget {name!r} is given twice.")
-        budgets[name] = arch.sizes_from_child_config(ckpt.config, _child_config(source), name)
-    return _checked_index(ckpt, arch, parent_name, norm_semantics, budgets)
+        budgets[name] = arch.sizes_from_child_config(_child_config(source), name)
+    return _checked_index(arch, parent_name, norm_semantics, budgets)
 
 
 def derive_matformer_index(
@@ -711,13 +711,13 @@ def derive_matformer_index(
     budgets, names = matformer.table_budgets(rows, parent_name, matformer.parent_widths(arch))
     row_of = {budget: row for row, budget in names.items()}
     try:
-        return _checked_index(ckpt, arch, parent_name, norm_semantics, budgets), names
+        return _checked_index(arch, parent_name, norm_semantics, budgets), names
     except BudgetError as exc:
         raise InputError(f"--from-matformer-csv {table}, row {row_of.get(exc.budget, exc.budget)!r}: {exc}") from None
 
 
 def _checked_index(
-    ckpt: Checkpoint, arch: Architecture, parent_name: str, norm_semantics: str, budgets: dict[str, Any]
+    arch: BoundArchitecture, parent_name: str, norm_semantics: str, budgets: dict[str, Any]
 ) -> dict[str, Any]:
     """An index document of these budgets, each resolved against the parent before it is returned."""
     document = {
@@ -726,7 +726,7 @@ def _checked_index(
     }
     nesting = parse_index(document, "the derived index")
     for name in budgets:
-        resolve_budget(nesting, name, ckpt.config, arch)
+        resolve_budget(nesting, name, arch)
     return document
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .arch import Architecture
+from .arch import BoundArchitecture
 from .checkpoint import Checkpoint
 from .errors import InputError
 from .interpolate import interpolate, nominal
@@ -38,7 +38,7 @@ class ParamTarget:
 
 def select_budgets(
     ckpt: Checkpoint,
-    arch: Architecture,
+    arch: BoundArchitecture,
     sizes: list[str],
     index: Path | None,
     overrides: dict[str, Any] | None = None,
@@ -59,7 +59,7 @@ def select_budgets(
     names = list(nesting.budgets) if sizes == [ALL_BUDGETS] else [nesting.budget_name(size) for size in sizes]
     if len(set(names)) != len(names):
         raise InputError(f"budget {next(n for n in names if names.count(n) > 1)!r} is asked for twice.")
-    return nesting, [resolve_budget(nesting, name, ckpt.config, arch) for name in names]
+    return nesting, [resolve_budget(nesting, name, arch) for name in names]
 
 
 def _in_index(nesting: NestingIndex, name: str) -> bool:
@@ -67,20 +67,20 @@ def _in_index(nesting: NestingIndex, name: str) -> bool:
 
 
 def _interpolated(
-    ckpt: Checkpoint, arch: Architecture, nesting: NestingIndex, name: str, target: float, measure: str
+    ckpt: Checkpoint, arch: BoundArchitecture, nesting: NestingIndex, name: str, target: float, measure: str
 ) -> Budget:
     """A budget between two trained ones, meeting a total or active parameter target from below."""
-    resolved = {budget: resolve_budget(nesting, budget, ckpt.config, arch).sizes for budget in nesting.budgets}
+    resolved = {budget: resolve_budget(nesting, budget, arch).sizes for budget in nesting.budgets}
 
     def params_of(sizes: dict[str, Any]) -> int:
         probe = Budget(name=name, sizes=sizes, is_parent=False, norm_semantics=nesting.norm_semantics)
         counts = build_plan(ckpt, arch, probe).params
         return counts.active if measure == "active" else counts.total
 
-    found = interpolate(resolved, params_of, ckpt.config, target)
+    found = interpolate(resolved, params_of, arch, target)
     return Budget(
         name=name,
-        sizes=arch.resolve(ckpt.config, name, found.sizes),
+        sizes=arch.resolve(name, found.sizes),
         is_parent=False,
         norm_semantics=nesting.norm_semantics,
         requested=found.sizes,
@@ -90,7 +90,7 @@ def _interpolated(
     )
 
 
-def _target_params(ckpt: Checkpoint, arch: Architecture, nesting: NestingIndex, size: str) -> float:
+def _target_params(ckpt: Checkpoint, arch: BoundArchitecture, nesting: NestingIndex, size: str) -> float:
     """Parameters for `size`: a plain number is a count; '18B' is placed between the budgets named by sizes."""
     try:
         return float(size)
@@ -108,7 +108,7 @@ def _target_params(ckpt: Checkpoint, arch: Architecture, nesting: NestingIndex, 
     for (low_value, low), (high_value, high) in zip(points, points[1:]):
         if low_value < wanted < high_value:
             low_params, high_params = (
-                build_plan(ckpt, arch, resolve_budget(nesting, name, ckpt.config, arch)).params.total
+                build_plan(ckpt, arch, resolve_budget(nesting, name, arch)).params.total
                 for name in (low, high)
             )
             return low_params + (wanted - low_value) / (high_value - low_value) * (high_params - low_params)
@@ -119,7 +119,7 @@ def _target_params(ckpt: Checkpoint, arch: Architecture, nesting: NestingIndex, 
 
 
 def _custom(
-    ckpt: Checkpoint, arch: Architecture, sizes: list[str], index: Path | None, overrides: dict[str, Any]
+    ckpt: Checkpoint, arch: BoundArchitecture, sizes: list[str], index: Path | None, overrides: dict[str, Any]
 ) -> tuple[NestingIndex | None, list[Budget]]:
     """One ad-hoc budget from --set, on top of --size's budget or of the parent; the index is optional."""
     if len(sizes) > 1 or sizes == [ALL_BUDGETS]:
@@ -130,4 +130,4 @@ def _custom(
         if index is not None:
             raise
         nesting = None
-    return nesting, [custom_budget(nesting, sizes[0] if sizes else None, overrides, ckpt.config, arch)]
+    return nesting, [custom_budget(nesting, sizes[0] if sizes else None, overrides, arch)]

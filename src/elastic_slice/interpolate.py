@@ -1,9 +1,10 @@
 """Any-size budgets: sizes between two trained budgets, axis by axis, for a parameter target.
 
 Starting from the smaller budget, axes grow one step at a time towards the larger budget's sizes, always taking
-the step that adds the fewest parameters, in steps that keep the structural rules (whole groups of heads, 64-aligned
-matrix dimensions, or the largest power of two that divides both neighbours' sizes). The path does not depend on
-the target, so the parameter count is monotone in it; the walk stops before the step that would pass the target.
+the step that adds the fewest parameters, in steps that keep the family's structural rules (its
+`interpolation_steps` and `grow`: for Nemotron-H whole groups of heads, 64-aligned matrix dimensions, or the largest
+power of two that divides both neighbours' sizes). The path does not depend on the target, so the parameter count
+is monotone in it; the walk stops before the step that would pass the target.
 Layers are the larger budget's. Such a budget was not trained as a nested budget: callers warn.
 """
 
@@ -12,14 +13,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError
 
+if TYPE_CHECKING:
+    from .arch import BoundArchitecture
+
 _NOMINAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMBT])\s*$", re.IGNORECASE)
 _SCALE = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
-#: axes counted in units of a group (heads kept group by group) rather than aligned like matrix dimensions
-_GROUPED = {"mamba_num_heads": "n_groups", "num_attention_heads": "num_key_value_heads"}
 
 
 def nominal(name: str) -> float | None:
@@ -36,35 +38,10 @@ class Interpolated:
     params: int
 
 
-def _alignment(low: int, high: int) -> int:
-    for step in (64, 32, 16, 8, 4, 2):
-        if low % step == 0 and high % step == 0:
-            return step
-    return 1
-
-
-def _steps(low: dict[str, Any], high: dict[str, Any], config: dict[str, Any]) -> dict[str, int]:
-    """The step of every axis that differs between the two budgets."""
-    steps: dict[str, int] = {}
-    for axis, small in low.items():
-        large = high[axis]
-        if axis == "layers" or small == large:
-            continue
-        if axis == "mamba_num_heads":
-            steps[axis] = int(config["n_groups"])
-        elif axis == "num_attention_heads":
-            steps[axis] = int(high["num_key_value_heads"])
-        elif axis in ("num_key_value_heads", "n_routed_experts"):
-            steps[axis] = 1
-        else:
-            steps[axis] = _alignment(small, large)
-    return steps
-
-
 def interpolate(
     budgets: dict[str, dict[str, Any]],
     params_of: Callable[[dict[str, Any]], int],
-    config: dict[str, Any],
+    arch: BoundArchitecture,
     target: float,
 ) -> Interpolated:
     """Sizes between the two budgets whose parameter counts bracket `target`, meeting it from below."""
@@ -79,18 +56,13 @@ def interpolate(
         )
     sizes = dict(budgets[low])
     sizes["layers"] = budgets[high]["layers"]
-    steps = _steps(budgets[low], budgets[high], config)
+    steps = arch.interpolation_steps(budgets[low], budgets[high])
     count = params_of(sizes)
     while True:
         options = []
         for axis, step in steps.items():
             if sizes[axis] + step <= budgets[high][axis]:
-                trial = {**sizes, axis: sizes[axis] + step}
-                if axis == "num_key_value_heads":  # keep the heads per group: grow the query heads with it
-                    trial["num_attention_heads"] = min(
-                        budgets[high]["num_attention_heads"],
-                        trial[axis] * (sizes["num_attention_heads"] // sizes[axis]),
-                    )
+                trial = arch.grow(sizes, axis, step, budgets[high])
                 options.append((params_of(trial), axis, trial))
         options = [option for option in options if option[0] <= target]
         if not options:

@@ -16,7 +16,7 @@ from .preset import match_preset
 from .untrusted_json import load_json_file
 
 if TYPE_CHECKING:
-    from .arch.base import Architecture
+    from .arch.base import BoundArchitecture
     from .checkpoint import Checkpoint
 
 INDEX_FORMAT = "elastic-nesting-index"
@@ -166,7 +166,7 @@ def parse_index(data: Any, source: str) -> NestingIndex:
     )
 
 
-def resolve_budget(index: NestingIndex, name: str, config: dict[str, Any], arch: Architecture) -> Budget:
+def resolve_budget(index: NestingIndex, name: str, arch: BoundArchitecture) -> Budget:
     """Every axis size of one budget, checked against the parent's config and the architecture's rules."""
     name = index.budget_name(name)
     if index.architecture != arch.model_type:
@@ -174,18 +174,18 @@ def resolve_budget(index: NestingIndex, name: str, config: dict[str, Any], arch:
             f"nesting index {index.source} is for architecture {index.architecture!r}, "
             f"but the checkpoint's config.json says model_type {arch.model_type!r}."
         )
-    _check_parent_budget(index, config, arch)
+    _check_parent_budget(index, arch)
     requested = index.budgets[name]
-    sizes = arch.resolve(config, name, requested)
+    sizes = arch.resolve(name, requested)
     return Budget(
         name=name, sizes=sizes, is_parent=name == index.parent, norm_semantics=index.norm_semantics,
         requested=requested,
     )
 
 
-def _check_parent_budget(index: NestingIndex, config: dict[str, Any], arch: Architecture) -> None:
+def _check_parent_budget(index: NestingIndex, arch: BoundArchitecture) -> None:
     """The parent budget must equal config.json on every axis it names, whichever budget is asked for."""
-    parent_sizes = arch.parent_sizes(config)
+    parent_sizes = arch.parent_sizes()
     for axis, value in index.budgets[index.parent].items():
         if axis in parent_sizes and value != parent_sizes[axis]:
             raise BudgetError(
@@ -195,7 +195,7 @@ def _check_parent_budget(index: NestingIndex, config: dict[str, Any], arch: Arch
 
 
 def custom_budget(
-    index: NestingIndex | None, base: str | None, overrides: dict[str, Any], config: dict[str, Any], arch: Architecture
+    index: NestingIndex | None, base: str | None, overrides: dict[str, Any], arch: BoundArchitecture
 ) -> Budget:
     """An ad-hoc budget: a base budget of the index (or the parent) with some axes set on the command line."""
     requested: dict[str, Any] = {}
@@ -205,13 +205,13 @@ def custom_budget(
         requested.update(index.budgets[index.budget_name(base)])
         base = index.budget_name(base)
     if index is not None:
-        _check_parent_budget(index, config, arch)
+        _check_parent_budget(index, arch)
     requested.update(overrides)
     name = f"{base}-custom" if base is not None else "custom"
     set_axes = ", ".join(f"{axis}={value}" for axis, value in overrides.items())
     return Budget(
         name=name,
-        sizes=arch.resolve(config, name, requested),
+        sizes=arch.resolve(name, requested),
         is_parent=False,
         norm_semantics=index.norm_semantics if index is not None else "active",
         requested=requested,

@@ -9,7 +9,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .arch import Architecture, ParamCounts, TensorCut
+from .arch import BoundArchitecture, ParamCounts, TensorCut
 from .checkpoint import Checkpoint
 from .quant.formats import parts
 from .quant.output import QuantSummary, output_quantization, summarize
@@ -116,7 +116,7 @@ class Plan:
 
 def build_plan(
     checkpoint: Checkpoint,
-    arch: Architecture,
+    arch: BoundArchitecture,
     budget: Budget,
     dtype: str | None = None,
     max_shard_size: int = 5 * 10**9,
@@ -133,7 +133,7 @@ def build_plan(
     dequantize = parent_quant is not None and dtype is not None
     stored = parent_quant.stored if parent_quant is not None else {}
     present = set(checkpoint.tensors) | {part.dense_name for part in stored.values()}
-    missing = [name for name in arch.required_tensors(checkpoint.config) if name not in present]
+    missing = [name for name in arch.required_tensors() if name not in present]
     if missing:
         raise InputError(
             f"{checkpoint.root} lacks tensor {missing[0]!r} that its config.json requires"
@@ -144,12 +144,12 @@ def build_plan(
         part = stored.get(info.name)
         if part is not None and dequantize:
             assert parent_quant is not None and dtype is not None
-            ops.extend(_dequantized_op(arch, checkpoint, budget, info, part, parent_quant, dtype))
+            ops.extend(_dequantized_op(arch, budget, info, part, parent_quant, dtype))
             continue
         if part is not None:
-            ops.extend(_stored_op(arch, checkpoint, budget, info, part))
+            ops.extend(_stored_op(arch, budget, info, part))
             continue
-        cut = arch.cut(info.name, info.shape, checkpoint.config, budget.sizes, budget.norm_semantics)
+        cut = arch.cut(info.name, info.shape, budget.sizes, budget.norm_semantics)
         if cut is None:
             continue
         if cut.pad_to is not None and quantize is not None:
@@ -170,7 +170,7 @@ def build_plan(
                        pad_value=cut.pad_value if cut.pad_to is not None else None))
         ops.extend(kv_ops)
     placed, shards = assign_shards(ops, max_shard_size)
-    child_config = arch.child_config(checkpoint.config, budget.sizes)
+    child_config = arch.child_config(budget.sizes)
     if dtype is not None:
         _set_config_dtype(child_config, dtype)
     if dequantize:
@@ -181,7 +181,7 @@ def build_plan(
     dense_shapes = {
         op.out_name: op.out_shape for op in placed if op.quant is None and (op.source not in stored or op.dequant)
     }
-    dense_shapes.update(_dense_shapes_of_quantized(placed, stored, arch, checkpoint, budget))
+    dense_shapes.update(_dense_shapes_of_quantized(placed, stored, arch, budget))
     return Plan(
         parent=str(checkpoint.root),
         budget=budget,
@@ -232,9 +232,9 @@ def _quantized_ops(info: TensorInfo, cut: TensorCut, request: QuantRequest, budg
     ]
 
 
-def _stored_op(arch: Architecture, checkpoint: Checkpoint, budget: Budget, info: TensorInfo,
+def _stored_op(arch: BoundArchitecture, budget: Budget, info: TensorInfo,
                part: StoredPart) -> list[TensorOp]:
-    cut = arch.cut(part.dense_name, part.dense_shape, checkpoint.config, budget.sizes, budget.norm_semantics)
+    cut = arch.cut(part.dense_name, part.dense_shape, budget.sizes, budget.norm_semantics)
     if cut is None:
         return []
     if cut.pad_to is not None:
@@ -243,12 +243,12 @@ def _stored_op(arch: Architecture, checkpoint: Checkpoint, budget: Budget, info:
     return [_op(info, selection, renamed_like(info.name, part.dense_name, cut.out_name), info.dtype)]
 
 
-def _dequantized_op(arch: Architecture, checkpoint: Checkpoint, budget: Budget, info: TensorInfo,
+def _dequantized_op(arch: BoundArchitecture, budget: Budget, info: TensorInfo,
                     part: StoredPart, parent: ParentQuantization, dtype: str) -> list[TensorOp]:
     """A quantized parent's weight, dequantized and cut like the dense weight; its scales feed it and vanish."""
     if part.part != "weight":
         return []
-    cut = arch.cut(part.dense_name, part.dense_shape, checkpoint.config, budget.sizes, budget.norm_semantics)
+    cut = arch.cut(part.dense_name, part.dense_shape, budget.sizes, budget.norm_semantics)
     if cut is None:
         return []
     module = part.dense_name.removesuffix("weight")
@@ -258,8 +258,8 @@ def _dequantized_op(arch: Architecture, checkpoint: Checkpoint, budget: Budget, 
     return [_op(info, cut.selection, cut.out_name, dtype, dequant=dequant)]
 
 
-def _dense_shapes_of_quantized(ops: list[TensorOp], stored: dict[str, StoredPart], arch: Architecture,
-                               checkpoint: Checkpoint, budget: Budget) -> dict[str, tuple[int, ...]]:
+def _dense_shapes_of_quantized(ops: list[TensorOp], stored: dict[str, StoredPart], arch: BoundArchitecture,
+                               budget: Budget) -> dict[str, tuple[int, ...]]:
     """Logical (dense) shapes of quantized weights, so that parameter counts ignore packing and scales."""
     shapes: dict[str, tuple[int, ...]] = {}
     for op in ops:
@@ -267,7 +267,7 @@ def _dense_shapes_of_quantized(ops: list[TensorOp], stored: dict[str, StoredPart
             shapes[op.out_name] = tuple(length(r) for r in op.selection)
         part = stored.get(op.source)
         if part is not None and part.part == "weight" and op.dequant is None:
-            cut = arch.cut(part.dense_name, part.dense_shape, checkpoint.config, budget.sizes, budget.norm_semantics)
+            cut = arch.cut(part.dense_name, part.dense_shape, budget.sizes, budget.norm_semantics)
             assert cut is not None
             shapes[cut.out_name] = tuple(length(r) for r in cut.selection)
     return shapes

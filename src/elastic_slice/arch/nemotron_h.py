@@ -12,12 +12,14 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from ..errors import InputError
 from ..nesting import BudgetError
 from ..selection import Selection, concat, full, grouped_prefix, prefix, shift
-from .base import ParamCounts, TensorCut
+from .base import LayerwiseCalibration, MaskedForward, ParamCounts, Record, RoutedExpert, TensorCut
+from .nemotron_h_fixture import NemotronHFixture
 
 MAMBA, MOE, ATTENTION, MLP = "M", "E", "*", "-"
 _LETTER_OF_BLOCK = {
@@ -48,6 +50,7 @@ _INT_FIELDS = (
 _LAYER_NAME = re.compile(r"^backbone\.layers\.(\d+)\.(.+)$")
 _EXPERT_NAME = re.compile(r"^mixer\.experts\.(\d+)\.(up_proj|down_proj)\.weight$")
 _EXPERT_INDEX = re.compile(r"^mixer\.experts\.(\d+)\.")
+_EXPERT_MODULE = re.compile(r"^(backbone\.layers\.\d+\.mixer\.experts\.)(\d+)(\.(?:up_proj|down_proj))$")
 
 
 @dataclass(frozen=True)
@@ -102,16 +105,64 @@ class _Rule:
     pad_value: float = 0.0
 
 
+class _MaskedForward:
+    def apply(self, model: Any, sizes: Mapping[str, Any], norm: str) -> Any:
+        from .nemotron_h_torch import apply_masked_forward
+
+        return apply_masked_forward(model, dict(sizes), norm)
+
+
+class _Calibration:
+    def run(self, checkpoint: Any, sequences: list[Any], record: Record, device: str,
+            on_layer: Callable[[int, int], None] | None = None) -> None:
+        from .nemotron_h_torch import calibrate_layerwise
+
+        calibrate_layerwise(checkpoint, sequences, record, device, on_layer)
+
+
 class NemotronH:
-    """Axis rules and tensor cuts for Nemotron-H and its elastic releases."""
+    """The Nemotron-H family and its elastic releases."""
+
+    model_type = "nemotron_h"
+    fixture = NemotronHFixture()
+
+    def bind(self, config: Mapping[str, Any]) -> BoundNemotronH:
+        return BoundNemotronH(config)
+
+
+class BoundNemotronH:
+    """Axis rules and tensor cuts for one Nemotron-H parent, its config parsed once."""
 
     model_type = "nemotron_h"
     axes = AXES
+    masked_forward: MaskedForward | None = _MaskedForward()
+    calibration: LayerwiseCalibration | None = _Calibration()
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+
+    # parsed on first use, once: `check_claims` compares the layer counts before the layer kinds are read
+    @cached_property
+    def pattern(self) -> str:
+        return layer_pattern(self.config)
+
+    @cached_property
+    def shape(self) -> _Shape:
+        return _parent_shape(self.config)
+
+    @cached_property
+    def top_k(self) -> int:
+        return _config_int(self.config, "num_experts_per_tok")
+
+    @cached_property
+    def routing_groups(self) -> int:
+        return _optional_int(self.config, "n_group", 1)
 
     # ----- config -----------------------------------------------------------------------------------------------
-    def check_claims(self, config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    def check_claims(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
         """config.json's layer, expert and head counts agree with the tensors present; runs before anything is built
         per layer or per expert, so a config claiming millions of them fails at once instead of allocating."""
+        config = self.config
         layers, top_expert = _present_layers_and_experts(shapes)
         field_name, claimed = _pattern_field(config)
         if claimed is None:
@@ -125,8 +176,7 @@ class NemotronH:
                     f"config.json field {name!r} describes {count} layers, but the checkpoint's tensors hold "
                     f"{layers} (backbone.layers.N with N < {layers})."
                 )
-        pattern = layer_pattern(config)
-        shape = _parent_shape(config)
+        pattern, shape = self.pattern, self.shape
         if MOE in pattern and shape.experts != top_expert + 1:
             raise InputError(
                 f"config.json field 'n_routed_experts' is {shape.experts}, but the checkpoint's MoE layers hold "
@@ -147,8 +197,8 @@ class NemotronH:
             if found is not None and (not found or found[0] != rows):
                 raise InputError(f"config.json gives {claim} = {rows}, but tensor {name!r} has shape {list(found)}.")
 
-    def parent_sizes(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        shape = _parent_shape(config)
+    def parent_sizes(self) -> dict[str, Any]:
+        shape = self.shape
         return {
             "hidden_size": shape.hidden,
             "mamba_num_heads": shape.mamba_heads,
@@ -158,11 +208,11 @@ class NemotronH:
             "moe_intermediate_size": shape.moe_ffn,
             "moe_shared_expert_intermediate_size": shape.shared_ffn,
             "intermediate_size": shape.dense_ffn,
-            "layers": list(range(len(layer_pattern(config)))),
+            "layers": list(range(len(self.pattern))),
         }
 
-    def resolve(self, config: Mapping[str, Any], budget: str, requested: Mapping[str, Any]) -> dict[str, Any]:
-        parent = self.parent_sizes(config)
+    def resolve(self, budget: str, requested: Mapping[str, Any]) -> dict[str, Any]:
+        parent = self.parent_sizes()
         for axis in requested:
             if axis not in AXES:
                 raise BudgetError(budget, axis, f"unknown axis; nemotron_h axes are {', '.join(AXES)}")
@@ -172,7 +222,7 @@ class NemotronH:
                 sizes["layers"] = _check_layers(budget, value, len(parent["layers"]))
                 continue
             if isinstance(value, list):
-                sizes[axis] = _check_per_layer(budget, axis, value, layer_pattern(config), parent[axis], config)
+                sizes[axis] = _check_per_layer(budget, axis, value, self.pattern, parent[axis], self.top_k)
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise BudgetError(budget, axis, f"the size must be a positive integer, not {value!r}")
@@ -184,18 +234,18 @@ class NemotronH:
             sizes["num_attention_heads"] = sizes["num_key_value_heads"] * (
                 parent["num_attention_heads"] // parent["num_key_value_heads"]
             )
-        _check_structure(budget, config, parent, uniform_sizes(sizes))
+        self._check_structure(budget, parent, uniform_sizes(sizes))
         return sizes
 
-    def child_config(self, config: Mapping[str, Any], sizes: Mapping[str, Any]) -> dict[str, Any]:
-        child = copy.deepcopy(dict(config))
+    def child_config(self, sizes: Mapping[str, Any]) -> dict[str, Any]:
+        child = copy.deepcopy(dict(self.config))
         child.pop("nesting_index", None)
         uniform = uniform_sizes(sizes)
         for axis in AXES:
             if axis != "layers":
                 child[axis] = uniform[axis]
         kept = list(sizes["layers"])
-        if kept != list(range(len(layer_pattern(config)))):
+        if kept != list(range(len(self.pattern))):
             if isinstance(child.get("layers_block_type"), list):
                 child["layers_block_type"] = [child["layers_block_type"][i] for i in kept]
             if isinstance(child.get("hybrid_override_pattern"), str):
@@ -204,8 +254,8 @@ class NemotronH:
                 child["num_hidden_layers"] = len(kept)
         return child
 
-    def sizes_from_child_config(self, config: Mapping[str, Any], child: Mapping[str, Any], budget: str) -> dict[str, Any]:
-        parent = self.parent_sizes(config)
+    def sizes_from_child_config(self, child: Mapping[str, Any], budget: str) -> dict[str, Any]:
+        parent = self.parent_sizes()
         derived: dict[str, Any] = {}
         for axis in AXES:
             if axis == "layers":
@@ -215,7 +265,7 @@ class NemotronH:
                 raise BudgetError(budget, axis, "the child's config.json does not give this field")
             if value != parent[axis]:
                 derived[axis] = value
-        parent_pattern = layer_pattern(config)
+        parent_pattern = self.pattern
         claimed = _pattern_field(child)[1]
         if claimed is not None and claimed > len(parent_pattern):
             raise BudgetError(
@@ -228,10 +278,10 @@ class NemotronH:
         return derived
 
     # ----- tensors ----------------------------------------------------------------------------------------------
-    def required_tensors(self, config: Mapping[str, Any]) -> list[str]:
-        shape = _parent_shape(config)
+    def required_tensors(self) -> list[str]:
+        shape = self.shape
         names = ["backbone.embeddings.weight", "backbone.norm_f.weight"]
-        if not config.get("tie_word_embeddings", False):
+        if not self.config.get("tie_word_embeddings", False):
             names.append("lm_head.weight")
         per_kind = {
             MAMBA: ["in_proj.weight", "conv1d.weight", "A_log", "D", "dt_bias", "norm.weight", "out_proj.weight"],
@@ -241,15 +291,13 @@ class NemotronH:
             + [f"experts.{e}.{p}.weight" for e in range(shape.experts) for p in ("up_proj", "down_proj")],
             MLP: ["up_proj.weight", "down_proj.weight"],
         }
-        for i, letter in enumerate(layer_pattern(config)):
+        for i, letter in enumerate(self.pattern):
             names.append(f"backbone.layers.{i}.norm.weight")
             names.extend(f"backbone.layers.{i}.mixer.{local}" for local in per_kind[letter])
         return names
 
-    def cut(
-        self, name: str, shape: tuple[int, ...], config: Mapping[str, Any], sizes: Mapping[str, Any], norm: str
-    ) -> TensorCut | None:
-        parent = _parent_shape(config)
+    def cut(self, name: str, shape: tuple[int, ...], sizes: Mapping[str, Any], norm: str) -> TensorCut | None:
+        parent = self.shape
         child = parent.with_sizes(uniform_sizes(sizes))
         out_name = name
         if name in ("backbone.embeddings.weight", "lm_head.weight"):
@@ -261,25 +309,25 @@ class NemotronH:
             if match is None:
                 raise InputError(f"tensor {name!r} is not a known Nemotron-H tensor; elastic-slice cannot place it.")
             layer, local = int(match.group(1)), match.group(2)
-            pattern = layer_pattern(config)
+            pattern = self.pattern
             if layer >= len(pattern):
                 raise InputError(f"tensor {name!r} belongs to layer {layer}, but config.json has {len(pattern)} layers.")
             kept: list[int] = list(sizes["layers"])
             if layer not in kept:
                 return None
             out_name = f"backbone.layers.{kept.index(layer)}.{local}"
+            found: _Rule | None = None
             if local == "norm.weight":
-                rule = _norm_rule(parent.hidden, child.hidden, norm)
+                found = _norm_rule(parent.hidden, child.hidden, norm)
             elif local.startswith("mixer."):
                 kept_here = parent.with_sizes(uniform_sizes(layer_sizes(sizes, layer)))
-                rule = _MIXER_RULES[pattern[layer]](local, parent, child, norm, name, kept_here)
-            else:
-                rule = None
-            if rule is _DROPPED:
+                found = _MIXER_RULES[pattern[layer]](local, parent, child, norm, name, kept_here)
+            if found is _DROPPED:
                 return None
-            if rule is None:
+            if found is None:
                 kind = _KIND_NAMES[pattern[layer]]
                 raise InputError(f"tensor {name!r} is not a known Nemotron-H tensor of a {kind} layer.")
+            rule = found
         if tuple(shape) != rule.expected:
             raise InputError(
                 f"tensor {name!r} has shape {list(shape)}, but config.json implies {list(rule.expected)}."
@@ -302,11 +350,11 @@ class NemotronH:
                 return kind
         return "other"
 
-    def recipe_exclusions(self, config: Mapping[str, Any]) -> list[str]:
+    def recipe_exclusions(self) -> list[str]:
         """Modules NVIDIA's Nemotron 3 Nano NVFP4 release keeps unquantized, in its hf_quant_config.json order:
         lm_head; for each attention layer, the in_proj/out_proj of a Mamba layer right before it and the
         attention's q/k/v/o projections; then every Mamba layer's conv1d."""
-        pattern = layer_pattern(config)
+        pattern = self.pattern
         names = ["lm_head"]
         for layer, kind in enumerate(pattern):
             if kind != ATTENTION:
@@ -317,16 +365,81 @@ class NemotronH:
         names += [f"backbone.layers.{layer}.mixer.conv1d" for layer, kind in enumerate(pattern) if kind == MAMBA]
         return names
 
-    def apply_masked_forward(self, model: Any, sizes: Mapping[str, Any], norm: str) -> Any:
-        from .nemotron_h_torch import apply_masked_forward
+    def serving_name(self, module: str) -> str:
+        """`backbone.layers.3.mixer.q_proj` -> `layers.3.mixer.q_proj`: engines rename the root module."""
+        return module.split(".", 1)[1] if "." in module else module
 
-        return apply_masked_forward(model, dict(sizes), norm)
+    def routed_expert(self, module: str) -> RoutedExpert | None:
+        match = _EXPERT_MODULE.match(module)
+        if match is None:
+            return None
+        return RoutedExpert(prefix=match.group(1), index=int(match.group(2)), suffix=match.group(3))
 
-    def calibrate_layerwise(self, checkpoint: Any, sequences: list[Any], record: Callable[[str, Any], None],
-                            device: str, on_layer: Callable[[int, int], None] | None = None) -> None:
-        from .nemotron_h_torch import calibrate_layerwise
+    def routed_expert_count(self) -> int:
+        return self.shape.experts if MOE in self.pattern else 0
 
-        calibrate_layerwise(checkpoint, sequences, record, device, on_layer)
+    # ----- any-size budgets -------------------------------------------------------------------------------------
+    def interpolation_steps(self, low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, int]:
+        """Whole Mamba head groups, query heads by the KV groups, one KV group or expert at a time, and matrix
+        dimensions aligned to the largest power of two (up to 64) dividing both neighbours' sizes."""
+        steps: dict[str, int] = {}
+        for axis, small in low.items():
+            large = high[axis]
+            if axis == "layers" or small == large:
+                continue
+            if isinstance(small, list) or isinstance(large, list):
+                raise InputError(
+                    f"axis {axis!r} has per-layer sizes in a budget; sizes between budgets need one size per axis."
+                )
+            if axis == "mamba_num_heads":
+                steps[axis] = self.shape.groups
+            elif axis == "num_attention_heads":
+                steps[axis] = int(high["num_key_value_heads"])
+            elif axis in ("num_key_value_heads", "n_routed_experts"):
+                steps[axis] = 1
+            else:
+                steps[axis] = _alignment(small, large)
+        return steps
+
+    def grow(self, sizes: Mapping[str, Any], axis: str, step: int, high: Mapping[str, Any]) -> dict[str, Any]:
+        grown = {**sizes, axis: sizes[axis] + step}
+        if axis == "num_key_value_heads":  # keep the heads per group: grow the query heads with it
+            grown["num_attention_heads"] = min(
+                high["num_attention_heads"], grown[axis] * (sizes["num_attention_heads"] // sizes[axis])
+            )
+        return grown
+
+    def _check_structure(self, budget: str, parent: Mapping[str, Any], sizes: Mapping[str, Any]) -> None:
+        groups = self.shape.groups
+        if sizes["mamba_num_heads"] % groups:
+            raise BudgetError(
+                budget, "mamba_num_heads",
+                f"{sizes['mamba_num_heads']} is not a multiple of n_groups ({groups}): heads are kept group by group",
+            )
+        q, kv = sizes["num_attention_heads"], sizes["num_key_value_heads"]
+        if q % kv:
+            raise BudgetError(budget, "num_attention_heads", f"{q} is not a multiple of num_key_value_heads ({kv})")
+        parent_rep = parent["num_attention_heads"] // parent["num_key_value_heads"]
+        if q // kv > parent_rep:
+            raise BudgetError(
+                budget, "num_attention_heads",
+                f"{q} heads over {kv} KV groups is {q // kv} per group, more than the parent's {parent_rep}",
+            )
+        experts = sizes["n_routed_experts"]
+        if experts < self.top_k:
+            raise BudgetError(budget, "n_routed_experts", f"{experts} is fewer than num_experts_per_tok ({self.top_k})")
+        if self.routing_groups > 1 and experts != parent["n_routed_experts"]:
+            raise BudgetError(
+                budget, "n_routed_experts",
+                f"experts cannot be cut when routing uses n_group={self.routing_groups} expert groups",
+            )
+
+
+def _alignment(low: int, high: int) -> int:
+    for step in (64, 32, 16, 8, 4, 2):
+        if low % step == 0 and high % step == 0:
+            return step
+    return 1
 
 
 _KIND_PATTERNS = [
@@ -457,9 +570,7 @@ def layer_sizes(sizes: Mapping[str, Any], layer: int) -> dict[str, Any]:
     }
 
 
-def _check_per_layer(
-    budget: str, axis: str, value: list[Any], pattern: str, parent_size: int, config: Mapping[str, Any]
-) -> list[Any]:
+def _check_per_layer(budget: str, axis: str, value: list[Any], pattern: str, parent_size: int, top_k: int) -> list[Any]:
     kind = PER_LAYER_AXES.get(axis)
     if kind is None:
         raise BudgetError(
@@ -471,7 +582,7 @@ def _check_per_layer(
         raise BudgetError(budget, axis, f"a per-layer list needs {len(pattern)} entries, one per parent layer")
     if kind not in pattern:
         raise BudgetError(budget, axis, f"the parent has no {_KIND_NAMES[kind]} layers, so a per-layer list is all null; give one integer")
-    floor = _config_int(config, "num_experts_per_tok") if axis == "n_routed_experts" else 1
+    floor = top_k if axis == "n_routed_experts" else 1
     for layer, (letter, size) in enumerate(zip(pattern, value)):
         if letter != kind:
             if size is not None:
@@ -524,34 +635,6 @@ def _check_layers(budget: str, value: Any, parent_layers: int) -> list[int]:
     if value[0] < 0 or value[-1] >= parent_layers:
         raise BudgetError(budget, "layers", f"indices must lie in 0..{parent_layers - 1}")
     return list(value)
-
-
-def _check_structure(budget: str, config: Mapping[str, Any], parent: Mapping[str, Any], sizes: Mapping[str, Any]) -> None:
-    groups = _config_int(config, "n_groups")
-    if sizes["mamba_num_heads"] % groups:
-        raise BudgetError(
-            budget, "mamba_num_heads",
-            f"{sizes['mamba_num_heads']} is not a multiple of n_groups ({groups}): heads are kept group by group",
-        )
-    q, kv = sizes["num_attention_heads"], sizes["num_key_value_heads"]
-    if q % kv:
-        raise BudgetError(budget, "num_attention_heads", f"{q} is not a multiple of num_key_value_heads ({kv})")
-    parent_rep = parent["num_attention_heads"] // parent["num_key_value_heads"]
-    if q // kv > parent_rep:
-        raise BudgetError(
-            budget, "num_attention_heads",
-            f"{q} heads over {kv} KV groups is {q // kv} per group, more than the parent's {parent_rep}",
-        )
-    top_k = _config_int(config, "num_experts_per_tok")
-    experts = sizes["n_routed_experts"]
-    if experts < top_k:
-        raise BudgetError(budget, "n_routed_experts", f"{experts} is fewer than num_experts_per_tok ({top_k})")
-    routing_groups = _optional_int(config, "n_group", 1)
-    if routing_groups > 1 and experts != parent["n_routed_experts"]:
-        raise BudgetError(
-            budget, "n_routed_experts",
-            f"experts cannot be cut when routing uses n_group={routing_groups} expert groups",
-        )
 
 
 # ----- per-tensor rules -----------------------------------------------------------------------------------------
@@ -664,4 +747,4 @@ _MIXER_RULES: dict[str, Callable[[str, _Shape, _Shape, str, str, _Shape], _Rule 
     MLP: _mlp_rule,
 }
 
-__all__ = ["NemotronH", "layer_pattern"]
+__all__ = ["BoundNemotronH", "NemotronH", "layer_pattern"]

@@ -8,20 +8,22 @@ engine would otherwise see as their range), so every quantized module gets a sca
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..checkpoint import Checkpoint
 from ..errors import InputError
 from ..quiet import quiet_transformers
 
+if TYPE_CHECKING:
+    from ..arch import BoundArchitecture
+    from ..arch.base import RoutedExpert
+
 DEFAULT = "default"
 MAX_TOKENS = 512
-_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(up_proj|down_proj)$")
 
 
 #: a paragraph is cut to this many characters before tokenizing (enough for MAX_TOKENS tokens unless they average
@@ -57,10 +59,15 @@ def calibration_texts(source: str) -> list[str]:
     return paragraphs
 
 
-def calibrate(checkpoint: Checkpoint, arch: Any, texts: list[str], device: str = "cpu",
+def calibrate(checkpoint: Checkpoint, arch: BoundArchitecture, texts: list[str], device: str = "cpu",
               on_layer: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Input amax of every linear layer of the parent, keyed by checkpoint module name, from a run of `texts`
     through it one decoder layer at a time (`on_layer(done, total)` after each layer)."""
+    if arch.calibration is None:
+        raise InputError(
+            f"elastic-slice cannot calibrate model_type {arch.model_type!r} yet; quantize it uncalibrated "
+            "(--quant-format compressed-tensors without --calibration or --kv-cache) or slice it unquantized."
+        )
     try:
         import torch  # noqa: F401
         from transformers import AutoTokenizer
@@ -85,8 +92,8 @@ def calibrate(checkpoint: Checkpoint, arch: Any, texts: list[str], device: str =
         sequences = [ids for ids in sequences if ids.numel()]
         if not sequences:
             raise InputError("the calibration text gives no tokens; give a text file with words in it.")
-        arch.calibrate_layerwise(checkpoint, sequences, record, device, on_layer)
-    return fill_unrouted_experts(amax, int(checkpoint.config.get("n_routed_experts") or 0))
+        arch.calibration.run(checkpoint, sequences, record, device, on_layer)
+    return fill_unrouted_experts(amax, arch)
 
 
 def announce(source: str, paragraphs: int, chosen_by_default: bool) -> None:
@@ -95,15 +102,15 @@ def announce(source: str, paragraphs: int, chosen_by_default: bool) -> None:
     print(f"calibrating activation scales on {describe(source)} ({paragraphs} paragraphs){hint}", file=sys.stderr)
 
 
-def fill_unrouted_experts(amax: dict[str, float], experts: int) -> dict[str, float]:
+def fill_unrouted_experts(amax: dict[str, float], arch: BoundArchitecture) -> dict[str, float]:
     """Give each routed expert that no token reached the largest amax of its layer's experts."""
-    layers: dict[tuple[str, str], float] = {}
+    largest: dict[tuple[str, str], tuple[float, RoutedExpert]] = {}
     for name, value in amax.items():
-        match = _EXPERT.match(name)
-        if match:
-            key = (match.group(1), match.group(3))
-            layers[key] = max(layers.get(key, 0.0), value)
-    for (prefix, proj), value in layers.items():
-        for expert in range(experts):
-            amax.setdefault(f"{prefix}.{expert}.{proj}", value)
+        expert = arch.routed_expert(name)
+        if expert is not None:
+            seen = largest.get(expert.projection)
+            largest[expert.projection] = (max(seen[0], value) if seen else value, expert)
+    for value, expert in largest.values():
+        for index in range(arch.routed_expert_count()):
+            amax.setdefault(expert.sibling(index), value)
     return amax

@@ -17,7 +17,7 @@ from .formats import MODELOPT, WEIGHT
 from .planning import ParentQuantization
 
 if TYPE_CHECKING:
-    from ..arch import Architecture
+    from ..arch import BoundArchitecture
 
 #: module kinds engines never quantize whatever the config says (embeddings, router gates)
 NEVER_QUANTIZED_KINDS = ("embedding", "router")
@@ -54,7 +54,7 @@ def _regex_match(entry: str, name: str) -> bool:
 
 
 def declaration_mismatches(
-    arch: Architecture, tensors: dict[str, Any], quantization: ParentQuantization, entries: list[str]
+    arch: BoundArchitecture, tensors: dict[str, Any], quantization: ParentQuantization, entries: list[str]
 ) -> list[str]:
     """One sentence per linear module whose declared and stored quantization disagree."""
     stored = {part.dense_name.removesuffix(".weight") for part in quantization.stored.values() if part.part == WEIGHT}

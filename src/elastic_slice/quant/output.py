@@ -22,7 +22,7 @@ from .formats import (
 from .planning import ParentQuantization, QuantRequest, rename_modules
 
 if TYPE_CHECKING:
-    from ..arch import Architecture
+    from ..arch import BoundArchitecture
     from ..checkpoint import Checkpoint
     from ..nesting import Budget
     from ..plan import TensorOp
@@ -47,7 +47,7 @@ class QuantSummary:
 
 
 def summarize(
-    arch: Architecture, ops: list[TensorOp], parent: ParentQuantization | None, request: QuantRequest | None,
+    arch: BoundArchitecture, ops: list[TensorOp], parent: ParentQuantization | None, request: QuantRequest | None,
     child_config: dict[str, Any],
 ) -> QuantSummary | None:
     """The card's view of the output's quantization (None when it has none)."""
@@ -64,14 +64,14 @@ def summarize(
                         _experts_store(arch, parts, INPUT_SCALE))
 
 
-def _experts_store(arch: Architecture, parts: list[tuple[str, str]], wanted: str) -> bool:
+def _experts_store(arch: BoundArchitecture, parts: list[tuple[str, str]], wanted: str) -> bool:
     """Whether a routed expert stores the part `wanted` (its weight quantized, its activation scale)."""
     return any(part == wanted and arch.module_kind(source) == "expert_linear" for source, part in parts)
 
 
 def output_quantization(
     checkpoint: Checkpoint,
-    arch: Architecture,
+    arch: BoundArchitecture,
     child_config: dict[str, Any],
     budget: Budget,
     ops: list[TensorOp],
@@ -100,7 +100,7 @@ def output_quantization(
 
 
 def exclusions(
-    arch: Architecture, ops: list[TensorOp], request: QuantRequest, kept: list[int]
+    arch: BoundArchitecture, ops: list[TensorOp], request: QuantRequest, kept: list[int]
 ) -> tuple[list[str], list[str]]:
     """The child's unquantized modules to list by name, and the user's globs (written as given, not expanded).
 

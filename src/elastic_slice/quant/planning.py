@@ -6,7 +6,7 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..arch.base import LINEAR_KINDS
 from ..errors import InputError
@@ -22,6 +22,10 @@ from .formats import (
     WEIGHT,
 )
 from .schemes import NVIDIA, SCHEMES, Scheme
+
+if TYPE_CHECKING:
+    from ..arch import BoundArchitecture
+    from ..checkpoint import Checkpoint
 
 NVFP4_BLOCK = 16
 
@@ -246,7 +250,7 @@ def rename_modules(names: list[str], kept_layers: list[int]) -> list[str]:
     return renamed
 
 
-def module_quantization(checkpoint: Any, arch: Any) -> dict[str, str]:
+def module_quantization(checkpoint: Checkpoint, arch: BoundArchitecture) -> dict[str, str]:
     """How each module kind's weights are stored: the parent's dtype, fp8 or nvfp4."""
     parent = parent_quantization(checkpoint.config, checkpoint.hf_quant_config(), checkpoint.tensors)
     quantized = {p.dense_name for p in parent.stored.values()} if parent is not None else set()

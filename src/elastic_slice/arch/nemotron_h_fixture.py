@@ -1,8 +1,9 @@
 """Tiny elastic Nemotron-H parents in the real format, built with transformers' own NemotronH classes.
 
-Used by the tests and by `examples/make_tiny_elastic.py`. Needs `transformers` (the `test` extra). The budget
-sizes below are invented for this miniature: they mirror the release's 30B/23B/12B parameter ratios (about 1 : 0.77
-: 0.4) and are not NVIDIA's sizes.
+Used by the tests (`NemotronHFixture` is the family's FixtureBuilder for the conformance suite) and by
+`examples/make_tiny_elastic.py`. Needs `transformers` (the `test` extra). The budget sizes below are invented for
+this miniature: they mirror the release's 30B/23B/12B parameter ratios (about 1 : 0.77 : 0.4) and are not NVIDIA's
+sizes.
 """
 
 from __future__ import annotations
@@ -65,6 +66,14 @@ class TinySpec:
     intermediate_size: int = 192
     layer_norm_epsilon: float = 1e-5
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class NemotronHFixture:
+    """The family's FixtureBuilder: the default tiny parent with its three budgets."""
+
+    def build(self, out: Path, seed: int = 0) -> dict[str, dict[str, Any]]:
+        build_tiny_elastic(out, seed=seed)
+        return TINY_BUDGETS
 
 
 def tiny_config(spec: TinySpec) -> Any:
@@ -149,11 +158,12 @@ def build_tiny_elastic(
     else:
         (out / "nesting_index.json").write_text(json.dumps(index, indent=2) + "\n")
     if with_tokenizer:
-        _write_tokenizer(out, spec.vocab_size)
+        write_tokenizer(out, spec.vocab_size)
     return out
 
 
-def _write_tokenizer(out: Path, vocab_size: int) -> None:
+def write_tokenizer(out: Path, vocab_size: int) -> None:
+    """A small byte-level BPE tokenizer trained on a fixed text, with a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

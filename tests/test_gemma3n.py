@@ -44,11 +44,13 @@ def test_layer_skip_renumbers_every_per_layer_field(parent: Path) -> None:
     child = bound.child_config(sizes)
     assert child["num_hidden_layers"] == 7
     assert child["intermediate_size"] == [64] * 7
-    assert child["layer_types"] == ["sliding_attention"] * 3 + ["full_attention", "sliding_attention"] * 2
+    assert child["layer_types"] == (["sliding_attention"] * 3 + ["full_attention"]) + ["sliding_attention"] * 2 + [
+        "full_attention"
+    ]
     assert child["activation_sparsity_pattern"] == [0.95, 0.95, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert child["num_kv_shared_layers"] == 2  # parent layers 8 and 9
     embed = bound.cut("model.embed_tokens_per_layer.weight", (288, 80), sizes, "active")
-    assert embed is not None and embed.selection == ((0, 288), ((0, 16), (24, 48), (64, 80)))
+    assert embed is not None and embed.selection == (((0, 288),), ((0, 16), (24, 48), (64, 80)))
     projection = bound.cut("model.per_layer_model_projection.weight", (80, 64), sizes, "active")
     assert projection is not None and projection.selection == (((0, 16), (24, 48), (64, 80)), ((0, 64),))
     gate = bound.cut("model.layers.8.mlp.gate_proj.weight", (128, 64), sizes, "active")

@@ -233,3 +233,27 @@ def test_e4b_preset_matches_by_fingerprint_and_gives_the_published_e2b() -> None
     assert e2b["num_hidden_layers"] == 30 and e2b["intermediate_size"] == [8192] * 30
     assert e2b["num_kv_shared_layers"] == 10 and e2b["activation_sparsity_pattern"][:11] == [0.95] * 10 + [0.0]
     assert match_preset({"model_type": "gemma3n", "text_config": {**text, "num_hidden_layers": 30}}) is None
+
+
+def test_fp8_quantizes_attention_and_mlp_only_and_loads(parent: Path, tmp_path: Path) -> None:
+    from elastic_slice.api import QuantOptions
+
+    out = tmp_path / "fp8"
+    api.extract(parent, "E2-skip", out, quantize=QuantOptions("fp8", "compressed-tensors"))
+    with safe_open(out / "model.safetensors", "pt") as handle:
+        dtypes = {name: str(handle.get_slice(name).get_dtype()) for name in handle.keys()}
+    quantized = {name.rsplit(".", 2)[-2] for name, dtype in dtypes.items() if dtype == "F8_E4M3"}
+    assert quantized == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    ignore = json.loads((out / "config.json").read_text())["quantization_config"]["ignore"]
+    assert "re:.*lm_head$" in ignore  # tied to the embedding: never quantized
+    assert any("laurel" in entry for entry in ignore) and any("altup" in entry for entry in ignore)
+    _, info = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
+    assert not any(info.values()), info
+
+
+def test_calibrated_quantization_is_refused_clearly(parent: Path, tmp_path: Path) -> None:
+    from elastic_slice.api import QuantOptions
+
+    with pytest.raises(InputError, match="cannot calibrate model_type 'gemma3n_text' yet"):
+        api.extract(parent, "E2-skip", tmp_path / "nvfp4", quantize=QuantOptions("nvfp4"))
+    assert not (tmp_path / "nvfp4").exists()

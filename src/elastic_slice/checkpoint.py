@@ -55,9 +55,6 @@ class Checkpoint:
     def total_bytes(self) -> int:
         return sum(info.nbytes for info in self.tensors.values())
 
-    def path_of(self, file: str) -> Path:
-        return self.root / file
-
     def dtype_bytes(self) -> dict[str, int]:
         """Tensor bytes per safetensors dtype code."""
         totals: dict[str, int] = {}

@@ -40,7 +40,7 @@ class TensorOp:
     """One output tensor: its source tensor, the index ranges kept per dimension, and its output form."""
 
     source: str
-    source_file: str
+    #: the source tensor's dtype (the card says when the output casts it)
     source_dtype: str
     source_shape: tuple[int, ...]
     selection: Selection
@@ -200,7 +200,6 @@ def _op(info: TensorInfo, selection: Selection, out_name: str, out_dtype: str, s
         dequant: Dequant | None = None, pad_value: float | None = None) -> TensorOp:
     return TensorOp(
         source=info.name,
-        source_file=info.file,
         source_dtype=info.dtype,
         source_shape=info.shape,
         selection=selection,

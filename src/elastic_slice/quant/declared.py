@@ -3,8 +3,8 @@
 Engines decide per linear module from the config, not from the tensors: a module the config calls quantized but the
 folder stores in bf16 (or the reverse) fails to load or computes garbage. Matching follows the engines: ModelOpt
 `exclude_modules` entries are fnmatch globs (vLLM), compressed-tensors `ignore` entries are exact names or `re:`
-patterns tried with `re.match` (compressed-tensors' `match_name`); both are tried against the module's name with and
-without its root module (`backbone.`), which engines rename.
+patterns tried with `re.match` (compressed-tensors' `match_name`); both are tried against the module's checkpoint name
+and its serving name (the architecture's `serving_name`: the root module dropped, which engines rename).
 """
 
 from __future__ import annotations
@@ -34,9 +34,8 @@ def declared_exclusions(config: dict[str, Any], hf_quant_config: dict[str, Any] 
     return [str(entry) for entry in entries] if isinstance(entries, list) else []
 
 
-def declared_excluded(module: str, entries: list[str], fmt: str) -> bool:
-    """Whether an engine reading `entries` keeps `module` unquantized."""
-    names = (module, module.split(".", 1)[1]) if "." in module else (module,)
+def declared_excluded(names: tuple[str, ...], entries: list[str], fmt: str) -> bool:
+    """Whether an engine reading `entries` keeps a module unquantized (`names`: its checkpoint and serving names)."""
     for entry in entries:
         for name in names:
             if fmt == MODELOPT and fnmatchcase(name, entry):
@@ -64,11 +63,11 @@ def declaration_mismatches(
         if (module in stored or not name.endswith(".weight") or len(info.shape) != 2
                 or arch.module_kind(name) in NEVER_QUANTIZED_KINDS):
             continue
-        if not declared_excluded(module, entries, quantization.fmt):
+        if not declared_excluded((module, arch.serving_name(module)), entries, quantization.fmt):
             problems.append(f"module {module!r} is stored unquantized but the quantization config does not exclude "
                             "it: an engine would read it as quantized.")
     for module in sorted(stored):
-        if declared_excluded(module, entries, quantization.fmt):
+        if declared_excluded((module, arch.serving_name(module)), entries, quantization.fmt):
             problems.append(f"module {module!r} is stored quantized but the quantization config excludes it: an "
                             "engine would read it as unquantized.")
     return problems

@@ -92,7 +92,9 @@ def output_quantization(
         hf = modelopt_quantization(request.scheme.name, modules + globs, kv_cache, version)
         child_config["quantization_config"] = modelopt_config_entry(hf)
         return {HF_QUANT_CONFIG: hf}
-    ignore = [f"re:.*{re.escape(_without_root(name))}$" for name in modules] + [glob_regex(g) for g in globs]
+    ignore = [f"re:.*{re.escape(arch.serving_name(name))}$" for name in modules] + [
+        glob_regex(glob if glob.startswith("*") else arch.serving_name(glob)) for glob in globs
+    ]
     child_config["quantization_config"] = compressed_tensors_config(
         request.scheme.name, ignore, static_inputs, kv_cache, version
     )
@@ -121,12 +123,12 @@ def exclusions(
 
 
 def glob_regex(glob: str) -> str:
-    """A --exclude glob as a compressed-tensors `re:` pattern matching the same modules under any root name.
+    """A --exclude glob as a compressed-tensors `re:` pattern matching the same modules under any prefix (callers
+    give it the glob's serving name, its root module dropped, so that it matches under any root name).
 
     `*` and `?` become `.*` and `.`; a character class `[0-3]` / `[!0-3]` stays a class (`[0-3]` / `[^0-3]`), as
     fnmatch reads it; everything else is literal."""
-    body = _without_root(glob) if not glob.startswith("*") else glob
-    pattern = "".join(_glob_pieces(body))
+    pattern = "".join(_glob_pieces(glob))
     return f"re:{'' if pattern.startswith('.*') else '.*'}{pattern}$"
 
 
@@ -157,11 +159,6 @@ def _class_end(glob: str, start: int) -> int:
     index += glob[index : index + 1] == "]"
     end = glob.find("]", index)
     return end
-
-
-def _without_root(name: str) -> str:
-    """`backbone.layers.3.mixer.q_proj` -> `layers.3.mixer.q_proj`: engines rename the root module."""
-    return name.split(".", 1)[1] if "." in name else name
 
 
 def _renumbered(checkpoint: Checkpoint, child_config: dict[str, Any], kept: list[int]) -> dict[str, Any]:

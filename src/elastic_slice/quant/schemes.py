@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..arch.base import LINEAR_KINDS
 
@@ -21,7 +21,6 @@ class Scheme:
     """A weight quantization scheme."""
 
     name: str
-    bits: int
     block_size: int | None
     excluded_kinds: frozenset[str]
 
@@ -39,8 +38,8 @@ class Scheme:
         return numel // 2 + numel // self.block_size + 2 * SCALAR_BYTES
 
 
-FP8 = Scheme("fp8", bits=8, block_size=None, excluded_kinds=frozenset())
-NVFP4 = Scheme("nvfp4", bits=4, block_size=16, excluded_kinds=frozenset({"attention_linear"}))
+FP8 = Scheme("fp8", block_size=None, excluded_kinds=frozenset())
+NVFP4 = Scheme("nvfp4", block_size=16, excluded_kinds=frozenset({"attention_linear"}))
 SCHEMES = {scheme.name: scheme for scheme in (FP8, NVFP4)}
 
 #: recipes for what quantize-on-extract leaves unquantized: NVIDIA's Nemotron 3 Nano NVFP4 release (the
@@ -55,7 +54,7 @@ def footprint(tensors: Iterable[tuple[str, str, tuple[int, ...]]], kept: Collect
     items = list(tensors)
     sizes = {"bf16": sum(math.prod(shape) * BF16_BYTES for _, _, shape in items)}
     for scheme in SCHEMES.values():
-        recipe = Scheme(scheme.name, scheme.bits, scheme.block_size, excluded_kinds=frozenset())
+        recipe = replace(scheme, excluded_kinds=frozenset())
         sizes[scheme.name] = sum(
             recipe.stored_bytes(kind, name, shape) if name.removesuffix(".weight") not in kept
             else math.prod(shape) * BF16_BYTES

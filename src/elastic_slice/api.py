@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import Any
@@ -678,7 +678,7 @@ def _without_calibration(options: QuantOptions) -> QuantOptions:
 
 def derive_index(
     parent: str | Path,
-    from_configs: dict[str, str | Path],
+    from_configs: Mapping[str, str | Path],
     parent_name: str = "parent",
     norm_semantics: str = "active",
 ) -> dict[str, Any]:
@@ -749,7 +749,7 @@ class IndexResult:
 
 def author_index(
     parent: str | Path,
-    from_configs: dict[str, str | Path],
+    from_configs: Mapping[str, str | Path],
     parent_name: str = "parent",
     norm_semantics: str = "active",
     out: str | Path | None = None,

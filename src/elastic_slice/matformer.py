@@ -75,7 +75,7 @@ def read_table(path: Path) -> list[Row]:
     if missing:
         raise InputError(f"{where} has no column {missing[0]!r}; its columns are {columns}.")
     reader.fieldnames = columns
-    rows = []
+    rows: list[Row] = []
     try:
         for record in reader:
             if len(rows) >= MAX_BUDGETS:

@@ -227,7 +227,7 @@ class BoundGemma3n:
         parent_kinds = [_layer_kind(s, i) for i in range(s.layers)]
         child_kinds = [_layer_kind(shape, i) for i in range(shape.layers)]
         kept = _unique_subsequence(parent_kinds, child_kinds, budget)
-        widths = [None] * s.layers
+        widths: list[int | None] = [None] * s.layers
         for child_layer, layer in enumerate(kept):
             widths[layer] = shape.ffn[child_layer]
         derived: dict[str, Any] = {}

@@ -58,7 +58,8 @@ def tiny_model(seed: int = 0, **overrides: Any) -> Any:
     from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
 
     torch.manual_seed(seed)
-    model = Gemma3nForCausalLM(Gemma3nTextConfig(**{**TINY_TEXT_CONFIG, **overrides})).to(torch.float32).eval()
+    model: Any = Gemma3nForCausalLM(Gemma3nTextConfig(**{**TINY_TEXT_CONFIG, **overrides}))
+    model = model.to(torch.float32).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in model.named_parameters():  # buffers hold constants (scales, rotary): left as built

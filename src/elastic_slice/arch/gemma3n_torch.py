@@ -19,13 +19,13 @@ from torch import nn
 from ..errors import InputError
 
 
-def text_model(model: nn.Module) -> nn.Module:
+def text_model(model: Any) -> Any:
     """The Gemma3nTextModel inside a Gemma3nForCausalLM or Gemma3nForConditionalGeneration."""
     inner = model.model
     return inner.language_model if hasattr(inner, "language_model") else inner
 
 
-def apply_masked_forward(model: nn.Module, sizes: Mapping[str, Any], norm: str) -> nn.Module:
+def apply_masked_forward(model: Any, sizes: Mapping[str, Any], norm: str) -> Any:
     """Patch a transformers Gemma 3n parent in place so that it computes the budget `sizes`."""
     text = text_model(model)
     layers = list(text.layers)
@@ -53,7 +53,7 @@ def _pass_through(self: nn.Module, hidden_states: torch.Tensor, *args: Any, **kw
 
 
 def _masked_mlp(mask: torch.Tensor, width: int) -> Any:
-    def forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
         gate = self.gate_proj(hidden_states)
         if self.activation_sparsity > 0.0:
             keep = mask.to(gate.dtype)

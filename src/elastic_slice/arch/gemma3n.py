@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from ..nesting import BudgetError
 from ..selection import Ranges, concat, full, prefix
 from .base import LayerwiseCalibration, MaskedForward, ParamCounts, RoutedExpert, TensorCut
 from .gemma3n_fixture import Gemma3nFixture
+from .layers import kept_layers
 
 AXES = ("intermediate_size", "layers")
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -226,7 +227,13 @@ class BoundGemma3n:
         s = self.shape
         parent_kinds = [_layer_kind(s, i) for i in range(s.layers)]
         child_kinds = [_layer_kind(shape, i) for i in range(shape.layers)]
-        kept = _unique_subsequence(parent_kinds, child_kinds, budget)
+        ways, kept = kept_layers(parent_kinds, child_kinds)
+        if ways != 1:
+            problem = "do not fit" if ways == 0 else "fit in several ways into"
+            raise BudgetError(
+                budget, "layers", f"the child's {shape.layers} layers {problem} the parent's {s.layers} (by type, KV "
+                "sharing and sparsity); give `layers` by hand",
+            )
         widths: list[int | None] = [None] * s.layers
         for child_layer, layer in enumerate(kept):
             widths[layer] = shape.ffn[child_layer]
@@ -490,30 +497,6 @@ def _optional(s: TextShape, layer: int) -> tuple[str, ...]:
 
 def _layer_kind(s: TextShape, layer: int) -> tuple[str, bool, float]:
     return s.layer_types[layer], layer >= s.first_shared, float(s.sparsity[layer])
-
-
-def _unique_subsequence(parent: Sequence[Any], child: Sequence[Any], budget: str) -> list[int]:
-    """The parent positions of `child`'s items when `child` fits `parent` as a subsequence in exactly one way."""
-    n, m = len(parent), len(child)
-    # ways[i][j]: in how many ways child[j:] fits into parent[i:], counted up to 2
-    ways = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(n, -1, -1):
-        ways[i][m] = 1
-        for j in range(m - 1, -1, -1):
-            if i < n:
-                ways[i][j] = min(2, ways[i + 1][j] + (ways[i + 1][j + 1] if parent[i] == child[j] else 0))
-    if ways[0][0] != 1:
-        problem = "do not fit" if ways[0][0] == 0 else "fit in several ways into"
-        raise BudgetError(
-            budget, "layers", f"the child's {m} layers {problem} the parent's {n} (by type, KV sharing and "
-            "sparsity); give `layers` by hand",
-        )
-    kept, j = [], 0
-    for i in range(n):
-        if j < m and parent[i] == child[j] and ways[i + 1][j + 1] == 1:
-            kept.append(i)
-            j += 1
-    return kept
 
 
 def _check_layers(budget: str, value: Any, parent_layers: int) -> list[int]:

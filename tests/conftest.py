@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from elastic_slice.cli import main
 from elastic_slice.arch.nemotron_h_fixture import TINY_BUDGETS, TinySpec, build_tiny_elastic
+from elastic_slice.cli import main
 
 #: one budget per elastic axis alone, and one with every axis together (pattern ME*-ME*M)
 AXIS_BUDGETS: dict[str, dict[str, Any]] = {

@@ -11,15 +11,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import load_tensors
 from elastic_slice import api
 from elastic_slice.api import QuantOptions
 from elastic_slice.arch import architecture_of, get_architecture
+from elastic_slice.arch.nemotron_h_fixture import TinySpec, build_tiny_elastic
 from elastic_slice.arch.nemotron_h_torch import calibration_hooks
 from elastic_slice.checkpoint import ShardFiles, open_checkpoint
 from elastic_slice.errors import InputError
-from elastic_slice.arch.nemotron_h_fixture import TinySpec, build_tiny_elastic
 from elastic_slice.quant.calibrate import MAX_TOKENS, calibrate, calibration_texts, fill_unrouted_experts
-from conftest import load_tensors
 
 RELATIVE = 1e-5
 

@@ -10,8 +10,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from elastic_slice import api
 from conftest import add_budgets, load_tensors, run_cli
+from elastic_slice import api
 
 
 @pytest.mark.slow

@@ -17,16 +17,16 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
+from conftest import load_tensors, run_cli
 from elastic_slice import api
 from elastic_slice.api import QuantOptions
 from elastic_slice.arch import architecture_of, get_architecture
+from elastic_slice.arch.nemotron_h_fixture import TinySpec, build_tiny_elastic
 from elastic_slice.card import model_card
 from elastic_slice.checkpoint import open_checkpoint
-from elastic_slice.arch.nemotron_h_fixture import TinySpec, build_tiny_elastic
+from elastic_slice.errors import InputError
 from elastic_slice.quant import calibrate, nvfp4
 from elastic_slice.quant.calibrate import calibration_texts
-from elastic_slice.errors import InputError
-from conftest import load_tensors, run_cli
 
 pytestmark = pytest.mark.slow  # calibration and models in transformers, a subprocess
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import defaults, destination, hub, matformer
 from .arch import BoundArchitecture, architecture_of
+from .arch.base import OUTPUT
 from .budgets import ALL_BUDGETS, ParamTarget, select_budgets
 from .card import model_card, public_command, public_path_value
 from .checkpoint import Checkpoint
@@ -30,7 +31,6 @@ from .nesting import (
     resolve_budget,
 )
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
-from .arch.base import OUTPUT
 from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
 from .quant.calibrate import announce, calibrate, calibration_texts, describe
 from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
@@ -475,7 +475,7 @@ def extract_many(
             _check_space(ckpt, plans, Path(out), index_json)
         parent_files = describe_parent_files(ckpt)
         started = time.perf_counter()
-        targets = [Target(plan, ShardWriter(staging, plan, pool)) for plan, staging in zip(plans, stagings)]
+        targets = [Target(plan, ShardWriter(staging, plan, pool)) for plan, staging in zip(plans, stagings, strict=True)]
         try:
             execute(ckpt, targets, workers=workers, on_bytes=on_bytes)
             if keep_index and prepared.nesting is not None:
@@ -483,7 +483,7 @@ def extract_many(
                     write_json(staging / INDEX_FILE, prepared.nesting.to_json(), sort_keys=False)
             copied = [
                 _finish_folder(ckpt, arch, target, staging, command, parent_files, options)
-                for target, staging in zip(targets, stagings)
+                for target, staging in zip(targets, stagings, strict=True)
             ]
         except OSError as exc:
             raise RunFailure(f"writing the output failed: {exc.strerror or exc} ({exc.filename or 'output'}).") from exc
@@ -495,7 +495,7 @@ def extract_many(
     urls = [
         hub.push(path, repo, private, f"elastic-slice: budget {plan.budget.name} of {ckpt.hub.repo_id if ckpt.hub else ckpt.root.name}")
         if repo else None
-        for path, plan, repo in zip(outs, plans, repos)
+        for path, plan, repo in zip(outs, plans, repos, strict=True)
     ]
     return [
         ExtractResult(
@@ -512,7 +512,7 @@ def extract_many(
             copied_files=files,
             hub_url=url,
         )
-        for path, plan, files, url in zip(outs, plans, copied, urls)
+        for path, plan, files, url in zip(outs, plans, copied, urls, strict=True)
     ]
 
 

@@ -105,7 +105,7 @@ def _target_params(ckpt: Checkpoint, arch: BoundArchitecture, nesting: NestingIn
             "when the budgets are named by size, a size such as 18B."
         )
     points = sorted((value, name) for name, value in named.items() if value is not None)
-    for (low_value, low), (high_value, high) in zip(points, points[1:]):
+    for (low_value, low), (high_value, high) in zip(points, points[1:], strict=False):
         if low_value < wanted < high_value:
             low_params, high_params = (
                 build_plan(ckpt, arch, resolve_budget(nesting, name, arch)).params.total

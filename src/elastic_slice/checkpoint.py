@@ -169,7 +169,7 @@ def assemble_checkpoint(
 ) -> Checkpoint:
     """A Checkpoint from checked shard headers: tensor names unique across shards, agreeing with the weights index."""
     tensors: dict[str, TensorInfo] = {}
-    for name, shard in zip(shard_files, shards):
+    for name, shard in zip(shard_files, shards, strict=True):
         for info in shard.tensors:
             if info.name in tensors:
                 raise InputError(f"tensor {info.name!r} appears in both {tensors[info.name].file} and {name}.")

@@ -46,14 +46,16 @@ def interpolate(
 ) -> Interpolated:
     """Sizes between the two budgets whose parameter counts bracket `target`, meeting it from below."""
     counted = sorted(((params_of(sizes), name) for name, sizes in budgets.items()))
-    for (low_params, low), (high_params, high) in zip(counted, counted[1:]):
-        if low_params < target < high_params:
-            break
-    else:
+    bracket = next(
+        ((lower, upper) for lower, upper in zip(counted, counted[1:], strict=False) if lower[0] < target < upper[0]),
+        None,
+    )
+    if bracket is None:
         raise InputError(
             f"a target of {target:,.0f} parameters is not strictly between two budgets' counts "
             f"({', '.join(f'{n} {p:,}' for p, n in counted)}); pick one of them or a target in between."
         )
+    (low_params, low), (high_params, high) = bracket
     sizes = dict(budgets[low])
     sizes["layers"] = budgets[high]["layers"]
     steps = arch.interpolation_steps(budgets[low], budgets[high])

@@ -11,6 +11,9 @@ from typing import Any
 
 from .arch import BoundArchitecture, ParamCounts, TensorCut
 from .checkpoint import Checkpoint
+from .dtypes import CASTABLE_FLOATS, CONFIG_DTYPE_NAMES, itemsize
+from .errors import InputError
+from .nesting import Budget
 from .quant.formats import parts
 from .quant.output import QuantSummary, output_quantization, summarize
 from .quant.planning import (
@@ -26,9 +29,6 @@ from .quant.planning import (
     stored_selection,
 )
 from .safetensors_header import TensorInfo
-from .dtypes import CASTABLE_FLOATS, CONFIG_DTYPE_NAMES, itemsize
-from .errors import InputError
-from .nesting import Budget
 from .selection import Selection, length
 
 SINGLE_SHARD_FILE = "model.safetensors"
@@ -293,7 +293,7 @@ def assign_shards(ops: list[TensorOp], max_shard_size: int) -> tuple[list[Tensor
     names = [SINGLE_SHARD_FILE] if count == 1 else [
         f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)
     ]
-    placed = [replace(op, shard=name) for name, group in zip(names, groups) for op in group]
+    placed = [replace(op, shard=name) for name, group in zip(names, groups, strict=True) for op in group]
     return placed, names
 
 

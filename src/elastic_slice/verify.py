@@ -262,9 +262,9 @@ def check_numerics(
     with quiet_transformers(), tempfile.TemporaryDirectory(prefix="elastic-slice-verify-") as scratch:
         folders = [
             checkpoint.root if quant is None else dequantized_copy(checkpoint, Path(scratch) / role)
-            for checkpoint, quant, role in zip((parent, child), quantizations, ("parent", "child"))
+            for checkpoint, quant, role in zip((parent, child), quantizations, ("parent", "child"), strict=True)
         ]
-        for folder, sizes in zip(folders, (plan.budget.sizes, None)):
+        for folder, sizes in zip(folders, (plan.budget.sizes, None), strict=True):
             try:
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
             except (OSError, ValueError, RuntimeError) as exc:

@@ -584,7 +584,7 @@ def _check_per_layer(budget: str, axis: str, value: list[Any], pattern: str, par
     if kind not in pattern:
         raise BudgetError(budget, axis, f"the parent has no {_KIND_NAMES[kind]} layers, so a per-layer list is all null; give one integer")
     floor = top_k if axis == "n_routed_experts" else 1
-    for layer, (letter, size) in enumerate(zip(pattern, value)):
+    for layer, (letter, size) in enumerate(zip(pattern, value, strict=True)):
         if letter != kind:
             if size is not None:
                 raise BudgetError(budget, axis, f"layer {layer} is a {_KIND_NAMES[letter]} layer: its entry must be null")
@@ -593,7 +593,7 @@ def _check_per_layer(budget: str, axis: str, value: list[Any], pattern: str, par
             raise BudgetError(
                 budget, axis, f"layer {layer} needs an integer from {floor} to {parent_size}, not {size!r}"
             )
-    return [v if letter == kind else None for letter, v in zip(pattern, value)]
+    return [v if letter == kind else None for letter, v in zip(pattern, value, strict=True)]
 
 
 def _kept_layers(parent: str, child: str, budget: str) -> list[int]:
@@ -618,7 +618,7 @@ def _check_layers(budget: str, value: Any, parent_layers: int) -> list[int]:
         or not all(isinstance(i, int) and not isinstance(i, bool) for i in value)
     ):
         raise BudgetError(budget, "layers", "must be a non-empty list of parent layer indices")
-    if any(b <= a for a, b in zip(value, value[1:])):
+    if any(b <= a for a, b in zip(value, value[1:], strict=False)):
         raise BudgetError(budget, "layers", "indices must be sorted and unique")
     if value[0] < 0 or value[-1] >= parent_layers:
         raise BudgetError(budget, "layers", f"indices must lie in 0..{parent_layers - 1}")

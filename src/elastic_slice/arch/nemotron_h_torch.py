@@ -274,7 +274,7 @@ def calibrate_layerwise(checkpoint: Any, sequences: list[torch.Tensor], record: 
                                                   position_ids=p),
              "linear_attention": create_recurrent_attention_mask(config=config, inputs_embeds=h, attention_mask=None,
                                                                  cache=None, position_ids=p)}
-            for h, p in zip(hidden, positions)
+            for h, p in zip(hidden, positions, strict=True)
         ]
         total = config.num_hidden_layers
         for index in range(total):
@@ -284,7 +284,7 @@ def calibrate_layerwise(checkpoint: Any, sequences: list[torch.Tensor], record: 
                 hidden = list(block(torch.cat(hidden, dim=1)).split(lengths, dim=1))
             else:
                 hidden = [block(h, attention_mask=m.get(block.block_type), position_ids=p, cache=None, use_cache=False)
-                          for h, m, p in zip(hidden, masks, positions)]
+                          for h, m, p in zip(hidden, masks, positions, strict=True)]
             del block
             if on_layer is not None:
                 on_layer(index + 1, total)

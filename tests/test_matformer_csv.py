@@ -71,6 +71,7 @@ def test_uniform_widths_are_one_integer_and_parent_added(tmp_path: Path) -> None
     ((f"A,,1,1%,{_dims('64', '2__048', '64')},null",), "is not an integer"),
     ((f"A,,1,1%,{_dims('64', '99999 * 99999', '64')},null",), "is larger than"),
     ((f"A,,1,1%,{_dims('64', '0', '64')},null",), "not a positive width"),
+    ((f"A,,1,1%,{_dims(*['64'] * 1025)},null",), "the list has 1025 entries; at most 1024"),
     (("A,,1,1%,64,null",), "expected a list"),
     ((f"A,,1,1%,{_dims('64', '64', '64')},null", f"A,,1,1%,{_dims('64', '64', '64')},null"), "both become budget"),
     ((f"Config for E2B,,1,1%,{_dims('64', '64', '64')},null", f"E2B Model,,1,1%,{_dims('64', '64', '64')},null"),

@@ -40,7 +40,10 @@ def _bound(parent: Path) -> BoundGemma3n:
 def test_layer_skip_renumbers_every_per_layer_field(parent: Path) -> None:
     bound = _bound(parent)
     sizes = bound.resolve("E2-skip", TINY_BUDGETS["E2-skip"])
-    assert sizes == {"intermediate_size": [64, 64, None, 64, 64, 64, None, None, 64, 64], "layers": [0, 1, 3, 4, 5, 8, 9]}
+    assert sizes == {"intermediate_size": 64, "layers": [0, 1, 3, 4, 5, 8, 9]}
+    assert bound.resolve("E3-ffn", TINY_BUDGETS["E3-ffn"])["intermediate_size"] == TINY_BUDGETS["E3-ffn"]["intermediate_size"]
+    mixed = bound.resolve("b", {"layers": [0, 1, 2, 3, 4, 5], "intermediate_size": [64] * 5 + [32] + [None] * 4})
+    assert mixed["intermediate_size"] == [64] * 5 + [32] + [None] * 4
     child = bound.child_config(sizes)
     assert child["num_hidden_layers"] == 7
     assert child["intermediate_size"] == [64] * 7

@@ -152,7 +152,8 @@ class BoundGemma3n:
         return {"intermediate_size": ffn[0] if len(set(ffn)) == 1 else ffn, "layers": list(range(len(ffn)))}
 
     def resolve(self, budget: str, requested: Mapping[str, Any]) -> dict[str, Any]:
-        """Sizes with `intermediate_size` always per parent layer (null for skipped layers)."""
+        """Sizes with `intermediate_size` one integer when every kept layer has that width, else one entry per parent
+        layer (None for skipped layers)."""
         for axis in requested:
             if axis not in AXES:
                 raise BudgetError(budget, axis, f"unknown axis; {self.model_type} axes are {', '.join(AXES)}")
@@ -161,8 +162,9 @@ class BoundGemma3n:
         if "layers" in requested:
             kept = _check_layers(budget, requested["layers"], s.layers)
         self._check_kv_sharing(budget, kept)
-        ffn = requested.get("intermediate_size", list(s.ffn))
-        return {"intermediate_size": self._check_ffn(budget, ffn, kept), "layers": kept}
+        widths = self._check_ffn(budget, requested.get("intermediate_size", list(s.ffn)), kept)
+        uniform = {w for w in widths if w is not None}
+        return {"intermediate_size": uniform.pop() if len(uniform) == 1 else widths, "layers": kept}
 
     def _check_ffn(self, budget: str, value: Any, kept: list[int]) -> list[int | None]:
         s = self.shape

@@ -20,8 +20,8 @@ from conftest import run_cli
 from elastic_slice import api
 from elastic_slice.errors import InputError
 from elastic_slice.nesting import check_budget_name
-from elastic_slice.quant.output import glob_regex
 from elastic_slice.quant.calibrate import MAX_PARAGRAPH_CHARS, MAX_PARAGRAPHS, calibration_texts
+from elastic_slice.quant.formats import glob_regex
 from elastic_slice.text import literal
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -142,7 +142,7 @@ class QuantOptions:
     `on_layer(done, total)` reports calibration's progress after each decoder layer."""
 
     scheme: str
-    fmt: str = MODELOPT
+    fmt: str = MODELOPT.name
     exclude: tuple[str, ...] = ()
     calibration: str | None = None
     device: str = "cpu"
@@ -158,8 +158,9 @@ class QuantOptions:
         """The plan's quantization request; with `calibrated` False no calibration runs (no static scales)."""
         scheme = SCHEMES.get(self.scheme.lower())
         if scheme is None:
-            raise InputError(f"--quantize {self.scheme!r} is not supported; use fp8 or nvfp4.")
-        if self.fmt not in FORMATS:
+            raise InputError(f"--quantize {self.scheme!r} is not supported; use {' or '.join(SCHEMES)}.")
+        fmt = FORMATS.get(self.fmt)
+        if fmt is None:
             raise InputError(f"--quant-format {self.fmt!r} is not supported; use {' or '.join(FORMATS)}.")
         if self.recipe not in RECIPES:
             raise InputError(f"--recipe {self.recipe!r} is not supported; use {' or '.join(RECIPES)}.")
@@ -178,7 +179,7 @@ class QuantOptions:
             announce(source, len(texts), chosen_by_default=self.calibration is None)
             amax = calibrate(checkpoint, arch, texts, self.device, self.on_layer)
         return QuantRequest(
-            scheme=scheme, fmt=self.fmt, exclude=tuple(self.exclude), input_amax=amax, recipe=self.recipe,
+            scheme=scheme, fmt=fmt, exclude=tuple(self.exclude), input_amax=amax, recipe=self.recipe,
             recipe_modules=tuple(arch.recipe_exclusions()) if self.recipe == NVIDIA else (),
             kv_amax=_outputs(amax) if self.kv_cache and amax is not None else None,
             calibration=describe(source) if source is not None else None,
@@ -189,7 +190,8 @@ class QuantOptions:
         static scales (ModelOpt stores them); None for compressed-tensors without it (dynamic / weight-only)."""
         if self.calibration is not None:
             return self.calibration
-        return DEFAULT_CALIBRATION if self.fmt == MODELOPT or self.kv_cache else None
+        fmt = FORMATS.get(self.fmt)
+        return DEFAULT_CALIBRATION if (fmt is not None and fmt.needs_input_scales) or self.kv_cache else None
 
 
 def _outputs(amax: dict[str, float]) -> dict[str, float]:
@@ -673,7 +675,7 @@ def quantize(
 
 def _without_calibration(options: QuantOptions) -> QuantOptions:
     """The same quantization planned without running calibration (for checks that need no scales)."""
-    return replace(options, fmt=COMPRESSED_TENSORS, calibration=None, kv_cache=None)
+    return replace(options, fmt=COMPRESSED_TENSORS.name, calibration=None, kv_cache=None)
 
 
 def derive_index(

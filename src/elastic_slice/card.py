@@ -18,10 +18,9 @@ import yaml
 
 from .plan import Plan
 from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
-from .quant.declared import declared_exclusions
-from .quant.formats import MODELOPT
+from .quant.formats import INPUT_SCALE, MODELOPT
 from .quant.output import HF_QUANT_CONFIG, QuantSummary
-from .quant.schemes import NVIDIA
+from .quant.schemes import FP8, NVIDIA
 from .text import literal
 from .units import human_count
 
@@ -96,7 +95,7 @@ def library_name(quant: QuantSummary | None) -> str:
     """`transformers` where transformers loads the output correctly (checked: unquantized, compressed-tensors FP8);
     otherwise `vllm`, an engine whose documentation covers the format, so that the Hub does not offer a
     transformers snippet that fails or gives wrong output."""
-    if quant is None or (quant.fmt != MODELOPT and quant.scheme == "fp8"):
+    if quant is None or quant.scheme.name in quant.fmt.transformers_runs:
         return "transformers"
     return "vllm"
 
@@ -105,7 +104,7 @@ def _front_matter(hub_repo: str | None, config: Mapping[str, Any], budget: str, 
     """`base_model` only for a parent read from the Hub: the Hub reads it as a repo id, never a local folder's name."""
     tags = ["elastic-slice", str(config.get("model_type", "")), f"elastic-budget-{budget}"]
     if quant is not None:
-        tags += [quant.scheme, quant.fmt]
+        tags += [quant.scheme.name, quant.fmt.name]
     meta = {"base_model": hub_repo} if hub_repo else {}
     meta |= {"library_name": library_name(quant), "tags": tags}
     return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False)
@@ -113,20 +112,20 @@ def _front_matter(hub_repo: str | None, config: Mapping[str, Any], budget: str, 
 
 def engine_rows(quant: QuantSummary) -> list[tuple[str, str]]:
     """(engine, what is known) for a quantized output, per format and scheme."""
-    scheme = quant.scheme.upper()
-    if quant.fmt == MODELOPT:
+    scheme = quant.scheme.name.upper()
+    if quant.fmt is MODELOPT:
         rows = [(engine, f"reads ModelOpt {scheme} checkpoints (`hf_quant_config.json`): {_NOT_CHECKED}")
                 for engine in ("vLLM", "SGLang", "TensorRT-LLM")]
         failure = (
             "loads the raw FP8 codes without their scales (the scale tensors are reported as unexpected keys): "
-            "**wrong outputs**" if quant.scheme == "fp8" else
+            "**wrong outputs**" if quant.scheme is FP8 else
             "**fails to load**: the packed NVFP4 weights do not match the model's shapes"
         )
         return rows + [(CHECKED_TRANSFORMERS, f"does not know the ModelOpt format; it {failure} (checked)")]
     rows = [("vLLM", f"reads compressed-tensors {scheme} checkpoints: {_NOT_CHECKED}")]
     library = f"{CHECKED_TRANSFORMERS} + {CHECKED_COMPRESSED_TENSORS}"
     loads = _transformers_loading(quant)
-    if quant.scheme == "fp8":
+    if quant.scheme.name in quant.fmt.transformers_runs:
         return rows + [(library, f"{loads} and runs (checked)")]
     if quant.experts_quantized:
         return rows + [(library, f"{loads}, but its fused routed-expert NVFP4 dequantization ignores "
@@ -142,7 +141,7 @@ def _transformers_loading(quant: QuantSummary) -> str:
     scales and the KV-cache scales have no place in its model, so it reports them as unexpected and drops them."""
     dropped = []
     if quant.experts_input_scales:
-        name = "input_global_scale" if quant.scheme == "nvfp4" else "input_scale"
+        name = quant.fmt.suffix(quant.scheme, INPUT_SCALE)
         dropped.append(f"the routed experts' activation scales (`{name}`)")
     if quant.kv_cache:
         dropped.append("the KV-cache scales (`k_scale`, `v_scale`)")
@@ -152,8 +151,7 @@ def _transformers_loading(quant: QuantSummary) -> str:
 
 
 def _quantization_section(quant: QuantSummary, exclusions: list[str]) -> str:
-    scheme = quant.scheme.upper()
-    fmt = "ModelOpt (`hf_quant_config.json`)" if quant.fmt == MODELOPT else "compressed-tensors"
+    scheme, fmt = quant.scheme.name.upper(), quant.fmt.title
     lines = [f"- Weights: {scheme}, {fmt} format"]
     if quant.recipe is None:
         lines.append(f"- Sliced from a quantized parent ({scheme}, {fmt} format; {len(exclusions)} exclusion entries "
@@ -163,7 +161,7 @@ def _quantization_section(quant: QuantSummary, exclusions: list[str]) -> str:
         kept = ("NVIDIA's Nemotron 3 Nano NVFP4 recipe: lm_head, every attention q/k/v/o projection, the Mamba "
                 "in/out projections right before an attention layer, and conv1d" if quant.recipe == NVIDIA else
                 "the broad recipe: every linear layer is quantized except lm_head"
-                + (" and attention projections" if quant.scheme == "nvfp4" else ""))
+                + (" and attention projections" if "attention_linear" in quant.scheme.excluded_kinds else ""))
         extra = f"; also `--exclude` {', '.join(f'`{g}`' for g in quant.exclude)}" if quant.exclude else ""
         lines.append(f"- Kept in bf16: {kept}{extra}; embeddings, routers and norms are never quantized")
         lines.append(f"- Activation scales: calibrated on {quant.calibration}" if quant.calibration else
@@ -182,7 +180,7 @@ def _changes(plan: Plan) -> str:
     if any(op.quant is None and op.dequant is None and op.source_dtype != op.out_dtype for op in plan.ops):
         changes.append("dtype conversion")
     if quant is not None and quant.recipe is not None:
-        changes.append(f"{quant.scheme.upper()} quantization")
+        changes.append(f"{quant.scheme.name.upper()} quantization")
     if plan.budget.norm_semantics == "full":
         changes.append('norm-weight folding (norm_semantics "full")')
     said = (f"No weights were retrained or changed except for {' and '.join(changes)}." if changes else
@@ -215,7 +213,7 @@ def model_card(
         if quant is None else "Which engines load it is in the Quantization section below."
     )
     dtype = literal(config.get("torch_dtype") or config.get("dtype") or "as the parent")
-    exclusions = declared_exclusions(config, plan.extra_files.get(HF_QUANT_CONFIG), quant.fmt) if quant else []
+    exclusions = quant.fmt.declared_exclusions(config, plan.extra_files.get(HF_QUANT_CONFIG)) if quant else []
     return f"""---
 {_front_matter(hub_repo, config, budget.name, quant)}---
 

@@ -24,6 +24,7 @@ from . import __version__, api, defaults
 from .errors import ElasticSliceError, InputError
 from .nesting import parse_set
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan
+from .quant.schemes import SCHEMES
 from .text import literal, say, styled
 from .units import human_bytes, human_count
 from .verify import NUMERIC_TOLERANCE
@@ -207,7 +208,7 @@ def _render_report(report: api.InspectReport) -> None:
             _row(table, axis, *(_axis_value(b.sizes[axis]) for b in report.budgets))
         _row(table, "total params", *(human_count(b.params_total) for b in report.budgets))
         _row(table, "active params", *(human_count(b.params_active) for b in report.budgets))
-        for fmt in ("stored", "bf16", "fp8", "nvfp4"):
+        for fmt in ("stored", "bf16", *SCHEMES):
             _row(table, f"size {fmt}", *(human_bytes(b.bytes[fmt]) for b in report.budgets))
         _row(table, "tensors", *(str(b.tensors) for b in report.budgets))
         if report.hub is not None:

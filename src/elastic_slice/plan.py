@@ -14,7 +14,6 @@ from .checkpoint import Checkpoint
 from .dtypes import CASTABLE_FLOATS, CONFIG_DTYPE_NAMES, itemsize
 from .errors import InputError
 from .nesting import Budget
-from .quant.formats import parts
 from .quant.output import QuantSummary, output_quantization, summarize
 from .quant.planning import (
     Dequant,
@@ -22,7 +21,6 @@ from .quant.planning import (
     QuantPart,
     QuantRequest,
     StoredPart,
-    check_nvfp4_input_cuts,
     kv_scale_ops,
     parent_quantization,
     renamed_like,
@@ -127,7 +125,7 @@ def build_plan(
     parent_quant = parent_quantization(checkpoint.config, checkpoint.hf_quant_config(), checkpoint.tensors)
     if parent_quant is not None and quantize is not None:
         raise InputError(
-            f"the parent is already {parent_quant.scheme.upper()} ({parent_quant.fmt}); --quantize applies to "
+            f"the parent is already {parent_quant.scheme.name.upper()} ({parent_quant.fmt.name}); --quantize applies to "
             "unquantized parents: slice it as it is, or add --dtype bf16 to dequantize."
         )
     dequantize = parent_quant is not None and dtype is not None
@@ -216,18 +214,15 @@ def _op(info: TensorInfo, selection: Selection, out_name: str, out_dtype: str, s
 
 def _quantized_ops(info: TensorInfo, cut: TensorCut, request: QuantRequest, budget: Budget) -> list[TensorOp]:
     rows, cols = length(cut.selection[0]), length(cut.selection[1])
-    if request.scheme.name == "nvfp4":
-        check_nvfp4_input_cuts(cut.selection[1], info.name, budget.name)
-        if info.shape[1] % 16:
-            raise InputError(f"NVFP4 needs input dimensions that are multiples of 16; {info.name!r} has {info.shape[1]}.")
+    request.scheme.check_input_cut(cut.selection[1], info.shape[1], info.name, budget.name)
     module = cut.out_name.removesuffix("weight")
     amax = None if request.input_amax is None else request.input_amax.get(info.name.removesuffix(".weight"))
     if request.input_amax is not None and amax is None:
         raise InputError(f"calibration recorded no activations for {info.name.removesuffix('.weight')!r}.")
     return [
         _op(info, cut.selection, module + spec.suffix, spec.dtype, out_shape=spec.shape,
-            quant=QuantPart(request.scheme.name, request.fmt, spec.part, amax))
-        for spec in parts(request.scheme.name, request.fmt, rows, cols, with_input_scale=amax is not None)
+            quant=QuantPart(request.scheme, request.fmt, spec.part, amax))
+        for spec in request.fmt.parts(request.scheme, rows, cols, with_input_scale=amax is not None)
     ]
 
 

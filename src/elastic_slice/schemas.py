@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .quant.schemes import SCHEMES
+
 _SIZES = {"type": "object", "additionalProperties": {"type": ["integer", "array"]}}
 _COUNT = {"type": "integer", "minimum": 0}
 _STRINGS = {"type": "array", "items": {"type": "string"}}
@@ -16,7 +18,7 @@ def _object(properties: dict[str, Any], required: list[str] | None = None) -> di
 BUDGET_REPORT = _object({
     "name": {"type": "string"}, "is_parent": {"type": "boolean"}, "sizes": _SIZES,
     "params_total": _COUNT, "params_active": _COUNT,
-    "bytes": _object({k: _COUNT for k in ("stored", "bf16", "fp8", "nvfp4")}), "tensors": _COUNT,
+    "bytes": _object({k: _COUNT for k in ("stored", "bf16", *SCHEMES)}), "tensors": _COUNT,
     "download_bytes": _COUNT,
 })
 

@@ -15,8 +15,9 @@ from .execute import Target, execute
 from .manifest import MANIFEST_FILE, read_manifest, sha256_file
 from .nesting import Budget
 from .plan import Plan, TensorOp, build_plan
-from .quant.declared import declaration_mismatches, declared_exclusions
+from .quant.declared import declaration_mismatches
 from .quant.planning import parent_quantization
+from .quant.schemes import SCHEMES
 from .quiet import quiet_transformers
 from .writer import ShardWriter, WritePool, write_json, write_weights_index
 
@@ -98,7 +99,7 @@ def check_declaration(child: Checkpoint, report: VerifyReport) -> None:
         return
     if quantization is None:
         return
-    entries = declared_exclusions(child.config, child.hf_quant_config(), quantization.fmt)
+    entries = quantization.fmt.declared_exclusions(child.config, child.hf_quant_config())
     report.problems += declaration_mismatches(arch, child.tensors, quantization, entries)
     report.passed(f"the quantization config's {len(entries)} exclusions agree with the stored tensors", before)
 
@@ -178,11 +179,11 @@ def check_against_parent(
         before = len(report.problems)
         for name in bounds.outside:
             report.problems.append(
-                f"weight {name!r} dequantizes to values outside the {quantization.scheme.upper()} rounding bound "
+                f"weight {name!r} dequantizes to values outside the {quantization.scheme.name.upper()} rounding bound "
                 "of the parent's slice."
             )
         report.passed(
-            f"{bounds.checked} quantized weights dequantized within the {quantization.scheme.upper()} bound "
+            f"{bounds.checked} quantized weights dequantized within the {quantization.scheme.name.upper()} bound "
             "of the parent's slice", before
         )
 
@@ -197,7 +198,7 @@ def require_quantized_parent(child: Checkpoint, parent: Checkpoint) -> None:
         return  # check_against_parent reports it
     if stored is not None and source is None:
         raise InputError(
-            f"this output was cut from a quantized parent (it stores {stored.scheme.upper()} weights and was not "
+            f"this output was cut from a quantized parent (it stores {stored.scheme.name.upper()} weights and was not "
             f"quantized by extract); verify it against that parent (--parent QUANTIZED_PARENT), not {parent.root}."
         )
 
@@ -218,10 +219,10 @@ def open_child(folder: Path, report: VerifyReport) -> Checkpoint | None:
 
 
 #: default largest logit difference of `verify --numerics`, relative: max |child - parent| / max |parent logit|,
-#: by how the output stores its weights. Measured on the random miniature parent over every budget and both formats
-#: (docs/quantization.md): bf16 below 1e-6, FP8 up to 0.34, NVFP4 up to 0.55; random weights are far less kind to
-#: 4-bit rounding than trained ones, so these catch gross errors (a wrong scale convention), not small drifts.
-NUMERIC_TOLERANCE = {"none": 1e-3, "fp8": 0.5, "nvfp4": 0.75}
+#: by how the output stores its weights: unquantized (measured below 1e-6 on the random miniature parent), or each
+#: scheme's own (`Scheme.numeric_tolerance`)
+UNQUANTIZED = "none"
+NUMERIC_TOLERANCE = {UNQUANTIZED: 1e-3, **{name: scheme.numeric_tolerance for name, scheme in SCHEMES.items()}}
 
 
 def check_numerics(
@@ -245,9 +246,9 @@ def check_numerics(
         report.problems.append(str(exc))
         return
     quantization = quantizations[1]
-    scheme = quantization.scheme if quantization is not None else "none"
+    scheme = quantization.scheme.name if quantization is not None else UNQUANTIZED
     # a slice of a quantized parent holds the parent's quantized values: it must match as closely as a bf16 slice
-    rounding = "none" if quantizations[0] is not None else scheme
+    rounding = UNQUANTIZED if quantizations[0] is not None else scheme
     limit = NUMERIC_TOLERANCE[rounding] if tolerance is None else tolerance
     masked_forward = architecture_of(parent).masked_forward
     if masked_forward is None:

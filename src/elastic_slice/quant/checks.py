@@ -18,8 +18,7 @@ import torch
 from ..dtypes import torch_dtype
 from ..transform import as_torch
 from .apply import dequantize_weight
-from .formats import BLOCK_SCALE, GLOBAL_SCALE, INPUT_SCALE, KV_SCALE, MODELOPT, TENSOR_SCALE, WEIGHT
-from .nvfp4 import BLOCK
+from .formats import INPUT_SCALE, KV_SCALE, WEIGHT
 from .planning import Dequant, ParentQuantization, StoredPart
 
 if TYPE_CHECKING:
@@ -44,19 +43,6 @@ def bad_calibrated_scales(names: list[str], files: ShardFiles) -> list[str]:
         if value.numel() != 1 or not torch.isfinite(value).all() or not (value > 0).all():
             bad.append(name)
     return bad
-
-
-def weight_error_bound(scheme: str, dense: torch.Tensor, scales: dict[str, torch.Tensor], fmt: str) -> torch.Tensor:
-    """The largest rounding error each element of `dense` may have after quantization to `scheme`."""
-    if scheme == "nvfp4":
-        second = scales[GLOBAL_SCALE].to(torch.float32).reshape(1)
-        global_scale = 1.0 / second if fmt == MODELOPT else second
-        step = (scales[BLOCK_SCALE].to(torch.float32) / global_scale).repeat_interleave(BLOCK, dim=1)
-        # a block scale rounded down in E4M3 (subnormal ones by up to half) clamps the block's largest values at 6
-        block_amax = dense.abs().reshape(dense.shape[0], -1, BLOCK).amax(dim=-1).repeat_interleave(BLOCK, dim=1)
-        return torch.maximum(step, block_amax - 6 * step)
-    scale = scales[TENSOR_SCALE].to(torch.float32)
-    return torch.maximum(dense.abs() * 2**-4, scale * 2**-10)
 
 
 @dataclass
@@ -97,7 +83,7 @@ class BoundWriter:
         scales = {part: self.files.read_tensor(name) for part, name in parts.items() if part != WEIGHT}
         spec = Dequant(self.quantization.scheme, self.quantization.fmt, {})
         restored = dequantize_weight(stored, scales, spec)
-        bound = weight_error_bound(self.quantization.scheme, dense, scales, self.quantization.fmt)
+        bound = self.quantization.scheme.error_bound(dense, scales, self.quantization.fmt)
         # ties sit exactly on the bound: allow fp32 rounding of the bound itself
         if restored.shape != dense.shape or not ((restored - dense).abs() <= bound * (1 + 2**-20) + 1e-12).all():
             self.outside.append(op.out_name)

@@ -9,11 +9,9 @@ and its serving name (the architecture's `serving_name`: the root module dropped
 
 from __future__ import annotations
 
-import re
-from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
-from .formats import MODELOPT, WEIGHT
+from .formats import WEIGHT, Format
 from .planning import ParentQuantization
 
 if TYPE_CHECKING:
@@ -23,33 +21,9 @@ if TYPE_CHECKING:
 NEVER_QUANTIZED_KINDS = ("embedding", "router")
 
 
-def declared_exclusions(config: dict[str, Any], hf_quant_config: dict[str, Any] | None, fmt: str) -> list[str]:
-    """The exclusion entries an engine reads: ModelOpt `exclude_modules`, compressed-tensors `ignore`."""
-    if fmt == MODELOPT:
-        block = (hf_quant_config or {}).get("quantization") if hf_quant_config is not None else \
-            config.get("quantization_config")
-        entries = (block or {}).get("exclude_modules") if isinstance(block, dict) else None
-    else:
-        entries = (config.get("quantization_config") or {}).get("ignore")
-    return [str(entry) for entry in entries] if isinstance(entries, list) else []
-
-
-def declared_excluded(names: tuple[str, ...], entries: list[str], fmt: str) -> bool:
+def declared_excluded(names: tuple[str, ...], entries: list[str], fmt: Format) -> bool:
     """Whether an engine reading `entries` keeps a module unquantized (`names`: its checkpoint and serving names)."""
-    for entry in entries:
-        for name in names:
-            if fmt == MODELOPT and fnmatchcase(name, entry):
-                return True
-            if fmt != MODELOPT and (_regex_match(entry, name) if entry.startswith("re:") else entry == name):
-                return True
-    return False
-
-
-def _regex_match(entry: str, name: str) -> bool:
-    try:
-        return re.match(entry.removeprefix("re:"), name) is not None
-    except re.error:
-        return False
+    return any(fmt.excludes(entry, name) for entry in entries for name in names)
 
 
 def declaration_mismatches(

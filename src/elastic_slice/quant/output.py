@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import copy
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..checkpoint import HF_QUANT_CONFIG
 from .declared import NEVER_QUANTIZED_KINDS
-from .formats import (
-    INPUT_SCALE,
-    KV_SCALE,
-    MODELOPT,
-    WEIGHT,
-    compressed_tensors_config,
-    modelopt_config_entry,
-    modelopt_quantization,
-)
+from .formats import INPUT_SCALE, KV_SCALE, WEIGHT, Format
 from .planning import ParentQuantization, QuantRequest, rename_modules
+from .schemes import Scheme
 
 if TYPE_CHECKING:
     from ..arch import BoundArchitecture
@@ -28,13 +19,12 @@ if TYPE_CHECKING:
     from ..plan import TensorOp
 
 
-
 @dataclass(frozen=True)
 class QuantSummary:
     """How an output's weights are quantized, for its model card."""
 
-    scheme: str
-    fmt: str
+    scheme: Scheme
+    fmt: Format
     #: the recipe and calibration of a run that quantized; None for a slice of an already quantized parent
     recipe: str | None
     calibration: str | None
@@ -53,7 +43,7 @@ def summarize(
     """The card's view of the output's quantization (None when it has none)."""
     if request is not None:
         parts = [(op.source, op.quant.part) for op in ops if op.quant is not None]
-        return QuantSummary(request.scheme.name, request.fmt, request.recipe, request.calibration, request.exclude,
+        return QuantSummary(request.scheme, request.fmt, request.recipe, request.calibration, request.exclude,
                             request.kv_amax is not None, _experts_store(arch, parts, WEIGHT),
                             _experts_store(arch, parts, INPUT_SCALE))
     if parent is None or "quantization_config" not in child_config:
@@ -86,19 +76,8 @@ def output_quantization(
     if request is None:
         return {}
     modules, globs = exclusions(arch, ops, request, kept)
-    static_inputs = request.input_amax is not None
-    kv_cache = request.kv_amax is not None
-    if request.fmt == MODELOPT:
-        hf = modelopt_quantization(request.scheme.name, modules + globs, kv_cache, version)
-        child_config["quantization_config"] = modelopt_config_entry(hf)
-        return {HF_QUANT_CONFIG: hf}
-    ignore = [f"re:.*{re.escape(arch.serving_name(name))}$" for name in modules] + [
-        glob_regex(glob if glob.startswith("*") else arch.serving_name(glob)) for glob in globs
-    ]
-    child_config["quantization_config"] = compressed_tensors_config(
-        request.scheme.name, ignore, static_inputs, kv_cache, version
-    )
-    return {}
+    return request.fmt.write_config(child_config, request.scheme, modules, globs, arch.serving_name,
+                                    request.input_amax is not None, request.kv_amax is not None, version)
 
 
 def exclusions(
@@ -120,45 +99,6 @@ def exclusions(
     if "lm_head" not in listed and not any(op.out_name == "lm_head.weight" for op in ops):
         modules.append("lm_head")  # tied to the embedding (not stored), which is never quantized
     return modules, list(request.exclude)
-
-
-def glob_regex(glob: str) -> str:
-    """A --exclude glob as a compressed-tensors `re:` pattern matching the same modules under any prefix (callers
-    give it the glob's serving name, its root module dropped, so that it matches under any root name).
-
-    `*` and `?` become `.*` and `.`; a character class `[0-3]` / `[!0-3]` stays a class (`[0-3]` / `[^0-3]`), as
-    fnmatch reads it; everything else is literal."""
-    pattern = "".join(_glob_pieces(glob))
-    return f"re:{'' if pattern.startswith('.*') else '.*'}{pattern}$"
-
-
-def _glob_pieces(glob: str) -> Iterator[str]:
-    """The regular-expression pieces of a glob, read as `fnmatch` reads it."""
-    index = 0
-    while index < len(glob):
-        char = glob[index]
-        index += 1
-        if char == "*":
-            yield ".*"
-        elif char == "?":
-            yield "."
-        elif char == "[" and (end := _class_end(glob, index)) > 0:
-            members = glob[index:end]
-            negate = members.startswith("!")
-            members = members[1:] if negate else members
-            yield "[" + ("^" if negate else "") + members.replace("\\", "\\\\").replace("^", "\\^") + "]"
-            index = end + 1
-        else:
-            yield re.escape(char)
-
-
-def _class_end(glob: str, start: int) -> int:
-    """Where the character class opened just before `start` closes (fnmatch's rule: a `]` right after `[` or `[!`
-    is a member), or -1 when it does not (the `[` is then a literal)."""
-    index = start + (glob[start : start + 1] == "!")
-    index += glob[index : index + 1] == "]"
-    end = glob.find("]", index)
-    return end
 
 
 def _renumbered(checkpoint: Checkpoint, child_config: dict[str, Any], kept: list[int]) -> dict[str, Any]:

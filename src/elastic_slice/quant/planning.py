@@ -10,24 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..arch.base import LINEAR_KINDS
 from ..errors import InputError
-from ..selection import Ranges, Selection
-from .formats import (
-    BLOCK_SCALE,
-    COMPRESSED_TENSORS,
-    GLOBAL_SCALE,
-    INPUT_SCALE,
-    KV_SCALE,
-    MODELOPT,
-    TENSOR_SCALE,
-    WEIGHT,
-)
+from ..selection import Selection
+from .formats import FORMATS, GLOBAL_SCALE, INPUT_SCALE, KV_SCALE, TENSOR_SCALE, WEIGHT, Format
 from .schemes import NVIDIA, SCHEMES, Scheme
 
 if TYPE_CHECKING:
     from ..arch import BoundArchitecture
     from ..checkpoint import Checkpoint
-
-NVFP4_BLOCK = 16
 
 
 @dataclass(frozen=True)
@@ -39,7 +28,7 @@ class QuantRequest:
     `calibration` says what calibration ran on (for the model card), None when it did not run."""
 
     scheme: Scheme
-    fmt: str
+    fmt: Format
     exclude: tuple[str, ...] = ()
     input_amax: dict[str, float] | None = None
     recipe: str = NVIDIA
@@ -66,8 +55,8 @@ class QuantRequest:
 class QuantPart:
     """Marks a plan op as one stored part of a weight quantized during the run (parent scales, nested)."""
 
-    scheme: str
-    fmt: str
+    scheme: Scheme
+    fmt: Format
     part: str
     #: the calibrated input amax (for a KV_SCALE part: the key or value projection's output amax)
     input_amax: float | None = None
@@ -77,8 +66,8 @@ class QuantPart:
 class Dequant:
     """Marks a plan op that dequantizes a quantized parent's weight: its scheme, format and scale tensors."""
 
-    scheme: str
-    fmt: str
+    scheme: Scheme
+    fmt: Format
     scales: dict[str, str]
 
 
@@ -88,7 +77,7 @@ class StoredPart:
 
     dense_name: str
     dense_shape: tuple[int, ...]
-    scheme: str
+    scheme: Scheme
     part: str
 
 
@@ -96,48 +85,36 @@ class StoredPart:
 class ParentQuantization:
     """How a quantized parent stores its quantized modules."""
 
-    scheme: str
-    fmt: str
+    scheme: Scheme
+    fmt: Format
     stored: dict[str, StoredPart]
-
-
-_MODELOPT_SUFFIXES = {
-    "nvfp4": {"weight": WEIGHT, "weight_scale": BLOCK_SCALE, "weight_scale_2": GLOBAL_SCALE, "input_scale": INPUT_SCALE},
-    "fp8": {"weight": WEIGHT, "weight_scale": TENSOR_SCALE, "input_scale": INPUT_SCALE},
-}
-_CT_SUFFIXES = {
-    "nvfp4": {"weight_packed": WEIGHT, "weight_scale": BLOCK_SCALE, "weight_global_scale": GLOBAL_SCALE,
-              "input_global_scale": INPUT_SCALE},
-    "fp8": {"weight": WEIGHT, "weight_scale": TENSOR_SCALE, "input_scale": INPUT_SCALE},
-}
 
 
 def parent_quantization(config: dict[str, Any], hf_quant_config: dict[str, Any] | None,
                         tensors: dict[str, Any]) -> ParentQuantization | None:
     """Recognise a ModelOpt or compressed-tensors FP8/NVFP4 parent from its config files and tensor names."""
+    found = next(
+        ((fmt, algo) for fmt in FORMATS.values() if (algo := fmt.scheme_of(config, hf_quant_config)) is not None),
+        None,
+    )
     qconfig = config.get("quantization_config")
-    if hf_quant_config is not None:
-        algo = str((hf_quant_config.get("quantization") or {}).get("quant_algo", "")).lower()
-        fmt, suffixes = MODELOPT, _MODELOPT_SUFFIXES
-    elif isinstance(qconfig, dict) and qconfig.get("quant_method") == MODELOPT:
-        algo, fmt, suffixes = str(qconfig.get("quant_algo", "")).lower(), MODELOPT, _MODELOPT_SUFFIXES
-    elif isinstance(qconfig, dict) and qconfig.get("quant_method") == COMPRESSED_TENSORS:
-        algo = {"nvfp4-pack-quantized": "nvfp4", "float-quantized": "fp8"}.get(str(qconfig.get("format")), "")
-        fmt, suffixes = COMPRESSED_TENSORS, _CT_SUFFIXES
-    elif isinstance(qconfig, dict):
+    if found is None and isinstance(qconfig, dict):
         # slicing as if unquantized would carry a declaration that no longer describes the tensors
         raise InputError(
             f"config.json declares quantization method {qconfig.get('quant_method')!r}; elastic-slice slices "
-            f"unquantized parents and {MODELOPT} or {COMPRESSED_TENSORS} FP8/NVFP4 ones."
+            f"unquantized parents and {' or '.join(FORMATS)} {'/'.join(s.upper() for s in SCHEMES)} ones."
         )
-    else:
+    if found is None:
         return None
-    if algo not in SCHEMES:
+    fmt, algo = found
+    scheme = SCHEMES.get(algo)
+    if scheme is None:
         raise InputError(
-            f"the parent is quantized as {algo or 'an unknown scheme'!r} ({fmt}); elastic-slice slices FP8 and NVFP4."
+            f"the parent is quantized as {algo or 'an unknown scheme'!r} ({fmt.name}); elastic-slice slices "
+            f"{' and '.join(s.upper() for s in SCHEMES)}."
         )
-    weight_suffix = next(s for s, part in suffixes[algo].items() if part == WEIGHT)
-    scale_suffix = next(s for s, part in suffixes[algo].items() if part in (BLOCK_SCALE, TENSOR_SCALE))
+    suffixes = fmt.part_of_suffix(scheme)
+    weight_suffix, scale_suffix = fmt.suffix(scheme, WEIGHT), fmt.suffix(scheme, scheme.scale_part)
     stored: dict[str, StoredPart] = {}
     for name in tensors:
         if not name.endswith("." + scale_suffix):
@@ -146,13 +123,12 @@ def parent_quantization(config: dict[str, Any], hf_quant_config: dict[str, Any] 
         weight = tensors.get(f"{module}.{weight_suffix}")
         if weight is None or len(weight.shape) != 2:
             raise InputError(f"quantized module {module!r} has {scale_suffix} but no 2-D {weight_suffix} tensor.")
-        rows, cols = weight.shape
-        dense = (rows, cols * 2) if algo == "nvfp4" else (rows, cols)
-        for suffix, part in suffixes[algo].items():
+        dense = scheme.dense_shape(*weight.shape)
+        for suffix, part in suffixes.items():
             if f"{module}.{suffix}" in tensors:
-                stored[f"{module}.{suffix}"] = StoredPart(f"{module}.weight", dense, algo, part)
-    stored.update(_kv_scales(tensors, stored, algo))
-    return ParentQuantization(scheme=algo, fmt=fmt, stored=stored)
+                stored[f"{module}.{suffix}"] = StoredPart(f"{module}.weight", dense, scheme, part)
+    stored.update(_kv_scales(tensors, stored, scheme))
+    return ParentQuantization(scheme=scheme, fmt=fmt, stored=stored)
 
 
 #: FP8 KV-cache scales: ModelOpt puts them on the projections (`k_proj.k_scale`), compressed-tensors on the
@@ -160,7 +136,7 @@ def parent_quantization(config: dict[str, Any], hf_quant_config: dict[str, Any] 
 _KV_SCALE = re.compile(r"^(.*?)\.(?:(k|v)_proj\.)?(k|v)_scale$")
 
 
-def _kv_scales(tensors: dict[str, Any], stored: dict[str, StoredPart], algo: str) -> dict[str, StoredPart]:
+def _kv_scales(tensors: dict[str, Any], stored: dict[str, StoredPart], scheme: Scheme) -> dict[str, StoredPart]:
     found = {}
     for name in tensors:
         match = _KV_SCALE.match(name)
@@ -171,7 +147,7 @@ def _kv_scales(tensors: dict[str, Any], stored: dict[str, StoredPart], algo: str
         shape = weight.dense_shape if weight is not None else getattr(tensors.get(dense_name), "shape", None)
         if shape is None:
             raise InputError(f"KV-cache scale {name!r} has no projection weight {dense_name!r} beside it.")
-        found[name] = StoredPart(dense_name, tuple(shape), algo, KV_SCALE)
+        found[name] = StoredPart(dense_name, tuple(shape), scheme, KV_SCALE)
     return found
 
 
@@ -181,12 +157,7 @@ def stored_selection(
     """The selection of a stored part, from the selection the rules give its dense weight (scalars are copied)."""
     if part.part in (GLOBAL_SCALE, TENSOR_SCALE, INPUT_SCALE, KV_SCALE):
         return tuple(((0, size),) for size in shape)
-    if part.scheme == "fp8":
-        return dense
-    rows, cols = dense
-    _check_blocks(cols, tensor, budget)
-    divisor = 2 if part.part == WEIGHT else NVFP4_BLOCK
-    return (rows, tuple((start // divisor, stop // divisor) for start, stop in cols))
+    return part.scheme.stored_selection(part.part, dense, tensor, budget)
 
 
 def renamed_like(name: str, dense_name: str, out_dense_name: str) -> str:
@@ -210,27 +181,8 @@ def kv_scale_ops(info: Any, cut: Any, request: QuantRequest) -> list[tuple[str, 
     amax = request.kv_amax.get(info.name.removesuffix(".weight"))
     if amax is None:
         raise InputError(f"calibration recorded no outputs of {info.name.removesuffix('.weight')!r} for --kv-cache.")
-    which = match.group(1)
-    module = cut.out_name.removesuffix(".weight")
-    if request.fmt == MODELOPT:
-        return [(f"{module}.{which}_scale", (), QuantPart(request.scheme.name, request.fmt, KV_SCALE, amax))]
-    attention = module.rsplit(".", 1)[0]
-    return [(f"{attention}.{which}_scale", (1,), QuantPart(request.scheme.name, request.fmt, KV_SCALE, amax))]
-
-
-def check_nvfp4_input_cuts(cols: Ranges, tensor: str, budget: str) -> None:
-    """NVFP4 blocks of 16 inputs must survive a cut whole, so that the child's blocks are the parent's."""
-    _check_blocks(cols, tensor, budget)
-
-
-def _check_blocks(cols: Ranges, tensor: str, budget: str) -> None:
-    for start, stop in cols:
-        if start % NVFP4_BLOCK or stop % NVFP4_BLOCK:
-            raise InputError(
-                f"budget {budget!r} cuts the input dimension of NVFP4 tensor {tensor!r} at {start}:{stop}, "
-                f"which is not on a multiple of {NVFP4_BLOCK} (the NVFP4 block size); choose sizes that keep "
-                "whole blocks."
-            )
+    name = request.fmt.kv_scale_name(cut.out_name.removesuffix(".weight"), match.group(1))
+    return [(name, request.fmt.scalar_shape, QuantPart(request.scheme, request.fmt, KV_SCALE, amax))]
 
 
 _LAYER = re.compile(r"layers\\?\.(\d+)\\?\.")  # also inside escaped regexes (`re:.*layers\.3\.`)
@@ -258,7 +210,7 @@ def module_quantization(checkpoint: Checkpoint, arch: BoundArchitecture) -> dict
     for name, info in checkpoint.tensors.items():
         if parent is not None and name in parent.stored:
             if parent.stored[name].part == WEIGHT:
-                kinds.setdefault(arch.module_kind(name), set()).add(parent.scheme)
+                kinds.setdefault(arch.module_kind(name), set()).add(parent.scheme.name)
         elif name.endswith(".weight") and name not in quantized:
             kinds.setdefault(arch.module_kind(name), set()).add(info.dtype.lower())
     return {kind: "+".join(sorted(found)) for kind, found in sorted(kinds.items())}

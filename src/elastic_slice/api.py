@@ -484,14 +484,14 @@ def extract_many(
                 for staging in stagings:
                     write_json(staging / INDEX_FILE, prepared.nesting.to_json(), sort_keys=False)
             copied = [
-                _finish_folder(ckpt, arch, target, staging, command, parent_files, options)
-                for target, staging in zip(targets, stagings, strict=True)
+                _finish_folder(ckpt, arch, written, staging, command, parent_files, options)
+                for written, staging in zip(targets, stagings, strict=True)
             ]
         except OSError as exc:
             raise RunFailure(f"writing the output failed: {exc.strerror or exc} ({exc.filename or 'output'}).") from exc
         finally:
-            for target in targets:
-                target.writer.abort()
+            for written in targets:
+                written.writer.abort()
     seconds = time.perf_counter() - started
     total = sum(plan.out_bytes for plan in plans)
     urls = [
@@ -663,6 +663,7 @@ def quantize(
         destination.check_folder(Path(out), overwrite, destination.parent_folders(checkpoint))
     # every budget must slice the quantized parent into whole NVFP4 blocks: plan them all before writing
     checked = _prepare(checkpoint, [ALL_BUDGETS], index, None, max_shard_size, _without_calibration(options))
+    assert checked.nesting is not None  # every budget of an index was asked for
     if out is None:
         out = defaults.output_folder(checked.checkpoint, options.scheme.lower())
         if on_out is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any
+from typing import Any, overload
 
 import yaml
 
@@ -84,6 +84,10 @@ def public_name(name: str) -> str:
     return next((part for part in reversed(parts) if part), name)
 
 
+@overload
+def public_path_value(option: str, value: str) -> str: ...
+@overload
+def public_path_value(option: str, value: None) -> None: ...
 def public_path_value(option: str, value: str | None) -> str | None:
     """An option's value fit to publish: a local path (for options that take one) reduced to its last component."""
     if value is None or option not in _PATH_OPTIONS or value == DEFAULT_CALIBRATION:
@@ -105,7 +109,7 @@ def _front_matter(hub_repo: str | None, config: Mapping[str, Any], budget: str, 
     tags = ["elastic-slice", str(config.get("model_type", "")), f"elastic-budget-{budget}"]
     if quant is not None:
         tags += [quant.scheme.name, quant.fmt.name]
-    meta = {"base_model": hub_repo} if hub_repo else {}
+    meta: dict[str, Any] = {"base_model": hub_repo} if hub_repo else {}
     meta |= {"library_name": library_name(quant), "tags": tags}
     return yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
@@ -158,8 +162,8 @@ def _quantization_section(quant: QuantSummary, exclusions: list[str]) -> str:
                      "in its quantization config, renumbered for this budget): packed weights, block scales and "
                      "scalars are the parent's, cut along the budget's axes, never quantized again")
     else:
-        kept = ("NVIDIA's Nemotron 3 Nano NVFP4 recipe: lm_head, every attention q/k/v/o projection, the Mamba "
-                "in/out projections right before an attention layer, and conv1d" if quant.recipe == NVIDIA else
+        kept = ((quant.recipe_description or "no vendor recipe exists for this architecture: every linear layer is "
+                 "quantized") if quant.recipe == NVIDIA else
                 "the broad recipe: every linear layer is quantized except lm_head"
                 + (" and attention projections" if "attention_linear" in quant.scheme.excluded_kinds else ""))
         extra = f"; also `--exclude` {', '.join(f'`{g}`' for g in quant.exclude)}" if quant.exclude else ""

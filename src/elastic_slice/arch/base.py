@@ -169,6 +169,10 @@ class BoundArchitecture(Protocol):
         """Module names the vendor's quantized release keeps unquantized (its recipe); [] when there is none."""
         ...
 
+    def recipe_description(self) -> str:
+        """How model cards name that recipe and what it keeps ("" when there is none)."""
+        ...
+
     def interpolation_steps(self, low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, int]:
         """For any-size budgets: the step of every axis that differs between two resolved budgets (the sizes in
         between keep the structural rules); raises InputError when the family cannot interpolate."""

@@ -366,6 +366,10 @@ class BoundNemotronH:
         names += [f"backbone.layers.{layer}.mixer.conv1d" for layer, kind in enumerate(pattern) if kind == MAMBA]
         return names
 
+    def recipe_description(self) -> str:
+        return ("NVIDIA's Nemotron 3 Nano NVFP4 recipe: lm_head, every attention q/k/v/o projection, the Mamba "
+                "in/out projections right before an attention layer, and conv1d")
+
     def serving_name(self, module: str) -> str:
         """`backbone.layers.3.mixer.q_proj` -> `layers.3.mixer.q_proj`: engines rename the root module."""
         return module.split(".", 1)[1] if "." in module else module

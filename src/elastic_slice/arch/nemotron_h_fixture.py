@@ -100,7 +100,8 @@ def tiny_model(spec: TinySpec, seed: int = 0) -> Any:
     from transformers import NemotronHForCausalLM
 
     torch.manual_seed(seed)
-    model = NemotronHForCausalLM(tiny_config(spec)).to(torch.float32).eval()
+    model: Any = NemotronHForCausalLM(tiny_config(spec))
+    model = model.to(torch.float32).eval()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):

@@ -55,11 +55,11 @@ def _at_layer(sizes: dict[str, Any], layer: int) -> dict[str, Any]:
     }
 
 
-def _masked_rmsnorm(module: nn.Module, mask: torch.Tensor, full_width: bool) -> None:
+def _masked_rmsnorm(module: Any, mask: torch.Tensor, full_width: bool) -> None:
     weight = module.weight
     denominator = mask.numel() if full_width else int(mask.sum())
 
-    def forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
         x = hidden_states.to(torch.float32) * mask
         variance = x.pow(2).sum(-1, keepdim=True) / denominator
         return (weight * mask * x * torch.rsqrt(variance + self.variance_epsilon)).to(hidden_states.dtype)
@@ -67,10 +67,10 @@ def _masked_rmsnorm(module: nn.Module, mask: torch.Tensor, full_width: bool) -> 
     module.forward = types.MethodType(forward, module)
 
 
-def _masked_gated_norm(module: nn.Module, mask: torch.Tensor, group: int, denominator: int) -> None:
+def _masked_gated_norm(module: Any, mask: torch.Tensor, group: int, denominator: int) -> None:
     weight = module.weight
 
-    def forward(self: nn.Module, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self: Any, hidden_states: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         x = hidden_states.to(torch.float32)
         if gate is not None:
             x = x * nn.functional.silu(gate.to(torch.float32))
@@ -91,7 +91,7 @@ def _skip_block(module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def apply_masked_forward(model: nn.Module, sizes: dict[str, Any], norm_semantics: str) -> nn.Module:
+def apply_masked_forward(model: Any, sizes: dict[str, Any], norm_semantics: str) -> Any:
     """Patch an fp32 NemotronHForCausalLM in place so that it computes the budget's masked forward."""
     cfg = model.config
     masks = Masks(cfg, _at_layer(sizes, 0))
@@ -154,7 +154,7 @@ def calibration_hooks(model: nn.Module, record: Callable[[str, torch.Tensor], No
 
 
 @torch.no_grad()
-def _record_experts(experts: nn.Module, args: tuple[Any, ...], prefix: str,
+def _record_experts(experts: Any, args: tuple[Any, ...], prefix: str,
                     record: Callable[[str, torch.Tensor], None]) -> None:
     hidden_states, top_k_index = args[0], args[1]
     for expert in torch.unique(top_k_index).tolist():
@@ -200,7 +200,7 @@ class _StreamedExperts(nn.Module):
 _ROUTED_EXPERT = re.compile(r"mixer\.experts\.\d+\.")
 
 
-def _block(config: Any, index: int, names: list[str], load: Callable[[str], torch.Tensor], record: Record) -> nn.Module:
+def _block(config: Any, index: int, names: list[str], load: Callable[[str], torch.Tensor], record: Record) -> Any:
     """Decoder block `index` built on the meta device and given its weights from the shards (routed experts
     streamed), with calibration hooks."""
     from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHBlock

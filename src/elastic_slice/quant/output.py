@@ -34,6 +34,8 @@ class QuantSummary:
     experts_quantized: bool
     #: whether routed experts store activation scales (transformers has no place for them; see the card)
     experts_input_scales: bool = False
+    #: the architecture's name for its vendor recipe and what it keeps ("" when it has none)
+    recipe_description: str = ""
 
 
 def summarize(
@@ -45,7 +47,7 @@ def summarize(
         parts = [(op.source, op.quant.part) for op in ops if op.quant is not None]
         return QuantSummary(request.scheme, request.fmt, request.recipe, request.calibration, request.exclude,
                             request.kv_amax is not None, _experts_store(arch, parts, WEIGHT),
-                            _experts_store(arch, parts, INPUT_SCALE))
+                            _experts_store(arch, parts, INPUT_SCALE), arch.recipe_description())
     if parent is None or "quantization_config" not in child_config:
         return None
     parts = [(op.source, parent.stored[op.source].part) for op in ops if op.source in parent.stored]

@@ -353,6 +353,11 @@ class BoundGemma3n:
         """Google publishes no FP8/NVFP4 release of Gemma 3n whose kept modules could be followed."""
         return []
 
+    def recipe_description(self) -> str:
+        """No vendor recipe: what the module kinds keep (AltUp, LAuReL, per-layer inputs are not quantized kinds)."""
+        return ("no vendor recipe exists for Gemma 3n: the attention and MLP projections are quantized; lm_head (tied "
+                "to the embedding), AltUp, LAuReL and the per-layer-input matrices stay unquantized")
+
     def interpolation_steps(self, low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, int]:
         raise InputError(
             "any-size budgets are not supported for gemma3n; pick a budget of the index or give the sizes with --set."

@@ -1,1 +1,1 @@
-"""Quantization: schemes (which modules are quantized, how many bytes they take)."""
+"""Quantization: schemes and on-disk formats as objects, kernels, calibration, planning, outputs and checks."""

@@ -1,4 +1,6 @@
-"""On-disk formats of quantized modules: tensor names, shapes and the config blocks serving engines read.
+"""On-disk formats of quantized modules as objects, one class per format (as compressed-tensors registers them): tensor
+name suffixes, scalar shapes, scale conventions, how a parent's config declares the format and its exclusions, and
+the config blocks serving engines read. Adding a format is one subclass and one entry in FORMATS.
 
 - ModelOpt (NVIDIA Model Optimizer's Hugging Face export; read by vLLM, SGLang, TensorRT-LLM):
   `weight`, `weight_scale`, `weight_scale_2` (NVFP4), `input_scale`; scalars are 0-d fp32;

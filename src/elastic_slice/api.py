@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import Any
 
-from . import defaults, destination, hub
+from . import defaults, destination, hub, matformer
 from .arch import BoundArchitecture, architecture_of
 from .arch.base import OUTPUT
 from .budgets import ALL_BUDGETS, ParamTarget, select_budgets
@@ -23,6 +23,7 @@ from .nesting import (
     INDEX_FILE,
     INDEX_FORMAT,
     Budget,
+    BudgetError,
     NestingIndex,
     check_budget_name,
     find_index,
@@ -680,7 +681,7 @@ def _without_calibration(options: QuantOptions) -> QuantOptions:
 
 def derive_index(
     parent: str | Path,
-    from_configs: dict[str, str | Path],
+    from_configs: Mapping[str, str | Path],
     parent_name: str = "parent",
     norm_semantics: str = "active",
 ) -> dict[str, Any]:
@@ -696,6 +697,32 @@ def derive_index(
         if name in budgets:
             raise InputError(f"budget {name!r} is given twice.")
         budgets[name] = arch.sizes_from_child_config(_child_config(source), name)
+    return _checked_index(arch, parent_name, norm_semantics, budgets)
+
+
+def derive_matformer_index(
+    parent: str | Path,
+    table: str | Path,
+    parent_name: str = "parent",
+    norm_semantics: str = "active",
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A nesting index whose budgets are the rows of a MatFormer slicing table (the google/gemma3n-slicing-configs
+    CSV format), and the mapping row name -> budget name."""
+    rows = matformer.read_table(Path(table))
+    ckpt = hub.open_source(parent)
+    arch = architecture_of(ckpt)
+    budgets, names = matformer.table_budgets(rows, parent_name, matformer.parent_widths(arch))
+    row_of = {budget: row for row, budget in names.items()}
+    try:
+        return _checked_index(arch, parent_name, norm_semantics, budgets), names
+    except BudgetError as exc:
+        raise InputError(f"--from-matformer-csv {table}, row {row_of.get(exc.budget, exc.budget)!r}: {exc}") from None
+
+
+def _checked_index(
+    arch: BoundArchitecture, parent_name: str, norm_semantics: str, budgets: dict[str, Any]
+) -> dict[str, Any]:
+    """An index document of these budgets, each resolved against the parent before it is returned."""
     document = {
         "format": "elastic-nesting-index", "version": 1, "architecture": arch.model_type,
         "parent": parent_name, "norm_semantics": norm_semantics, "budgets": budgets,
@@ -713,21 +740,28 @@ class IndexResult:
     document: dict[str, Any]
     text: str
     written: list[str]
+    #: a MatFormer table's row names -> the budget names they became (empty for --from-config)
+    budget_names: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.document, "written": self.written}
+        shown: dict[str, Any] = {"index": self.document, "written": self.written}
+        if self.budget_names:
+            shown["budget_names"] = self.budget_names
+        return shown
 
 
 def author_index(
     parent: str | Path,
-    from_configs: dict[str, str | Path],
+    from_configs: Mapping[str, str | Path],
     parent_name: str = "parent",
     norm_semantics: str = "active",
     out: str | Path | None = None,
     write_into: bool = False,
     overwrite: bool = False,
+    matformer_table: str | Path | None = None,
 ) -> IndexResult:
-    """`derive_index`, written to the file `out` and/or into the local `parent` folder as nesting_index.json.
+    """`derive_index` (or `derive_matformer_index` when `matformer_table` is given), written to the file `out` and/or
+    into the local `parent` folder as nesting_index.json.
 
     Both destinations are checked before anything is read: `out` may not lie inside the parent and its folder must
     exist; either is written through a temporary file renamed into place, and `overwrite` replaces only a file
@@ -742,12 +776,16 @@ def author_index(
                              "write the index with --out FILE instead.")
         targets.append((destination.check_file(Path(parent) / INDEX_FILE, overwrite, [], "--write-into",
                                                _index_refusal), "--write-into"))
-    document = derive_index(parent, from_configs, parent_name, norm_semantics)
+    names: dict[str, str] = {}
+    if matformer_table is not None:
+        document, names = derive_matformer_index(parent, matformer_table, parent_name, norm_semantics)
+    else:
+        document = derive_index(parent, from_configs, parent_name, norm_semantics)
     text = json.dumps(document, indent=2) + "\n"
     for path, option in targets:
         with destination.staged_file(path, overwrite, option, _index_refusal) as staging:
             staging.write_text(text, encoding="utf-8")
-    return IndexResult(document, text, [str(path) for path, _ in targets])
+    return IndexResult(document, text, [str(path) for path, _ in targets], names)
 
 
 def _index_refusal(path: Path) -> str | None:

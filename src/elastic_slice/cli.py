@@ -485,7 +485,8 @@ def quantize(
     cls=_Command,
     epilog="""Examples (P is a parent checkpoint folder):
 elastic-slice index P --from-config 12B=P-12B --parent-name 30B
-elastic-slice index --from-config 12B=../P-12B --write-into   # inside P""",
+elastic-slice index --from-config 12B=../P-12B --write-into   # inside P
+elastic-slice index P --from-matformer-csv slicing-configs.csv --parent-name E4B --out P/nesting_index.json""",
 )
 @_reports_errors
 def index_command(
@@ -493,8 +494,12 @@ def index_command(
         None, metavar="PARENT", show_default=False, help=f"Parent checkpoint folder {HERE}."
     ),
     from_config: list[str] = typer.Option(
-        ..., "--from-config", metavar="NAME=PATH",
+        [], "--from-config", metavar="NAME=PATH",
         help="A budget from a child's config.json (file, folder or Hub repo id); repeatable.",
+    ),
+    from_matformer_csv: Optional[Path] = typer.Option(
+        None, "--from-matformer-csv", metavar="FILE",
+        help="Budgets from a MatFormer slicing table (Gemma 3n; the google/gemma3n-slicing-configs CSV format).",
     ),
     parent_name: str = typer.Option(
         "parent", "--parent-name", metavar="NAME", help="Name of the parent's own budget in the index, e.g. 30B."
@@ -509,10 +514,12 @@ def index_command(
         False, "--json", help="Print the index and the files written as one JSON document on stdout, nothing else."
     ),
 ) -> None:
-    """Author a nesting index from the config.json of already-extracted children.
+    """Author a nesting index from the config.json of already-extracted children, or from a MatFormer slicing table.
 
     Without --out or --write-into, the index is printed."""
     parent = _here_if_none(parent, "PARENT")
+    if bool(from_config) == (from_matformer_csv is not None):
+        raise InputError("index needs either --from-config NAME=PATH (repeatable) or --from-matformer-csv FILE.")
     sources: dict[str, str] = {}
     for item in from_config:
         name, sep, source = item.partition("=")
@@ -521,7 +528,11 @@ def index_command(
         if name in sources:
             raise InputError(f"--from-config names budget {name!r} twice.")
         sources[name] = source
-    result = api.author_index(parent, sources, parent_name, norm_semantics, out, write_into, overwrite)
+    result = api.author_index(
+        parent, sources, parent_name, norm_semantics, out, write_into, overwrite, from_matformer_csv
+    )
+    for row, budget in result.budget_names.items():
+        say(stderr, f"row {row!r} -> budget {budget}")
     if result.written:
         say(stderr, f"wrote {', '.join(result.written)}")
     if as_json:

@@ -35,6 +35,16 @@ def _preset_files() -> list[tuple[str, bytes]]:
     return found
 
 
+def _field(config: dict[str, Any], key: str) -> Any:
+    """A config field; a dotted key (`text_config.hidden_size`) reads inside a nested config."""
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
 def match_preset(config: dict[str, Any]) -> Preset | None:
     """The preset whose architecture and fingerprint match this config, if exactly one does."""
     matches = []
@@ -48,7 +58,7 @@ def match_preset(config: dict[str, Any]) -> Preset | None:
                 raise InputError(f"preset {label} names no published source for its sizes; it is not used.")
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"preset {label} is not a valid preset ({exc}).") from exc
-        if all(config.get(key) == value for key, value in fingerprint.items()):
+        if all(_field(config, key) == value for key, value in fingerprint.items()):
             matches.append(Preset(data.get("release", label), data["source"], label, index))
     if len(matches) > 1:
         raise InputError(f"presets {', '.join(m.file for m in matches)} all match this checkpoint; pass --index.")

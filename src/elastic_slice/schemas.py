@@ -72,8 +72,13 @@ NESTING_INDEX = _object({
     "budgets": {"type": "object", "additionalProperties": {"type": "object"}},
 })
 
-#: `index --json`: the nesting index and the files it was written to (none when only printed)
-INDEX = _object({"index": NESTING_INDEX, "written": _STRINGS})
+#: `index --json`: the nesting index and the files it was written to (none when only printed); with
+#: --from-matformer-csv also each table row's name -> the budget name it became
+INDEX = _object(
+    {"index": NESTING_INDEX, "written": _STRINGS,
+     "budget_names": {"type": "object", "additionalProperties": {"type": "string"}}},
+    ["index", "written"],
+)
 
 SCHEMAS = {"inspect": INSPECT, "extract": EXTRACT, "quantize": EXTRACT_RESULT, "plan": PLAN, "verify": VERIFY,
            "index": NESTING_INDEX, "index_json": INDEX}

@@ -6,13 +6,16 @@ from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from .base import Architecture, BoundArchitecture, ParamCounts, TensorCut
+from .gemma3n import Gemma3n
 from .nemotron_h import NemotronH
 
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
 
 #: every family elastic-slice slices, by model_type (the conformance tests run against each)
-REGISTRY: dict[str, Architecture] = {family.model_type: family for family in (NemotronH(),)}
+REGISTRY: dict[str, Architecture] = {
+    family.model_type: family for family in (NemotronH(), Gemma3n("gemma3n"), Gemma3n("gemma3n_text"))
+}
 
 
 def get_architecture(model_type: str) -> Architecture:

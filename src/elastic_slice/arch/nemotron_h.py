@@ -19,6 +19,7 @@ from ..errors import InputError
 from ..nesting import BudgetError
 from ..selection import Selection, concat, full, grouped_prefix, prefix, shift
 from .base import LayerwiseCalibration, MaskedForward, ParamCounts, Record, RoutedExpert, TensorCut
+from .layers import kept_layers
 from .nemotron_h_fixture import NemotronHFixture
 
 MAMBA, MOE, ATTENTION, MLP = "M", "E", "*", "-"
@@ -601,27 +602,14 @@ def _check_per_layer(budget: str, axis: str, value: list[Any], pattern: str, par
 
 def _kept_layers(parent: str, child: str, budget: str) -> list[int]:
     """The parent layers a child kept, when its layer kinds fit the parent's in exactly one way."""
-    n, m = len(parent), len(child)
-    # ways[i][j]: how many ways child[j:] fits into parent[i:], counted up to 2
-    ways = [[0] * (m + 1) for _ in range(n + 1)]
-    for i in range(n, -1, -1):
-        ways[i][m] = 1
-        for j in range(m - 1, -1, -1):
-            if i < n:
-                take = ways[i + 1][j + 1] if parent[i] == child[j] else 0
-                ways[i][j] = min(2, ways[i + 1][j] + take)
-    if ways[0][0] == 0:
+    ways, kept = kept_layers(parent, child)
+    if ways == 0:
         raise BudgetError(budget, "layers", f"the child's layers {child!r} are not a subsequence of the parent's {parent!r}")
-    if ways[0][0] > 1:
+    if ways > 1:
         raise BudgetError(
             budget, "layers",
             f"the child's layers {child!r} fit the parent's {parent!r} in several ways; write `layers` by hand",
         )
-    kept, j = [], 0
-    for i in range(n):
-        if j < m and parent[i] == child[j] and ways[i + 1][j + 1] == 1:
-            kept.append(i)
-            j += 1
     return kept
 
 

@@ -98,6 +98,8 @@ def exclusions(
                 and not request.excluded_by_user(op.source, op.out_name)):
             modules.append(module)
             listed.add(module)
+    if "lm_head" not in listed and not any(op.out_name == "lm_head.weight" for op in ops):
+        modules.append("lm_head")  # tied to the embedding (not stored), which is never quantized
     return modules, list(request.exclude)
 
 

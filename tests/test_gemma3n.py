@@ -1,0 +1,262 @@
+"""The gemma3n family: budget rules, KV-sharing refusals, child configs, towers, and exactness against the parent's
+masked forward in transformers."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+
+from elastic_slice import api
+from elastic_slice.arch import get_architecture
+from elastic_slice.arch.gemma3n import BoundGemma3n
+from elastic_slice.arch.gemma3n_fixture import TINY_BUDGETS, TINY_TEXT_CONFIG, build_tiny_gemma3n
+from elastic_slice.arch.gemma3n_torch import apply_masked_forward
+from elastic_slice.errors import InputError
+from elastic_slice.nesting import BudgetError
+
+TOKENS = torch.tensor([[5, 17, 99, 4, 250, 31, 7, 77, 123, 9, 41, 42, 43, 200, 8, 15, 16, 23, 42, 300, 11, 12]])
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_gemma3n(tmp_path_factory.mktemp("gemma3n") / "parent")
+
+
+def _bound(parent: Path) -> BoundGemma3n:
+    config = json.loads((parent / "config.json").read_text())
+    bound = get_architecture("gemma3n_text").bind(config)
+    assert isinstance(bound, BoundGemma3n)
+    return bound
+
+
+def test_layer_skip_renumbers_every_per_layer_field(parent: Path) -> None:
+    bound = _bound(parent)
+    sizes = bound.resolve("E2-skip", TINY_BUDGETS["E2-skip"])
+    assert sizes == {"intermediate_size": 64, "layers": [0, 1, 3, 4, 5, 8, 9]}
+    assert bound.resolve("E3-ffn", TINY_BUDGETS["E3-ffn"])["intermediate_size"] == TINY_BUDGETS["E3-ffn"]["intermediate_size"]
+    mixed = bound.resolve("b", {"layers": [0, 1, 2, 3, 4, 5], "intermediate_size": [64] * 5 + [32] + [None] * 4})
+    assert mixed["intermediate_size"] == [64] * 5 + [32] + [None] * 4
+    child = bound.child_config(sizes)
+    assert child["num_hidden_layers"] == 7
+    assert child["intermediate_size"] == [64] * 7
+    assert child["layer_types"] == (["sliding_attention"] * 3 + ["full_attention"]) + ["sliding_attention"] * 2 + [
+        "full_attention"
+    ]
+    assert child["activation_sparsity_pattern"] == [0.95, 0.95, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert child["num_kv_shared_layers"] == 2  # parent layers 8 and 9
+    embed = bound.cut("model.embed_tokens_per_layer.weight", (288, 80), sizes, "active")
+    assert embed is not None and embed.selection == (((0, 288),), ((0, 16), (24, 48), (64, 80)))
+    projection = bound.cut("model.per_layer_model_projection.weight", (80, 64), sizes, "active")
+    assert projection is not None and projection.selection == (((0, 16), (24, 48), (64, 80)), ((0, 64),))
+    gate = bound.cut("model.layers.8.mlp.gate_proj.weight", (128, 64), sizes, "active")
+    assert gate is not None and gate.out_name == "model.layers.5.mlp.gate_proj.weight"
+    assert gate.selection == (((0, 64),), ((0, 64),))
+    assert bound.cut("model.layers.2.mlp.up_proj.weight", (128, 64), sizes, "active") is None
+    # a KV-sharing layer's key/value weights are never read by transformers: not written
+    assert bound.cut("model.layers.8.self_attn.k_proj.weight", (32, 64), sizes, "active") is None
+    assert bound.cut("model.layers.5.self_attn.k_proj.weight", (32, 64), sizes, "active") is not None
+
+
+@pytest.mark.parametrize(("layers", "producer"), [([0, 1, 2, 3, 4, 6, 7, 8, 9], 5), ([0, 1, 2, 3, 5, 9], 4)])
+def test_skipping_a_kv_producer_is_refused(parent: Path, layers: list[int], producer: int) -> None:
+    with pytest.raises(BudgetError, match=f"reuses the keys and values of layer {producer} \\(KV sharing\\)"):
+        _bound(parent).resolve("b", {"layers": layers})
+
+
+def test_skipping_every_sharing_layer_turns_sharing_off(parent: Path) -> None:
+    bound = _bound(parent)
+    child = bound.child_config(bound.resolve("b", {"layers": [0, 1, 2, 3, 4, 5]}))
+    assert child["num_kv_shared_layers"] == 0 and child["num_hidden_layers"] == 6
+
+
+@pytest.mark.parametrize(("requested", "message"), [
+    ({"hidden_size": 32}, "unknown axis; gemma3n_text axes are intermediate_size, layers"),
+    ({"intermediate_size": 256}, "layer 0 needs an integer from 1 to the parent's 128, not 256"),
+    ({"intermediate_size": [64] * 9}, "needs 10 entries"),
+    ({"intermediate_size": [64] * 9 + [True]}, "layer 9 needs an integer"),
+    ({"layers": [0, 0, 1]}, "sorted, unique"),
+    ({"layers": [0, 1, 2, 3, 4, 5], "intermediate_size": [64] * 6 + ["x"] * 4}, "layer 6 is skipped"),
+])
+def test_bad_budgets_are_named(parent: Path, requested: dict[str, Any], message: str) -> None:
+    with pytest.raises(BudgetError, match="budget 'b'") as caught:
+        _bound(parent).resolve("b", requested)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("intermediate_size", [128] * 9, "'intermediate_size' has 9 entries"),
+    ("num_kv_shared_layers", 10, "'num_kv_shared_layers' must be an integer from 0 to 9"),
+    ("layer_types", ["sliding_attention"] * 9 + ["chunked"], "'layer_types' may hold only"),
+    ("activation_sparsity_pattern", [1.5] * 10, "'activation_sparsity_pattern' must hold numbers"),
+    ("num_hidden_layers", 10**9, "at most 1024"),
+    ("layer_types", ["full_attention"] * 6 + ["sliding_attention"] * 4, "no earlier layer of its type"),
+])
+def test_bad_configs_name_the_field(parent: Path, field: str, value: Any, message: str) -> None:
+    config = json.loads((parent / "config.json").read_text())
+    config[field] = value
+    with pytest.raises(InputError, match="config.json") as caught:
+        get_architecture("gemma3n_text").bind(config)
+    assert message in str(caught.value)
+
+
+def test_claims_checked_against_tensors(parent: Path) -> None:
+    bound = _bound(parent)
+    shapes = {f"model.layers.{i}.input_layernorm.weight": (64,) for i in range(9)}
+    with pytest.raises(InputError, match="'num_hidden_layers' is 10, but the checkpoint's tensors hold 9 layers"):
+        bound.check_claims(shapes)
+
+
+def test_sizes_read_back_from_a_child_config(parent: Path) -> None:
+    bound = _bound(parent)
+    ffn = bound.child_config(bound.resolve("E3-ffn", TINY_BUDGETS["E3-ffn"]))
+    assert bound.sizes_from_child_config(ffn, "E3-ffn") == TINY_BUDGETS["E3-ffn"]
+    skip = bound.child_config(bound.resolve("E2-skip", TINY_BUDGETS["E2-skip"]))
+    with pytest.raises(BudgetError, match="fit in several ways"):  # sliding layers 0-3 are interchangeable
+        bound.sizes_from_child_config(skip, "E2-skip")
+
+
+def test_any_size_budgets_refused(parent: Path) -> None:
+    with pytest.raises(InputError, match="any-size budgets are not supported for gemma3n"):
+        _bound(parent).interpolation_steps({}, {})
+
+
+def _multimodal(parent: Path, out: Path) -> Path:
+    """The tiny parent laid out as a Gemma3nForConditionalGeneration checkpoint, with stand-in tower tensors."""
+    out.mkdir()
+    with safe_open(parent / "model.safetensors", "pt") as handle:
+        tensors = {name.replace("model.", "model.language_model.", 1): handle.get_tensor(name) for name in handle.keys()}
+    generator = torch.Generator().manual_seed(1)
+    tensors["model.vision_tower.timm_model.conv_stem.conv.weight"] = torch.randn(8, 3, 3, 3, generator=generator)
+    tensors["model.audio_tower.conformer.0.ffw_layer_start.ffw_layer_1.weight"] = torch.randn(16, 8, generator=generator)
+    tensors["model.embed_vision.embedding_projection.weight"] = torch.randn(64, 8, generator=generator)
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    text = json.loads((parent / "config.json").read_text())
+    config = {"model_type": "gemma3n", "architectures": ["Gemma3nForConditionalGeneration"], "text_config": text,
+              "vision_config": {"model_type": "gemma3n_vision"}, "audio_config": {"model_type": "gemma3n_audio"}}
+    (out / "config.json").write_text(json.dumps(config))
+    index = json.loads((parent / "nesting_index.json").read_text())
+    (out / "nesting_index.json").write_text(json.dumps({**index, "architecture": "gemma3n"}))
+    return out
+
+
+def test_multimodal_towers_are_copied_unchanged(parent: Path, tmp_path: Path) -> None:
+    source = _multimodal(parent, tmp_path / "mm")
+    out = tmp_path / "child"
+    api.extract(source, "E2-skip", out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_config"]["num_hidden_layers"] == 7 and config["vision_config"] == {"model_type": "gemma3n_vision"}
+    with safe_open(source / "model.safetensors", "pt") as before, safe_open(out / "model.safetensors", "pt") as after:
+        names = set(after.keys())
+        for name in before.keys():
+            if name.startswith(("model.vision_tower.", "model.audio_tower.", "model.embed_vision.")):
+                assert torch.equal(before.get_tensor(name), after.get_tensor(name))
+        assert "model.language_model.layers.6.mlp.down_proj.weight" in names
+        assert "model.language_model.layers.7.mlp.down_proj.weight" not in names
+        assert after.get_tensor("model.language_model.layers.5.mlp.down_proj.weight").shape == (64, 64)
+
+
+# ----- transformers: the child loads cleanly and equals the masked parent -----------------------------------------
+def _logits(folder: Path, sizes: dict[str, Any] | None = None) -> torch.Tensor:
+    model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    if sizes is None:
+        assert not any(info.values()), info  # no missing, unexpected or mismatched keys
+    else:
+        apply_masked_forward(model, sizes, "active")
+    with torch.no_grad():
+        return model.eval()(TOKENS, use_cache=False).logits
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", ["E3-ffn", "E2-skip"])
+def test_child_matches_masked_parent(parent: Path, tmp_path: Path, budget: str) -> None:
+    api.extract(parent, budget, tmp_path / budget)
+    config = json.loads((tmp_path / budget / "config.json").read_text())
+    assert config["model_type"] == "gemma3n_text"
+    child = _logits(tmp_path / budget)
+    reference = _logits(parent, copy.deepcopy(TINY_BUDGETS[budget]))
+    diff = (child - reference).abs().max().item()
+    assert diff < 1e-4, f"{budget}: max abs diff {diff}"
+    # the comparison has teeth: the budget really changes the function
+    assert (_logits(parent, {}) - reference).abs().max().item() > 1e-2
+
+
+@pytest.mark.slow
+def test_sparsity_statistics_are_over_kept_channels(parent: Path, tmp_path: Path) -> None:
+    """Cutting only sparse layer 0: the reference with statistics over all 128 channels (zeros included) differs
+    from the child, the one over the kept 64 matches it."""
+    sizes = {"intermediate_size": [64] + [128] * 9}
+    index = tmp_path / "index.json"
+    document = json.loads((parent / "nesting_index.json").read_text())
+    document["budgets"]["sparse0"] = sizes
+    index.write_text(json.dumps(document))
+    api.extract(parent, "sparse0", tmp_path / "child", index=index)
+    child = _logits(tmp_path / "child")
+    assert (child - _logits(parent, sizes)).abs().max().item() < 1e-4
+    zeroed = AutoModelForCausalLM.from_pretrained(parent, dtype=torch.float32).eval()
+    with torch.no_grad():
+        mlp = zeroed.model.layers[0].mlp
+        mlp.gate_proj.weight[64:] = 0
+        mlp.up_proj.weight[64:] = 0
+        full_width = zeroed(TOKENS, use_cache=False).logits
+    assert (child - full_width).abs().max().item() > 1e-3
+
+
+def test_parent_budget_keeps_config(parent: Path) -> None:
+    bound = _bound(parent)
+    assert bound.parent_sizes() == {"intermediate_size": 128, "layers": list(range(10))}
+    child = bound.child_config(bound.resolve("E4", {}))
+    assert child["intermediate_size"] == TINY_TEXT_CONFIG["intermediate_size"]
+
+
+def test_e4b_preset_matches_by_fingerprint_and_gives_the_published_e2b() -> None:
+    """transformers' Gemma3nTextConfig defaults are E4B's shape: the preset matches it, every budget resolves, and
+    E2B's child config is the official E2B's shape (30 layers, 8192 channels, 10 KV-sharing layers)."""
+    from transformers import Gemma3nTextConfig
+
+    from elastic_slice.nesting import parse_index
+    from elastic_slice.preset import match_preset
+
+    text = Gemma3nTextConfig().to_dict()
+    config = {"model_type": "gemma3n", "text_config": text}
+    preset = match_preset(config)
+    assert preset is not None and "google/gemma3n-slicing-configs" in preset.source
+    index = parse_index(preset.index, preset.file)
+    bound = get_architecture("gemma3n").bind(config)
+    for name, requested in index.budgets.items():
+        bound.resolve(name, requested)
+    e2b = bound.child_config(bound.resolve("E2B", index.budgets["E2B"]))["text_config"]
+    assert e2b["num_hidden_layers"] == 30 and e2b["intermediate_size"] == [8192] * 30
+    assert e2b["num_kv_shared_layers"] == 10 and e2b["activation_sparsity_pattern"][:11] == [0.95] * 10 + [0.0]
+    assert match_preset({"model_type": "gemma3n", "text_config": {**text, "num_hidden_layers": 30}}) is None
+
+
+def test_fp8_quantizes_attention_and_mlp_only_and_loads(parent: Path, tmp_path: Path) -> None:
+    from elastic_slice.api import QuantOptions
+
+    out = tmp_path / "fp8"
+    api.extract(parent, "E2-skip", out, quantize=QuantOptions("fp8", "compressed-tensors"))
+    with safe_open(out / "model.safetensors", "pt") as handle:
+        dtypes = {name: str(handle.get_slice(name).get_dtype()) for name in handle.keys()}
+    quantized = {name.rsplit(".", 2)[-2] for name, dtype in dtypes.items() if dtype == "F8_E4M3"}
+    assert quantized == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    ignore = json.loads((out / "config.json").read_text())["quantization_config"]["ignore"]
+    assert "re:.*lm_head$" in ignore  # tied to the embedding: never quantized
+    assert any("laurel" in entry for entry in ignore) and any("altup" in entry for entry in ignore)
+    _, info = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
+    assert not any(info.values()), info
+
+
+def test_calibrated_quantization_is_refused_clearly(parent: Path, tmp_path: Path) -> None:
+    from elastic_slice.api import QuantOptions
+
+    with pytest.raises(InputError, match="cannot calibrate model_type 'gemma3n_text' yet"):
+        api.extract(parent, "E2-skip", tmp_path / "nvfp4", quantize=QuantOptions("nvfp4"))
+    assert not (tmp_path / "nvfp4").exists()

@@ -229,6 +229,8 @@ def test_e4b_preset_matches_by_fingerprint_and_gives_the_published_e2b() -> None
     preset = match_preset(config)
     assert preset is not None and "google/gemma3n-slicing-configs" in preset.source
     index = parse_index(preset.index, preset.file)
+    assert len(index.budgets) == 16  # the table's 16 rows, Main model as the parent E4B
+    assert {"E2.98B-layer-level", "E2.98B-block-level"} <= set(index.budgets)
     bound = get_architecture("gemma3n").bind(config)
     for name, requested in index.budgets.items():
         bound.resolve(name, requested)

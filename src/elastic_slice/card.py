@@ -99,9 +99,14 @@ def library_name(quant: QuantSummary | None) -> str:
     """`transformers` where transformers loads the output correctly (checked: unquantized, compressed-tensors FP8);
     otherwise `vllm`, an engine whose documentation covers the format, so that the Hub does not offer a
     transformers snippet that fails or gives wrong output."""
-    if quant is None or quant.scheme.name in quant.fmt.transformers_runs:
-        return "transformers"
-    return "vllm"
+    return "transformers" if quant is None or transformers_runs(quant) else "vllm"
+
+
+def transformers_runs(quant: QuantSummary) -> bool:
+    """Whether transformers loads and runs this quantized output correctly (checked per format and scheme; NVFP4
+    compressed-tensors only without routed experts, whose fused dequantization transformers gets wrong)."""
+    runs = quant.fmt.transformers_runs_without_experts if not quant.has_routed_experts else quant.fmt.transformers_runs
+    return quant.scheme.name in runs
 
 
 def _front_matter(hub_repo: str | None, config: Mapping[str, Any], budget: str, quant: QuantSummary | None) -> str:
@@ -129,8 +134,11 @@ def engine_rows(quant: QuantSummary) -> list[tuple[str, str]]:
     rows = [("vLLM", f"reads compressed-tensors {scheme} checkpoints: {_NOT_CHECKED}")]
     library = f"{CHECKED_TRANSFORMERS} + {CHECKED_COMPRESSED_TENSORS}"
     loads = _transformers_loading(quant)
-    if quant.scheme.name in quant.fmt.transformers_runs:
+    if transformers_runs(quant) and quant.scheme is FP8:
         return rows + [(library, f"{loads} and runs (checked)")]
+    if transformers_runs(quant):
+        return rows + [(library, f"{loads} and runs in bf16, computing what the dequantized weights compute "
+                                 "(checked); loaded with `dtype=torch.float32` it fails on a dtype mismatch (checked)")]
     if quant.experts_quantized:
         return rows + [(library, f"{loads}, but its fused routed-expert NVFP4 dequantization ignores "
                                  "`weight_global_scale`: routed experts come out multiplied by it and the logits are "

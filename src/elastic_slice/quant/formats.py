@@ -58,6 +58,8 @@ class Format:
     needs_input_scales: bool
     #: schemes whose outputs transformers loads and runs correctly in this format (checked; see the model card)
     transformers_runs: frozenset[str]
+    #: schemes transformers also runs correctly when the model has no routed experts (checked on gemma3n)
+    transformers_runs_without_experts: frozenset[str]
 
     def suffix(self, scheme: Scheme, part: str) -> str:
         return self.suffixes[(scheme.name, part)]
@@ -182,6 +184,7 @@ MODELOPT = ModelOpt(
         ("fp8", WEIGHT): "weight", ("fp8", TENSOR_SCALE): "weight_scale", ("fp8", INPUT_SCALE): "input_scale",
     },
     scalar_shape=(), inverts_global_scales=False, needs_input_scales=True, transformers_runs=frozenset(),
+    transformers_runs_without_experts=frozenset(),
 )
 COMPRESSED_TENSORS = CompressedTensors(
     "compressed-tensors", "compressed-tensors",
@@ -191,6 +194,7 @@ COMPRESSED_TENSORS = CompressedTensors(
         ("fp8", WEIGHT): "weight", ("fp8", TENSOR_SCALE): "weight_scale", ("fp8", INPUT_SCALE): "input_scale",
     },
     scalar_shape=(1,), inverts_global_scales=True, needs_input_scales=False, transformers_runs=frozenset({"fp8"}),
+    transformers_runs_without_experts=frozenset({"fp8", "nvfp4"}),
     formats={"nvfp4": "nvfp4-pack-quantized", "fp8": "float-quantized"},
 )
 #: every format, by name, in the order a parent's config files are recognised (ModelOpt's file first)

@@ -36,6 +36,8 @@ class QuantSummary:
     experts_input_scales: bool = False
     #: the architecture's name for its vendor recipe and what it keeps ("" when it has none)
     recipe_description: str = ""
+    #: whether the output has routed experts at all (transformers' fused experts are what it mishandles)
+    has_routed_experts: bool = True
 
 
 def summarize(
@@ -47,13 +49,18 @@ def summarize(
         parts = [(op.source, op.quant.part) for op in ops if op.quant is not None]
         return QuantSummary(request.scheme, request.fmt, request.recipe, request.calibration, request.exclude,
                             request.kv_amax is not None, _experts_store(arch, parts, WEIGHT),
-                            _experts_store(arch, parts, INPUT_SCALE), arch.recipe_description())
+                            _experts_store(arch, parts, INPUT_SCALE), arch.recipe_description(),
+                            _has_routed_experts(arch, ops))
     if parent is None or "quantization_config" not in child_config:
         return None
     parts = [(op.source, parent.stored[op.source].part) for op in ops if op.source in parent.stored]
     kv_cache = any(part == KV_SCALE for _, part in parts)
     return QuantSummary(parent.scheme, parent.fmt, None, None, (), kv_cache, _experts_store(arch, parts, WEIGHT),
-                        _experts_store(arch, parts, INPUT_SCALE))
+                        _experts_store(arch, parts, INPUT_SCALE), has_routed_experts=_has_routed_experts(arch, ops))
+
+
+def _has_routed_experts(arch: BoundArchitecture, ops: list[TensorOp]) -> bool:
+    return any(arch.module_kind(op.source) == "expert_linear" for op in ops)
 
 
 def _experts_store(arch: BoundArchitecture, parts: list[tuple[str, str]], wanted: str) -> bool:

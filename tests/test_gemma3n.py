@@ -282,9 +282,12 @@ def test_compressed_tensors_output_quantizes_attention_and_mlp_only_and_runs_in_
             model(tokens)
 
 
-def test_calibrated_quantization_is_refused_clearly(parent: Path, tmp_path: Path) -> None:
+def test_calibrated_quantization_is_refused_clearly(
+    parent: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from elastic_slice.api import QuantOptions
 
     with pytest.raises(InputError, match="cannot calibrate model_type 'gemma3n_text' yet"):
         api.extract(parent, "E2-skip", tmp_path / "nvfp4", quantize=QuantOptions("nvfp4"))
     assert not (tmp_path / "nvfp4").exists()
+    assert "calibrating" not in capsys.readouterr().err  # refused before calibration is announced

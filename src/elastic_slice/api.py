@@ -32,7 +32,7 @@ from .nesting import (
 )
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
 from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
-from .quant.calibrate import announce, calibrate, calibration_texts, describe
+from .quant.calibrate import announce, calibrate, calibration_texts, describe, require_calibration
 from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
 from .quant.planning import QuantRequest, module_quantization, rename_modules
 from .quant.schemes import NVIDIA, RECIPES, SCHEMES, footprint
@@ -175,6 +175,7 @@ class QuantOptions:
         source = self.calibration_source() if calibrated else None
         amax = None
         if source is not None:
+            require_calibration(arch)
             texts = calibration_texts(source)
             announce(source, len(texts), chosen_by_default=self.calibration is None)
             amax = calibrate(checkpoint, arch, texts, self.device, self.on_layer)

@@ -63,11 +63,7 @@ def calibrate(checkpoint: Checkpoint, arch: BoundArchitecture, texts: list[str],
               on_layer: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Input amax of every linear layer of the parent, keyed by checkpoint module name, from a run of `texts`
     through it one decoder layer at a time (`on_layer(done, total)` after each layer)."""
-    if arch.calibration is None:
-        raise InputError(
-            f"elastic-slice cannot calibrate model_type {arch.model_type!r} yet; quantize it uncalibrated "
-            "(--quant-format compressed-tensors without --calibration or --kv-cache) or slice it unquantized."
-        )
+    require_calibration(arch)
     try:
         import torch  # noqa: F401
         from transformers import AutoTokenizer
@@ -94,6 +90,15 @@ def calibrate(checkpoint: Checkpoint, arch: BoundArchitecture, texts: list[str],
             raise InputError("the calibration text gives no tokens; give a text file with words in it.")
         arch.calibration.run(checkpoint, sequences, record, device, on_layer)
     return fill_unrouted_experts(amax, arch)
+
+
+def require_calibration(arch: BoundArchitecture) -> None:
+    """Refuse, before anything is read or announced, to calibrate a family that has no calibration yet."""
+    if arch.calibration is None:
+        raise InputError(
+            f"elastic-slice cannot calibrate model_type {arch.model_type!r} yet; quantize it uncalibrated "
+            "(--quant-format compressed-tensors without --calibration or --kv-cache) or slice it unquantized."
+        )
 
 
 def announce(source: str, paragraphs: int, chosen_by_default: bool) -> None:

@@ -7,18 +7,24 @@ import json
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import typer
-from typer.core import TyperCommand, TyperGroup
 from rich.console import Console
 from rich.progress import (
-    BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, api, defaults
 from .errors import ElasticSliceError, InputError
@@ -165,11 +171,11 @@ elastic-slice inspect org/name         # Hub repo: headers only, no weights""",
 )
 @_reports_errors
 def inspect(
-    checkpoint: Optional[str] = typer.Argument(
+    checkpoint: str | None = typer.Argument(
         None, metavar="CKPT", show_default=False, help=f"Checkpoint folder, or a Hub repo id (org/name) {HERE}."
     ),
-    index: Optional[Path] = IndexOption,
-    revision: Optional[str] = RevisionOption,
+    index: Path | None = IndexOption,
+    revision: str | None = RevisionOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Show the checkpoint, its nesting index and every budget: sizes, parameters, bytes, problems."""
@@ -236,52 +242,52 @@ elastic-slice extract P --set layers=0-3,5 --dry-run""",
 )
 @_reports_errors
 def extract(
-    checkpoint: Optional[str] = typer.Argument(
+    checkpoint: str | None = typer.Argument(
         None, metavar="CKPT", show_default=False,
         help=f"Parent checkpoint folder, or a Hub repo id (org/name) {HERE}.",
     ),
-    revision: Optional[str] = RevisionOption,
-    size: Optional[list[str]] = typer.Option(
+    revision: str | None = RevisionOption,
+    size: list[str] | None = typer.Option(
         None, "--size", metavar="NAME",
         help="Budget from the nesting index, e.g. 12B (case-insensitive); a size between two budgets, e.g. 18B, or "
         "a parameter count, e.g. 18e9; repeat for several.",
     ),
     all_budgets: bool = typer.Option(False, "--all", help="Every budget of the nesting index, in one pass."),
-    target_params: Optional[float] = typer.Option(
+    target_params: float | None = typer.Option(
         None, "--target-params", metavar="N",
         help="Any-size budget: this many total parameters, between two trained budgets.",
     ),
-    active_params: Optional[float] = typer.Option(
+    active_params: float | None = typer.Option(
         None, "--active-params", metavar="N", help="Any-size budget: this many active (per-token) parameters."
     ),
-    set_axes: Optional[list[str]] = typer.Option(
+    set_axes: list[str] | None = typer.Option(
         None, "--set", metavar="AXIS=VALUE",
         help="Set an axis for an ad-hoc budget, e.g. hidden_size=2048 or layers=0,1,2 (also [0,1,2] or 0-2); "
         "repeatable.",
     ),
-    out: Optional[Path] = typer.Option(
+    out: Path | None = typer.Option(
         None, "--out", metavar="DIR",
         help="Output folder (default: <parent>-<budget> beside the parent; in the current folder for a Hub repo "
         "id). With several budgets, the folder that gets one subfolder per budget (default: <parent>-budgets).",
     ),
-    index: Optional[Path] = IndexOption,
-    dtype: Optional[str] = typer.Option(
+    index: Path | None = IndexOption,
+    dtype: str | None = typer.Option(
         None, "--dtype", metavar="DTYPE", help="Output dtype: bf16, fp16 or fp32 (default: the parent's)."
     ),
     max_shard_size: str = MaxShardSizeOption,
     workers: int = typer.Option(
         2, "--workers", min=1, max=64, metavar="N", help="Reader threads (reads overlap writes)."
     ),
-    quantize: Optional[str] = QuantizeOption,
+    quantize: str | None = QuantizeOption,
     quant_format: str = QuantFormatOption,
-    exclude: Optional[list[str]] = ExcludeOption,
-    calibration: Optional[str] = CalibrationOption,
+    exclude: list[str] | None = ExcludeOption,
+    calibration: str | None = CalibrationOption,
     device: str = DeviceOption,
     recipe: str = RecipeOption,
-    kv_cache: Optional[str] = KvCacheOption,
+    kv_cache: str | None = KvCacheOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and output size; write nothing."),
     overwrite: bool = OverwriteOption,
-    push_to_hub: Optional[str] = typer.Option(
+    push_to_hub: str | None = typer.Option(
         None, "--push-to-hub", metavar="ORG/NAME",
         help="Upload each finished folder to this Hub repo ({budget} in the name for several).",
     ),
@@ -315,7 +321,8 @@ def extract(
     command = "elastic-slice " + shlex.join(sys.argv[1:])
     with _progress(as_json) as progress:
         task = progress.add_task("extract", total=None)
-        quant = _calibration_progress(quant, progress, task, "extract")
+        if quant is not None:
+            quant = _calibration_progress(quant, progress, task, "extract")
 
         def started(plans: list[Plan]) -> None:
             _warn(plans)
@@ -366,20 +373,20 @@ elastic-slice verify P-12B --parent P --numerics   # every byte, the logits""",
 )
 @_reports_errors
 def verify(
-    out: Optional[str] = typer.Argument(
+    out: str | None = typer.Argument(
         None, metavar="OUT", show_default=False,
         help=f"Output folder written by `elastic-slice extract` {HERE}.",
     ),
-    parent: Optional[str] = typer.Option(
+    parent: str | None = typer.Option(
         None, "--parent", metavar="CKPT", help="Parent checkpoint: re-derive and compare every byte."
     ),
-    size: Optional[str] = typer.Option(
+    size: str | None = typer.Option(
         None, "--size", metavar="NAME", help="Budget of the output (default: the manifest's)."
     ),
-    index: Optional[Path] = IndexOption,
+    index: Path | None = IndexOption,
     numerics: bool = typer.Option(False, "--numerics", help="Also compare logits with the parent's masked forward."),
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="Device for --numerics (cpu, cuda)."),
-    tolerance: Optional[float] = typer.Option(
+    tolerance: float | None = typer.Option(
         None, "--tolerance", metavar="RATIO",
         help="--numerics: largest max logit difference over the largest parent logit (default by the output's "
         f"format: unquantized {NUMERIC_TOLERANCE['none']:g}, FP8 {NUMERIC_TOLERANCE['fp8']:g}, NVFP4 "
@@ -413,11 +420,9 @@ def _quant_options(
 
 
 def _calibration_progress(
-    quant: api.QuantOptions | None, progress: Progress, task: TaskID, description: str
-) -> api.QuantOptions | None:
+    quant: api.QuantOptions, progress: Progress, task: TaskID, description: str
+) -> api.QuantOptions:
     """`quant` showing calibration's decoder layers done on the progress line, which then reads `description`."""
-    if quant is None:
-        return None
 
     def on_layer(done: int, total: int) -> None:
         text = description if done == total else f"calibrating: {done} of {total} layers"
@@ -434,22 +439,22 @@ elastic-slice quantize P --quantize fp8 --quant-format compressed-tensors""",
 )
 @_reports_errors
 def quantize(
-    checkpoint: Optional[str] = typer.Argument(
+    checkpoint: str | None = typer.Argument(
         None, metavar="CKPT", show_default=False, help=f"Unquantized elastic parent checkpoint folder {HERE}."
     ),
-    scheme: Optional[str] = QuantizeOption,
-    scheme_as_to: Optional[str] = typer.Option(None, "--to", hidden=True, help="The former name of --quantize."),
-    out: Optional[Path] = typer.Option(
+    scheme: str | None = QuantizeOption,
+    scheme_as_to: str | None = typer.Option(None, "--to", hidden=True, help="The former name of --quantize."),
+    out: Path | None = typer.Option(
         None, "--out", metavar="DIR",
         help="Output folder for the nested quantized parent (default: <parent>-<scheme> beside the parent).",
     ),
     quant_format: str = QuantFormatOption,
-    exclude: Optional[list[str]] = ExcludeOption,
-    calibration: Optional[str] = CalibrationOption,
+    exclude: list[str] | None = ExcludeOption,
+    calibration: str | None = CalibrationOption,
     device: str = DeviceOption,
     recipe: str = RecipeOption,
-    kv_cache: Optional[str] = KvCacheOption,
-    index: Optional[Path] = IndexOption,
+    kv_cache: str | None = KvCacheOption,
+    index: Path | None = IndexOption,
     max_shard_size: str = MaxShardSizeOption,
     workers: int = typer.Option(2, "--workers", min=1, max=64, metavar="N", help="Reader threads."),
     overwrite: bool = OverwriteOption,
@@ -464,8 +469,7 @@ def quantize(
     scheme = scheme or scheme_as_to
     if scheme is None:
         raise InputError("give the scheme to quantize to with --quantize fp8 or --quantize nvfp4.")
-    options = _quant_options(scheme, quant_format, exclude, calibration, device, recipe, kv_cache)
-    assert options is not None
+    options = api.QuantOptions(scheme, quant_format, tuple(exclude or ()), calibration, device, recipe, kv_cache)
     command = "elastic-slice " + shlex.join(sys.argv[1:])
     with _progress(as_json) as progress:
         task = progress.add_task(literal(f"quantize {scheme}"), total=None)
@@ -490,14 +494,14 @@ elastic-slice index P --from-matformer-csv slicing-configs.csv --parent-name E4B
 )
 @_reports_errors
 def index_command(
-    parent: Optional[str] = typer.Argument(
+    parent: str | None = typer.Argument(
         None, metavar="PARENT", show_default=False, help=f"Parent checkpoint folder {HERE}."
     ),
     from_config: list[str] = typer.Option(
         [], "--from-config", metavar="NAME=PATH",
         help="A budget from a child's config.json (file, folder or Hub repo id); repeatable.",
     ),
-    from_matformer_csv: Optional[Path] = typer.Option(
+    from_matformer_csv: Path | None = typer.Option(
         None, "--from-matformer-csv", metavar="FILE",
         help="Budgets from a MatFormer slicing table (Gemma 3n; the google/gemma3n-slicing-configs CSV format).",
     ),
@@ -507,7 +511,7 @@ def index_command(
     norm_semantics: str = typer.Option(
         "active", "--norm-semantics", metavar="active|full", help="How norms of cut widths are computed (see the spec)."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Write the index to this file."),
+    out: Path | None = typer.Option(None, "--out", metavar="FILE", help="Write the index to this file."),
     write_into: bool = typer.Option(False, "--write-into", help="Write nesting_index.json into the parent folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index file."),
     as_json: bool = typer.Option(
@@ -548,7 +552,7 @@ def _render_plan(plan: Plan) -> None:
         source = "" if op.source == op.out_name else f" <- {op.source}"
         cuts = [
             f"dim{dim}[{','.join(f'{a}:{b}' for a, b in ranges)}]"
-            for dim, (ranges, size) in enumerate(zip(op.selection, op.source_shape))
+            for dim, (ranges, size) in enumerate(zip(op.selection, op.source_shape, strict=False))
             if ranges != ((0, size),)
         ]
         shape = f"{list(op.source_shape)} -> {list(op.out_shape)}" if cuts else str(list(op.out_shape))

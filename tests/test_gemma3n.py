@@ -291,3 +291,23 @@ def test_calibrated_quantization_is_refused_clearly(
         api.extract(parent, "E2-skip", tmp_path / "nvfp4", quantize=QuantOptions("nvfp4"))
     assert not (tmp_path / "nvfp4").exists()
     assert "calibrating" not in capsys.readouterr().err  # refused before calibration is announced
+
+
+def test_verify_checks_layer_kinds_and_sparsity_no_tensor_shows(parent: Path, tmp_path: Path) -> None:
+    """layer_types and activation_sparsity_pattern live only in config.json: verify --parent compares them with the
+    budget's config even when the manifest was rewritten to match the edit."""
+    import hashlib
+
+    out = tmp_path / "child"
+    api.extract(parent, "E2-skip", out)
+    config = json.loads((out / "config.json").read_text())
+    config["activation_sparsity_pattern"] = [0.0] * len(config["activation_sparsity_pattern"])
+    config["layer_types"][0] = "full_attention"
+    (out / "config.json").write_text(json.dumps(config))
+    manifest = json.loads((out / "elastic_slice_manifest.json").read_text())
+    data = (out / "config.json").read_bytes()
+    manifest["files"]["config.json"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (out / "elastic_slice_manifest.json").write_text(json.dumps(manifest))
+    report = api.verify(out, parent=parent)
+    fields = {p.split("'")[1] for p in report.problems if p.startswith("config.json field")}
+    assert fields == {"activation_sparsity_pattern", "layer_types"}, report.problems

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from safetensors.torch import save_file
@@ -71,3 +72,34 @@ def test_extra_file_and_missing_manifest(child: Path) -> None:
 def test_verify_usage_errors(child: Path, tmp_path: Path) -> None:
     assert run_cli("verify", tmp_path / "nope").code == 2
     assert run_cli("verify", child, "--numerics").code == 2
+
+
+def _edit_config_and_manifest(folder: Path, edit: Any) -> None:
+    """Edit config.json and record the edit in the manifest, as someone hiding a change would."""
+    import hashlib
+
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    manifest_path = folder / "elastic_slice_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    data = (folder / "config.json").read_bytes()
+    manifest["files"]["config.json"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("layer_norm_epsilon", 0.5),  # no tensor shows it
+    ("mtp_layers_block_type", None),  # removed field
+    ("num_experts_per_tok", 3),
+])
+def test_config_field_no_tensor_shows_is_checked_against_the_parent(
+    child: Path, tiny_parent: Path, field: str, value: Any
+) -> None:
+    _edit_config_and_manifest(child, lambda config: config.pop(field) if value is None else config.update({field: value}))
+    assert api.verify(child).ok  # the manifest was rewritten to hide the edit
+    report = api.verify(child, parent=tiny_parent)
+    assert any(p.startswith(f"config.json field {field!r} is ") and "budget '12B'" in p for p in report.problems), (
+        report.problems
+    )
+    assert not any("config.json against budget" in c for c in report.checks)

@@ -40,6 +40,7 @@ from .untrusted_json import load_json_object
 from .verify import (
     VerifyReport,
     check_against_parent,
+    check_config,
     check_files,
     check_numerics,
     check_structure,
@@ -626,6 +627,7 @@ def verify(
     ckpt = hub.fetch_all(prepared.checkpoint) if numerics else hub.fetch(
         prepared.checkpoint, _needed_files([plan], prepared.checkpoint))
     if child is not None:
+        check_config(child, plan, report)
         check_against_parent(child, plan, ckpt, report, dense)
         if numerics:
             check_numerics(child, ckpt, plan, report, device, tolerance)

@@ -188,6 +188,48 @@ def check_against_parent(
         )
 
 
+#: config.json fields the budget's plan does not decide: the quantization declaration (checked against the stored
+#: tensors by check_declaration; calibrated outputs declare static scales the re-plan leaves out)
+_CONFIG_NOT_PLANNED = frozenset({"quantization_config"})
+
+
+def check_config(child: Checkpoint, plan: Plan, report: VerifyReport) -> None:
+    """The child's config.json holds every field the budget's plan gives it, with the planned value: fields that no
+    tensor shows (layer kinds, activation sparsity, KV sharing) are checked here, not by the tensor comparison."""
+    before = len(report.problems)
+    for path, found, expected in _config_differences(child.config, plan.child_config, ""):
+        report.problems.append(
+            f"config.json field {path!r} is {_short(found)}; budget {plan.budget.name!r} of the parent gives "
+            f"{_short(expected)}."
+        )
+    report.passed(f"config.json against budget {plan.budget.name}'s config", before)
+
+
+def _config_differences(found: Any, expected: Any, path: str) -> list[tuple[str, Any, Any]]:
+    if isinstance(expected, dict) and isinstance(found, dict):
+        differences = []
+        for key, value in expected.items():
+            if path == "" and key in _CONFIG_NOT_PLANNED:
+                continue
+            here = f"{path}.{key}" if path else key
+            differences += _config_differences(found.get(key, _MISSING), value, here)
+        return differences
+    return [] if found == expected and type(found) is type(expected) else [(path, found, expected)]
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "missing"
+
+
+_MISSING = _Missing()
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def require_quantized_parent(child: Checkpoint, parent: Checkpoint) -> None:
     """A child that stores quantized weights without having been quantized by extract (its manifest records no
     quantize option) was cut from a quantized parent: comparing it with an unquantized parent is an input error."""

@@ -103,3 +103,14 @@ def test_config_field_no_tensor_shows_is_checked_against_the_parent(
         report.problems
     )
     assert not any("config.json against budget" in c for c in report.checks)
+
+
+def test_numerics_draws_tokens_from_the_text_models_vocabulary() -> None:
+    """A multimodal config keeps vocab_size in text_config; verify --numerics must not fall back to 2 tokens."""
+    from elastic_slice.errors import InputError
+    from elastic_slice.verify import _vocab_size
+
+    assert _vocab_size({"vocab_size": 300}) == 300
+    assert _vocab_size({"text_config": {"vocab_size": 262400}}) == 262400
+    with pytest.raises(InputError, match="vocab_size"):
+        _vocab_size({"text_config": {}})

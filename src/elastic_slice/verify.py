@@ -230,6 +230,16 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _vocab_size(config: dict[str, Any]) -> int:
+    """The token range of the text model: top-level, or in `text_config` as transformers' multimodal configs keep it
+    (`PretrainedConfig.get_text_config`)."""
+    text = config.get("text_config")
+    value = config.get("vocab_size") or (text.get("vocab_size") if isinstance(text, dict) else None)
+    if not isinstance(value, int) or value < 2:
+        raise InputError("verify --numerics needs the output's config.json to give a vocab_size of at least 2.")
+    return value
+
+
 def require_quantized_parent(child: Checkpoint, parent: Checkpoint) -> None:
     """A child that stores quantized weights without having been quantized by extract (its manifest records no
     quantize option) was cut from a quantized parent: comparing it with an unquantized parent is an input error."""
@@ -299,7 +309,7 @@ def check_numerics(
             "not have yet; leave out --numerics."
         )
         return
-    vocab = int(plan.child_config.get("vocab_size", 2))
+    vocab = _vocab_size(plan.child_config)
     tokens = torch.randint(0, vocab, (1, 24), generator=torch.Generator().manual_seed(0)).to(device)
     logits = []
     with quiet_transformers(), tempfile.TemporaryDirectory(prefix="elastic-slice-verify-") as scratch:
@@ -309,7 +319,8 @@ def check_numerics(
         ]
         for folder, sizes in zip(folders, (plan.budget.sizes, None), strict=True):
             try:
-                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+                model = torch.nn.Module.to(model, torch.device(device)).eval()
             except (OSError, ValueError, RuntimeError) as exc:
                 report.problems.append(f"transformers could not load {folder} for --numerics ({exc}).")
                 return

@@ -311,3 +311,16 @@ def test_verify_checks_layer_kinds_and_sparsity_no_tensor_shows(parent: Path, tm
     report = api.verify(out, parent=parent)
     fields = {p.split("'")[1] for p in report.problems if p.startswith("config.json field")}
     assert fields == {"activation_sparsity_pattern", "layer_types"}, report.problems
+
+
+def test_card_and_inspect_describe_per_layer_widths_without_padding(parent: Path, tmp_path: Path) -> None:
+    """gemma3n stores a width per layer (nothing is padded): the card and inspect show the range, not a layer count."""
+    from conftest import run_cli
+
+    out = tmp_path / "child"
+    api.extract(parent, "E3-ffn", out)
+    card = (out / "README.md").read_text()
+    assert "| `intermediate_size` | 128 | per layer 32-128 |" in card, card
+    assert "zero-padded" not in card
+    shown = run_cli("inspect", str(parent)).stdout
+    assert "per layer 32-128" in " ".join(shown.split()) and "| 10 layers |" not in shown

@@ -41,6 +41,9 @@ def test_per_layer_budget_is_exact(parent: Path, tmp_path: Path) -> None:
     config = json.loads((out / "config.json").read_text())
     assert config["n_routed_experts"] == 12 and config["moe_intermediate_size"] == 48
     assert config["moe_shared_expert_intermediate_size"] == 128 and config["intermediate_size"] == 96
+    card = (out / "README.md").read_text()
+    assert "| `n_routed_experts` | 16 | per layer 8-12 (zero-padded to 12) |" in card, card
+    assert "| `intermediate_size` | 192 | 96 per layer |" in card, card
     tensors = load_tensors(out)
     # layer 5 keeps 8 experts of 16 channels: the rest is zero, and its padded experts are never routed
     assert torch.count_nonzero(tensors["backbone.layers.5.mixer.experts.3.up_proj.weight"][16:]) == 0

@@ -16,6 +16,7 @@ from typing import Any, overload
 
 import yaml
 
+from .nesting import axis_summary
 from .plan import Plan
 from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
 from .quant.formats import INPUT_SCALE, MODELOPT
@@ -34,13 +35,13 @@ _PATH_OPTIONS = ("--out", "--index", "--calibration")
 _FLAGS = ("--all", "--dry-run", "--overwrite", "--private", "--json")
 
 
-def _size(value: Any) -> str:
-    if isinstance(value, list) and any(v is None for v in value):
-        sizes = [v for v in value if v is not None]
-        return f"per layer {min(sizes)}-{max(sizes)} (zero-padded to {max(sizes)})"
-    if isinstance(value, list):
-        return f"{len(value)} layers"
-    return str(value)
+def _size(axis: str, value: Any, padded: bool) -> str:
+    """An axis size for the card's table; `padded` when the plan zero-pads per-layer sizes to a uniform config."""
+    summary = axis_summary(axis, value)
+    sizes = {size for size in value if size is not None} if isinstance(value, list) else set()
+    if padded and axis != "layers" and len(sizes) > 1:
+        return f"{summary} (zero-padded to {max(sizes)})"
+    return summary
 
 
 def _quantization(config: Mapping[str, Any]) -> str:
@@ -212,8 +213,10 @@ def model_card(
     config = plan.child_config
     quant = plan.quantization
     parent_name = literal(public_name(parent_name))
+    padded = any(op.pad_value is not None for op in plan.ops)
     rows = "\n".join(
-        f"| `{axis}` | {_size(parent_sizes[axis])} | {_size(budget.sizes[axis])} |" for axis in budget.sizes
+        f"| `{axis}` | {_size(axis, parent_sizes[axis], False)} | {_size(axis, budget.sizes[axis], padded)} |"
+        for axis in budget.sizes
     )
     how = f"\n```bash\n{public_command(command, parent_name)}\n```\n" if command else ""
     quantization = _quantization(config)

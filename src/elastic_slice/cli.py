@@ -28,7 +28,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from . import __version__, api, defaults
 from .errors import ElasticSliceError, InputError
-from .nesting import parse_set
+from .nesting import axis_summary, parse_set
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan
 from .quant.schemes import SCHEMES
 from .text import literal, say, styled
@@ -211,7 +211,7 @@ def _render_report(report: api.InspectReport) -> None:
         for budget in report.budgets:
             table.add_column(styled(budget.name + (" (parent)" if budget.is_parent else "")), justify="right")
         for axis in report.budgets[0].sizes:
-            _row(table, axis, *(_axis_value(b.sizes[axis]) for b in report.budgets))
+            _row(table, axis, *(axis_summary(axis, b.sizes[axis]) for b in report.budgets))
         _row(table, "total params", *(human_count(b.params_total) for b in report.budgets))
         _row(table, "active params", *(human_count(b.params_active) for b in report.budgets))
         for fmt in ("stored", "bf16", *SCHEMES):
@@ -227,10 +227,6 @@ def _render_report(report: api.InspectReport) -> None:
 def _row(table: Table, *cells: str) -> None:
     """A table row of literal text (Rich would parse plain strings as markup)."""
     table.add_row(*(styled(cell) for cell in cells))
-
-
-def _axis_value(value: Any) -> str:
-    return f"{len(value)} layers" if isinstance(value, list) else str(value)
 
 
 @app.command(

@@ -97,6 +97,19 @@ class Budget:
         check_budget_name(self.name, "the command line")
 
 
+def axis_summary(axis: str, value: Any) -> str:
+    """A budget's size on one axis in a few words: `layers` as a count, a per-layer list as its range."""
+    if not isinstance(value, list):
+        return str(value)
+    if axis == "layers":
+        return f"{len(value)} layers"
+    sizes = [size for size in value if size is not None]
+    if not sizes:
+        return "none"
+    low, high = min(sizes), max(sizes)
+    return f"{low} per layer" if low == high else f"per layer {low}-{high}"
+
+
 def find_index(checkpoint: Checkpoint, index_path: Path | None = None) -> NestingIndex:
     """Locate the nesting index: --index FILE, nesting_index.json, config.json["nesting_index"], then a preset."""
     if index_path is not None:

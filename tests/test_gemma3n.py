@@ -257,7 +257,8 @@ def test_compressed_tensors_output_quantizes_attention_and_mlp_only_and_runs_in_
     with safe_open(out / "model.safetensors", "pt") as handle:
         dtypes = {name: str(handle.get_slice(name).get_dtype()) for name in handle.keys()}
     quantized = {name.rsplit(".", 2)[-2] for name, dtype in dtypes.items() if dtype == code_dtype}
-    assert quantized == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    mlp = {"gate_proj", "up_proj", "down_proj"}  # the broad recipe (gemma3n's default): NVFP4 keeps attention bf16
+    assert quantized == (mlp if scheme == "nvfp4" else mlp | {"q_proj", "k_proj", "v_proj", "o_proj"})
     ignore = json.loads((out / "config.json").read_text())["quantization_config"]["ignore"]
     assert "re:.*lm_head$" in ignore  # tied to the embedding: never quantized
     assert any("laurel" in entry for entry in ignore) and any("altup" in entry for entry in ignore)
@@ -276,10 +277,23 @@ def test_compressed_tensors_output_quantizes_attention_and_mlp_only_and_runs_in_
     assert error < (1e-3 if scheme == "nvfp4" else 0.5), error
     card = (out / "README.md").read_text()
     assert "library_name: transformers" in card and "routed-expert" not in card and "and runs" in card
+    assert "the broad recipe" in card and "never quantizes these module kinds: altup, embedding, laurel" in card
+    assert "NVIDIA" not in card
     if scheme == "nvfp4":  # the card's warning: float32 loading fails in transformers 5.24 + compressed-tensors
         model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
         with pytest.raises(RuntimeError, match="same dtype"), torch.no_grad():
             model(tokens)
+
+
+def test_recipe_defaults_to_broad_and_nvidia_is_refused(parent: Path, tmp_path: Path) -> None:
+    """gemma3n has no vendor recipe: the default is broad, and asking for NVIDIA's is an input error."""
+    from elastic_slice.api import QuantOptions
+
+    with pytest.raises(InputError, match="has no vendor quantization recipe"):
+        api.extract(parent, "E2-skip", tmp_path / "n", quantize=QuantOptions("fp8", "compressed-tensors", recipe="nvidia"))
+    assert not (tmp_path / "n").exists()
+    plan = api.plan_extract(parent, "E2-skip", quantize=QuantOptions("nvfp4", "compressed-tensors"))
+    assert plan.quantization is not None and plan.quantization.recipe == "broad"
 
 
 def test_calibrated_quantization_is_refused_clearly(

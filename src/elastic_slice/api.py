@@ -35,7 +35,7 @@ from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
 from .quant.calibrate import announce, calibrate, calibration_texts, describe, require_calibration
 from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
 from .quant.planning import QuantRequest, module_quantization, rename_modules
-from .quant.schemes import NVIDIA, RECIPES, SCHEMES, footprint
+from .quant.schemes import BROAD, NVIDIA, RECIPES, SCHEMES, footprint
 from .untrusted_json import load_json_object
 from .verify import (
     VerifyReport,
@@ -139,7 +139,8 @@ class ExtractResult:
 @dataclass(frozen=True)
 class QuantOptions:
     """Quantize the output: `scheme` fp8 or nvfp4, `fmt` modelopt or compressed-tensors, `recipe` nvidia (NVIDIA's
-    release exclusions) or broad, `exclude` globs added to it, `kv_cache` "fp8" for calibrated KV-cache scales;
+    release exclusions) or broad (None: the family's vendor recipe where it has one, else broad), `exclude` globs
+    added to it, `kv_cache` "fp8" for calibrated KV-cache scales;
     `on_layer(done, total)` reports calibration's progress after each decoder layer."""
 
     scheme: str
@@ -147,7 +148,7 @@ class QuantOptions:
     exclude: tuple[str, ...] = ()
     calibration: str | None = None
     device: str = "cpu"
-    recipe: str = NVIDIA
+    recipe: str | None = None
     kv_cache: str | None = None
     on_layer: Callable[[int, int], None] | None = field(default=None, compare=False, repr=False)
 
@@ -163,8 +164,7 @@ class QuantOptions:
         fmt = FORMATS.get(self.fmt)
         if fmt is None:
             raise InputError(f"--quant-format {self.fmt!r} is not supported; use {' or '.join(FORMATS)}.")
-        if self.recipe not in RECIPES:
-            raise InputError(f"--recipe {self.recipe!r} is not supported; use {' or '.join(RECIPES)}.")
+        recipe = self._recipe(arch)
         if self.kv_cache not in (None, "fp8"):
             raise InputError(f"--kv-cache {self.kv_cache!r} is not supported; use fp8 (or leave it out).")
         for glob in self.exclude:
@@ -181,11 +181,26 @@ class QuantOptions:
             announce(source, len(texts), chosen_by_default=self.calibration is None)
             amax = calibrate(checkpoint, arch, texts, self.device, self.on_layer)
         return QuantRequest(
-            scheme=scheme, fmt=fmt, exclude=tuple(self.exclude), input_amax=amax, recipe=self.recipe,
-            recipe_modules=tuple(arch.recipe_exclusions()) if self.recipe == NVIDIA else (),
+            scheme=scheme, fmt=fmt, exclude=tuple(self.exclude), input_amax=amax, recipe=recipe,
+            recipe_modules=tuple(arch.recipe_exclusions()) if recipe == NVIDIA else (),
             kv_amax=_outputs(amax) if self.kv_cache and amax is not None else None,
             calibration=describe(source) if source is not None else None,
         )
+
+    def _recipe(self, arch: BoundArchitecture) -> str:
+        """The recipe asked for, or the default: the vendor's where the family has one (NVIDIA's for Nemotron-H),
+        else broad; asking for a vendor recipe the family does not have is an input error."""
+        has_vendor_recipe = bool(arch.recipe_exclusions())
+        if self.recipe is None:
+            return NVIDIA if has_vendor_recipe else BROAD
+        if self.recipe not in RECIPES:
+            raise InputError(f"--recipe {self.recipe!r} is not supported; use {' or '.join(RECIPES)}.")
+        if self.recipe == NVIDIA and not has_vendor_recipe:
+            raise InputError(
+                f"--recipe nvidia: model_type {arch.model_type!r} has no vendor quantization recipe; use --recipe "
+                "broad or leave --recipe out."
+            )
+        return self.recipe
 
     def calibration_source(self) -> str | None:
         """What calibration runs on: the given text, else the built-in sample where the format or --kv-cache needs

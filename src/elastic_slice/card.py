@@ -171,12 +171,13 @@ def _quantization_section(quant: QuantSummary, exclusions: list[str]) -> str:
                      "in its quantization config, renumbered for this budget): packed weights, block scales and "
                      "scalars are the parent's, cut along the budget's axes, never quantized again")
     else:
-        kept = ((quant.recipe_description or "no vendor recipe exists for this architecture: every linear layer is "
-                 "quantized") if quant.recipe == NVIDIA else
+        kept = (quant.recipe_description if quant.recipe == NVIDIA else
                 "the broad recipe: every linear layer is quantized except lm_head"
-                + (" and attention projections" if "attention_linear" in quant.scheme.excluded_kinds else ""))
+                + (" and the attention projections" if "attention_linear" in quant.scheme.excluded_kinds else ""))
         extra = f"; also `--exclude` {', '.join(f'`{g}`' for g in quant.exclude)}" if quant.exclude else ""
-        lines.append(f"- Kept in bf16: {kept}{extra}; embeddings, routers and norms are never quantized")
+        never = ", ".join(kind.replace("_", " ") for kind in quant.never_quantized if kind != "lm_head")
+        lines.append(f"- Kept in bf16: {kept}{extra}" + (f"; elastic-slice never quantizes these module kinds: {never}"
+                                                          if never else ""))
         lines.append(f"- Activation scales: calibrated on {quant.calibration}" if quant.calibration else
                      "- Activation scales: none (FP8 dynamic activations / NVFP4 weight-only)")
     lines.append(f"- KV cache: {'FP8, calibrated scales' if quant.kv_cache else 'not quantized'}")

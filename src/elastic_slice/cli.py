@@ -86,8 +86,9 @@ CalibrationOption = typer.Option(
 )
 DeviceOption = typer.Option("cpu", "--device", metavar="DEVICE", help="Device for calibration runs (cpu, cuda).")
 RecipeOption = typer.Option(
-    "nvidia", "--recipe", metavar="RECIPE",
-    help="What stays unquantized: nvidia (NVIDIA's Nemotron NVFP4 release) or broad.",
+    None, "--recipe", metavar="RECIPE",
+    help="What stays unquantized: nvidia (NVIDIA's Nemotron NVFP4 release; the default for Nemotron-H) or broad "
+    "(the default for families without a vendor recipe).",
 )
 KvCacheOption = typer.Option(
     None, "--kv-cache", metavar="fp8", help="Write calibrated FP8 KV-cache scales (default: none)."
@@ -279,7 +280,7 @@ def extract(
     exclude: list[str] | None = ExcludeOption,
     calibration: str | None = CalibrationOption,
     device: str = DeviceOption,
-    recipe: str = RecipeOption,
+    recipe: str | None = RecipeOption,
     kv_cache: str | None = KvCacheOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and output size; write nothing."),
     overwrite: bool = OverwriteOption,
@@ -406,11 +407,13 @@ def verify(
 
 def _quant_options(
     scheme: str | None, fmt: str, exclude: list[str] | None, calibration: str | None, device: str,
-    recipe: str, kv_cache: str | None,
+    recipe: str | None, kv_cache: str | None,
 ) -> api.QuantOptions | None:
     if scheme is None:
-        if calibration is not None or exclude or kv_cache is not None:
-            raise InputError("--calibration, --exclude and --kv-cache apply only with --quantize fp8|nvfp4.")
+        if calibration is not None or exclude or kv_cache is not None or recipe is not None:
+            raise InputError(
+                "--calibration, --exclude, --recipe and --kv-cache apply only with --quantize fp8|nvfp4."
+            )
         return None
     return api.QuantOptions(scheme, fmt, tuple(exclude or ()), calibration, device, recipe, kv_cache)
 
@@ -448,7 +451,7 @@ def quantize(
     exclude: list[str] | None = ExcludeOption,
     calibration: str | None = CalibrationOption,
     device: str = DeviceOption,
-    recipe: str = RecipeOption,
+    recipe: str | None = RecipeOption,
     kv_cache: str | None = KvCacheOption,
     index: Path | None = IndexOption,
     max_shard_size: str = MaxShardSizeOption,

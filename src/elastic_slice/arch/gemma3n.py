@@ -354,9 +354,8 @@ class BoundGemma3n:
         return []
 
     def recipe_description(self) -> str:
-        """No vendor recipe: what the module kinds keep (AltUp, LAuReL, per-layer inputs are not quantized kinds)."""
-        return ("no vendor recipe exists for Gemma 3n: the attention and MLP projections are quantized; lm_head (tied "
-                "to the embedding), AltUp, LAuReL and the per-layer-input matrices stay unquantized")
+        """No vendor recipe: `--recipe` defaults to broad for gemma3n."""
+        return ""
 
     def interpolation_steps(self, low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, int]:
         raise InputError(

@@ -6,6 +6,7 @@ import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..arch.base import LINEAR_KINDS
 from ..checkpoint import HF_QUANT_CONFIG
 from .declared import NEVER_QUANTIZED_KINDS
 from .formats import INPUT_SCALE, KV_SCALE, WEIGHT, Format
@@ -38,6 +39,8 @@ class QuantSummary:
     recipe_description: str = ""
     #: whether the output has routed experts at all (transformers' fused experts are what it mishandles)
     has_routed_experts: bool = True
+    #: module kinds the output holds that no recipe quantizes (not linear layers elastic-slice quantizes)
+    never_quantized: tuple[str, ...] = ()
 
 
 def summarize(
@@ -50,13 +53,17 @@ def summarize(
         return QuantSummary(request.scheme, request.fmt, request.recipe, request.calibration, request.exclude,
                             request.kv_amax is not None, _experts_store(arch, parts, WEIGHT),
                             _experts_store(arch, parts, INPUT_SCALE), arch.recipe_description(),
-                            _has_routed_experts(arch, ops))
+                            _has_routed_experts(arch, ops), _never_quantized(arch, ops))
     if parent is None or "quantization_config" not in child_config:
         return None
     parts = [(op.source, parent.stored[op.source].part) for op in ops if op.source in parent.stored]
     kv_cache = any(part == KV_SCALE for _, part in parts)
     return QuantSummary(parent.scheme, parent.fmt, None, None, (), kv_cache, _experts_store(arch, parts, WEIGHT),
                         _experts_store(arch, parts, INPUT_SCALE), has_routed_experts=_has_routed_experts(arch, ops))
+
+
+def _never_quantized(arch: BoundArchitecture, ops: list[TensorOp]) -> tuple[str, ...]:
+    return tuple(sorted({kind for op in ops if (kind := arch.module_kind(op.source)) not in LINEAR_KINDS}))
 
 
 def _has_routed_experts(arch: BoundArchitecture, ops: list[TensorOp]) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from conftest import run_cli
@@ -134,3 +135,8 @@ def test_fp8_quantized_budgets_verify(parent: Parent, tmp_path: Path) -> None:
         assert report.ok, (budget, report.problems)
         config = json.loads((out / "config.json").read_text())
         assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+        # not vacuous: linear weights are stored in FP8, and verify re-quantized and bounded each of them
+        with safe_open(out / "model.safetensors", "pt") as handle:
+            stored = [handle.get_slice(name).get_dtype() for name in handle.keys()]
+        assert stored.count("F8_E4M3") >= 2, (budget, stored)
+        assert any("quantized weights dequantized within the FP8 bound" in check for check in report.checks)

@@ -363,3 +363,11 @@ def test_inspect_predicts_the_default_quantized_bytes(tiny_parent: Path, tmp_pat
         assert written.bytes == predicted["23B"][scheme]
     planned = run_cli("extract", tiny_parent, "--size", "23B", "--quantize", "nvfp4", "--dry-run", "--json")
     assert planned.code == 0 and planned.stderr == ""  # planning alone does not calibrate
+
+
+def test_excluding_every_module_is_refused(tiny_parent: Path, tmp_path: Path) -> None:
+    """An output labelled FP8 with nothing quantized is never written: one sentence, exit 2, nothing at --out."""
+    result = run_cli("extract", tiny_parent, "--size", "12B", "--quantize", "fp8", "--quant-format",
+                     "compressed-tensors", "--exclude", "*", "--out", tmp_path / "none")
+    assert result.code == 2 and "leave no weight of budget '12B' to quantize" in " ".join(result.stderr.split())
+    assert not (tmp_path / "none").exists()

@@ -171,7 +171,7 @@ class QuantOptions:
             if not glob.strip() or not glob.isprintable() or glob != glob.strip():
                 raise InputError(
                     f"--exclude {glob!r} is not a module-name glob (empty, spaces at its ends or control "
-                    "characters); write one like '*.experts*' or 'backbone.layers.3.*'."
+                    "characters); write one like '*.experts*' or '*.layers.3.*'."
                 )
         source = self.calibration_source() if calibrated else None
         amax = None

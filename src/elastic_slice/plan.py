@@ -167,6 +167,11 @@ def build_plan(
         ops.append(_op(info, cut.selection, cut.out_name, out_dtype, cut.scale, out_shape=cut.pad_to,
                        pad_value=cut.pad_value if cut.pad_to is not None else None))
         ops.extend(kv_ops)
+    if quantize is not None and not any(op.quant is not None for op in ops):
+        raise InputError(
+            f"--quantize {quantize.scheme.name}: the recipe and --exclude leave no weight of budget {budget.name!r} "
+            "to quantize; exclude fewer modules or extract it unquantized."
+        )
     placed, shards = assign_shards(ops, max_shard_size)
     child_config = arch.child_config(budget.sizes)
     if dtype is not None:

@@ -6,8 +6,8 @@ weight is stored as (dtype and shape), how a cut of the dense weight becomes a c
 bound `verify` checks; torch is imported only there). How a part is named on disk and how scalars are stored belong
 to the format (formats.py). Adding a scheme is one subclass and one entry in SCHEMES.
 
-Default exclusions follow NVIDIA's Nemotron FP8/NVFP4 releases: embeddings, lm_head, router gates, conv1d, norms
-and Mamba A/D/dt stay in bf16 (only linear layers are quantized), and NVFP4 also keeps attention projections in bf16.
+The per-kind defaults (the broad recipe, for every family) follow NVIDIA's Nemotron FP8/NVFP4 releases: only the
+linear kinds of `arch.base.LINEAR_KINDS` are quantized, and NVFP4 also keeps attention projections in bf16.
 """
 
 from __future__ import annotations

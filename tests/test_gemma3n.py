@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ from elastic_slice.arch.gemma3n_fixture import TINY_BUDGETS, TINY_TEXT_CONFIG, b
 from elastic_slice.arch.gemma3n_torch import apply_masked_forward
 from elastic_slice.errors import InputError
 from elastic_slice.nesting import BudgetError
+
+from conftest import run_cli
 
 TOKENS = torch.tensor([[5, 17, 99, 4, 250, 31, 7, 77, 123, 9, 41, 42, 43, 200, 8, 15, 16, 23, 42, 300, 11, 12]])
 
@@ -112,6 +116,63 @@ def test_claims_checked_against_tensors(parent: Path) -> None:
     shapes = {f"model.layers.{i}.input_layernorm.weight": (64,) for i in range(9)}
     with pytest.raises(InputError, match="'num_hidden_layers' is 10, but the checkpoint's tensors hold 9 layers"):
         bound.check_claims(shapes)
+
+
+def _parent_shapes(parent: Path) -> dict[str, tuple[int, ...]]:
+    with safe_open(str(parent / "model.safetensors"), "pt") as handle:
+        return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+
+
+HUGE = 100_000_000_000
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("altup_num_inputs", HUGE),
+    ("altup_num_inputs", 5),
+    ("num_hidden_layers", 1000),
+    ("laurel_rank", HUGE),
+    ("hidden_size_per_layer_input", HUGE),
+    ("hidden_size", HUGE),
+    ("vocab_size", HUGE),
+    ("vocab_size_per_layer_input", HUGE),
+    ("head_dim", HUGE),
+    ("num_attention_heads", HUGE),
+    ("num_key_value_heads", HUGE),
+    ("intermediate_size", [128] * 9 + [HUGE]),
+    ("intermediate_size", HUGE),
+])
+def test_huge_counts_are_checked_against_the_tensors(parent: Path, field: str, value: Any) -> None:
+    """Every count that sizes a loop or a tensor is compared with the tensors before anything is built from it."""
+    config = json.loads((parent / "config.json").read_text())
+    config[field] = value
+    if field == "num_hidden_layers":
+        config.update(intermediate_size=128, layer_types=None, activation_sparsity_pattern=0.0)
+    bound = get_architecture("gemma3n_text").bind(config)
+    with pytest.raises(InputError, match=f"config.json field '{field}'"):
+        bound.check_claims(_parent_shapes(parent))
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("num_hidden_layers", HUGE, "at most 1024"),
+    ("num_kv_shared_layers", HUGE, "'num_kv_shared_layers' must be an integer from 0 to 9"),
+])
+def test_huge_counts_refused_when_bound(parent: Path, field: str, value: Any, message: str) -> None:
+    config = json.loads((parent / "config.json").read_text())
+    config[field] = value
+    with pytest.raises(InputError, match=message):
+        get_architecture("gemma3n_text").bind(config)
+
+
+def test_inspect_refuses_a_huge_altup_claim_quickly(parent: Path, tmp_path: Path) -> None:
+    hostile = Path(shutil.copytree(parent, tmp_path / "hostile"))
+    config = json.loads((parent / "config.json").read_text())
+    config["altup_num_inputs"] = HUGE
+    (hostile / "config.json").write_text(json.dumps(config))
+    started = time.monotonic()
+    result = run_cli("inspect", str(hostile))
+    assert result.code == 2, result.stderr
+    assert "config.json field 'altup_num_inputs' is 100000000000, but the checkpoint holds 3" in result.stdout + result.stderr
+    assert time.monotonic() - started < 30  # the old code built 10^11 names (17 GB) before any check
 
 
 def test_sizes_read_back_from_a_child_config(parent: Path) -> None:

@@ -122,28 +122,35 @@ class BoundGemma3n:
 
     # ----- config -----------------------------------------------------------------------------------------------
     def check_claims(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        """The layer count and the embedding widths of config.json agree with the tensors present."""
+        """Every count config.json gives that sizes a loop or a tensor (layers, AltUp inputs, widths, heads, LAuReL
+        rank, per-layer FFN widths) agrees with the tensors present, before anything is built from it."""
         top = -1
+        altup_projections = 0
         for name in shapes:
-            match = _LAYER.match(name[len(self.root):]) if name.startswith(self.root) else None
+            local = name[len(self.root):] if name.startswith(self.root) else ""
+            match = _LAYER.match(local)
             if match is not None:
                 top = max(top, int(match.group(1)))
+            indexed = _INDEXED.match(local)
+            if indexed is not None and indexed.group(1) == "altup_projections":
+                altup_projections += 1
         s = self.shape
         if top + 1 != s.layers:
             raise InputError(
                 f"config.json field '{self.field_prefix}num_hidden_layers' is {s.layers}, but the checkpoint's "
                 f"tensors hold {top + 1} layers ({self.root}layers.N with N < {top + 1})."
             )
-        expected = {
-            "embed_tokens.weight": (s.vocab, s.hidden),
-            "embed_tokens_per_layer.weight": (s.vocab_per_layer, s.layers * s.per_layer),
-            "per_layer_model_projection.weight": (s.layers * s.per_layer, s.hidden),
-        }
-        for local, wanted in expected.items():
+        if s.altup_inputs - 1 != altup_projections:
+            raise InputError(
+                f"config.json field '{self.field_prefix}altup_num_inputs' is {s.altup_inputs}, but the checkpoint "
+                f"holds {altup_projections} {self.root}altup_projections.N tensors (altup_num_inputs - 1)."
+            )
+        for field, local, axis, wanted in _claims(s):
             found = shapes.get(self.root + local)
-            if found is not None and tuple(found) != wanted:
+            if found is not None and (len(found) <= axis or found[axis] != wanted):
                 raise InputError(
-                    f"tensor {self.root + local!r} has shape {list(found)}, but config.json implies {list(wanted)}."
+                    f"config.json field '{self.field_prefix}{field}' implies {wanted} along dimension {axis} of tensor "
+                    f"{self.root + local!r}, whose shape is {list(found)}."
                 )
 
     def parent_sizes(self) -> dict[str, Any]:
@@ -464,6 +471,26 @@ def _text_shape(text: Mapping[str, Any], where: str) -> TextShape:
             f"its type {shape.layer_types[missing[0]]!r} computes them."
         )
     return shape
+
+
+def _claims(s: TextShape) -> list[tuple[str, str, int, int]]:
+    """(config field, tensor below the root, dimension, the size the field implies), in the order the fields are
+    checked: a field is named by the first tensor that contradicts it."""
+    claims = [
+        ("hidden_size", "norm.weight", 0, s.hidden),
+        ("vocab_size", "embed_tokens.weight", 0, s.vocab),
+        ("vocab_size_per_layer_input", "embed_tokens_per_layer.weight", 0, s.vocab_per_layer),
+        ("hidden_size_per_layer_input", "per_layer_projection_norm.weight", 0, s.per_layer),
+        ("hidden_size_per_layer_input", "per_layer_model_projection.weight", 0, s.layers * s.per_layer),
+        ("hidden_size_per_layer_input", "embed_tokens_per_layer.weight", 1, s.layers * s.per_layer),
+        ("altup_num_inputs", "layers.0.altup.correction_coefs.weight", 0, s.altup_inputs),
+        ("laurel_rank", "layers.0.laurel.linear_left.weight", 0, s.laurel_rank),
+        ("head_dim", "layers.0.self_attn.q_norm.weight", 0, s.head_dim),
+        ("num_attention_heads", "layers.0.self_attn.q_proj.weight", 0, s.q_heads * s.head_dim),
+        ("num_key_value_heads", "layers.0.self_attn.k_proj.weight", 0, s.kv_heads * s.head_dim),
+    ]
+    claims += [("intermediate_size", f"layers.{i}.mlp.gate_proj.weight", 0, f) for i, f in enumerate(s.ffn)]
+    return claims
 
 
 def _layer_shapes(s: TextShape, layer: int) -> dict[str, tuple[int, ...]]:

@@ -301,6 +301,25 @@ def test_e4b_preset_matches_by_fingerprint_and_gives_the_published_e2b() -> None
     assert match_preset({"model_type": "gemma3n", "text_config": {**text, "num_hidden_layers": 30}}) is None
 
 
+def test_e4b_preset_does_not_match_its_own_children() -> None:
+    """A 35-layer child with E2.54B's widths has E4B's other fingerprint fields: the FFN widths tell it apart."""
+    from transformers import Gemma3nTextConfig
+
+    from elastic_slice.nesting import parse_index
+    from elastic_slice.preset import match_preset
+
+    text = Gemma3nTextConfig().to_dict()
+    preset = match_preset({"model_type": "gemma3n", "text_config": text})
+    assert preset is not None
+    bound = get_architecture("gemma3n").bind({"model_type": "gemma3n", "text_config": text})
+    index = parse_index(preset.index, preset.file)
+    for name, requested in index.budgets.items():
+        child = bound.child_config(bound.resolve(name, requested))
+        assert (match_preset(child) is None) == (name != "E4B"), name
+    e254b = bound.child_config(bound.resolve("E2.54B-layer-level", index.budgets["E2.54B-layer-level"]))
+    assert e254b["text_config"]["num_hidden_layers"] == 35 and match_preset(e254b) is None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("scheme", "code_dtype"), [("fp8", "F8_E4M3"), ("nvfp4", "U8")])
 def test_compressed_tensors_output_quantizes_attention_and_mlp_only_and_runs_in_transformers(

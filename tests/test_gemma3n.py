@@ -88,6 +88,10 @@ def test_skipping_every_sharing_layer_turns_sharing_off(parent: Path) -> None:
     ({"intermediate_size": [64] * 9 + [True]}, "layer 9 needs an integer"),
     ({"layers": [0, 0, 1]}, "sorted, unique"),
     ({"layers": [0, 1, 2, 3, 4, 5], "intermediate_size": [64] * 6 + ["x"] * 4}, "layer 6 is skipped"),
+    ({"layers": [0, 1, 2, 3, 4, 5], "intermediate_size": [64] * 6 + [-5] * 4},
+     "layer 6 is skipped: its entry must be null, not -5"),
+    ({"layers": [0, 1, 2, 3, 4, 5], "intermediate_size": [64] * 7 + [None] * 3},
+     "layer 6 is skipped: its entry must be null, not 64"),
 ])
 def test_bad_budgets_are_named(parent: Path, requested: dict[str, Any], message: str) -> None:
     with pytest.raises(BudgetError, match="budget 'b'") as caught:
@@ -173,6 +177,18 @@ def test_inspect_refuses_a_huge_altup_claim_quickly(parent: Path, tmp_path: Path
     assert result.code == 2, result.stderr
     assert "config.json field 'altup_num_inputs' is 100000000000, but the checkpoint holds 3" in result.stdout + result.stderr
     assert time.monotonic() - started < 30  # the old code built 10^11 names (17 GB) before any check
+
+
+def test_set_takes_null_for_a_skipped_layer(parent: Path, tmp_path: Path) -> None:
+    widths = "[64,64,64,64,64,32,null,null,null,null]"
+    result = run_cli("extract", str(parent), "--set", "layers=0-5", "--set", f"intermediate_size={widths}",
+                     "--out", str(tmp_path / "child"))
+    assert result.code == 0, result.stderr
+    config = json.loads((tmp_path / "child" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 6 and config["intermediate_size"] == [64] * 5 + [32]
+    refused = run_cli("extract", str(parent), "--set", "layers=0-5", "--set", f"intermediate_size={widths[:-5]}-5]",
+                      "--out", str(tmp_path / "refused"))
+    assert refused.code == 2 and "layer 9 is skipped: its entry must be null, not -5" in refused.stderr
 
 
 def test_sizes_read_back_from_a_child_config(parent: Path) -> None:

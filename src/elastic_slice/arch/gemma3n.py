@@ -183,12 +183,14 @@ class BoundGemma3n:
                 )
             entries = value
         else:
-            entries = [value] * s.layers
+            entries = [None if layer not in kept else value for layer in range(s.layers)]
         widths: list[int | None] = []
         for layer, width in enumerate(entries):
             if layer not in kept:
-                if width is not None and not _is_int(width):
-                    raise BudgetError(budget, "intermediate_size", f"layer {layer} is skipped: its entry must be null")
+                if width is not None:
+                    raise BudgetError(
+                        budget, "intermediate_size", f"layer {layer} is skipped: its entry must be null, not {width!r}"
+                    )
                 widths.append(None)
                 continue
             if not _is_int(width) or not 1 <= width <= s.ffn[layer]:

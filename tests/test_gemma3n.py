@@ -200,9 +200,17 @@ def test_sizes_read_back_from_a_child_config(parent: Path) -> None:
         bound.sizes_from_child_config(skip, "E2-skip")
 
 
-def test_any_size_budgets_refused(parent: Path) -> None:
-    with pytest.raises(InputError, match="any-size budgets are not supported for gemma3n"):
-        _bound(parent).interpolation_steps({}, {})
+@pytest.mark.parametrize(("args", "message"), [
+    (("--size", "5e5"), "budget '5e5' is not in the nesting index"),
+    (("--size", "3B"), "budget '3B' is not in the nesting index"),
+    (("--target-params", "3e5"), "any-size budgets"),
+    (("--active-params", "3e5"), "any-size budgets"),
+])
+def test_any_size_budgets_refused(parent: Path, tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    result = run_cli("extract", str(parent), *args, "--out", str(tmp_path / "child"))
+    assert result.code == 2
+    assert message in result.stderr and "are unsupported for the gemma3n family" in result.stderr
+    assert "in between" not in result.stderr and not (tmp_path / "child").exists()
 
 
 def _multimodal(parent: Path, out: Path) -> Path:

@@ -369,11 +369,12 @@ class BoundGemma3n:
 
     def interpolation_steps(self, low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, int]:
         raise InputError(
-            "any-size budgets are not supported for gemma3n; pick a budget of the index or give the sizes with --set."
+            "any-size budgets (a parameter target, or a size between two budgets) are unsupported for the gemma3n "
+            "family; pick a budget of the index or give the sizes with --set."
         )
 
     def grow(self, sizes: Mapping[str, Any], axis: str, step: int, high: Mapping[str, Any]) -> dict[str, Any]:
-        raise InputError("any-size budgets are not supported for gemma3n.")
+        raise InputError("any-size budgets are unsupported for the gemma3n family.")
 
 
 #: module kinds: the attention and feed-forward projections are the linear layers FP8/NVFP4 may quantize; AltUp's

@@ -191,6 +191,22 @@ def test_set_takes_null_for_a_skipped_layer(parent: Path, tmp_path: Path) -> Non
     assert refused.code == 2 and "layer 9 is skipped: its entry must be null, not -5" in refused.stderr
 
 
+def test_full_norm_refusal_names_the_budget_cut_and_the_reason(parent: Path, tmp_path: Path) -> None:
+    full = Path(shutil.copytree(parent, tmp_path / "full"))
+    index = json.loads((full / "nesting_index.json").read_text())
+    index["norm_semantics"] = "full"
+    index["budgets"]["dense-only"] = {"intermediate_size": [128] * 3 + [64] * 7}  # narrows only non-sparse layers
+    (full / "nesting_index.json").write_text(json.dumps(index))
+    shown = run_cli("inspect", str(full))
+    assert shown.code == 2
+    output = shown.stdout + shown.stderr
+    assert "narrows the feed-forward channels of sparse layers 0 (64 of 128), 1 (96 of 128):" in output  # E3-ffn
+    assert "sparse layers 0 (64 of 128), 1 (64 of 128):" in output  # E2-skip (layer 2 skipped)
+    assert "no norm over those channels to fold" in output and "correct_output_scale" not in output
+    dense = run_cli("extract", str(full), "--size", "dense-only", "--out", str(tmp_path / "dense"))
+    assert dense.code == 0, dense.stderr
+
+
 def test_sizes_read_back_from_a_child_config(parent: Path) -> None:
     bound = _bound(parent)
     ffn = bound.child_config(bound.resolve("E3-ffn", TINY_BUDGETS["E3-ffn"]))

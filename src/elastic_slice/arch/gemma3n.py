@@ -304,12 +304,9 @@ class BoundGemma3n:
         _check_shape(name, shape, expected)
         if rest in _optional(s, layer):
             return None  # a KV-sharing layer's keys and values: transformers never reads them
+        if norm == "full":
+            _check_full_norm(s, kept, widths)
         width = widths[kept.index(layer)]
-        if width != s.ffn[layer] and norm == "full" and s.sparsity[layer] > 0:
-            raise InputError(
-                f"tensor {name!r}: norm_semantics \"full\" cannot be sliced exactly for layer {layer}, whose "
-                "activation sparsity takes statistics over its channels; use an index with norm_semantics \"active\"."
-            )
         if rest in ("mlp.gate_proj.weight", "mlp.up_proj.weight"):
             return TensorCut(out_name, (prefix(width), full(s.hidden)))
         if rest == "mlp.down_proj.weight":
@@ -534,6 +531,22 @@ def _optional(s: TextShape, layer: int) -> tuple[str, ...]:
 
 def _layer_kind(s: TextShape, layer: int) -> tuple[str, bool, float]:
     return s.layer_types[layer], layer >= s.first_shared, float(s.sparsity[layer])
+
+
+def _check_full_norm(s: TextShape, kept: list[int], widths: list[int]) -> None:
+    """norm_semantics "full" is exact for gemma3n unless a budget narrows a sparse layer: no norm runs over the FFN
+    channels (nothing to fold), but activation sparsity's cutoff takes statistics over them, which no weight folds."""
+    sparse = [(layer, width) for layer, width in zip(kept, widths, strict=True)
+              if width != s.ffn[layer] and s.sparsity[layer] > 0]
+    if sparse:
+        cuts = ", ".join(f"{layer} ({width} of {s.ffn[layer]})" for layer, width in sparse[:4])
+        more = f" and {len(sparse) - 4} more" if len(sparse) > 4 else ""
+        raise InputError(
+            f"norm_semantics \"full\" cannot be sliced exactly for a budget that narrows the feed-forward channels of "
+            f"sparse layers {cuts}{more}: gemma3n has no norm over those channels to fold, but each such layer's "
+            "activation sparsity takes its gate cutoff (mean + std over all the parent's channels), which no weight "
+            "can fold; use an index with norm_semantics \"active\"."
+        )
 
 
 def _check_layers(budget: str, value: Any, parent_layers: int) -> list[int]:

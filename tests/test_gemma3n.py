@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -339,6 +340,64 @@ def test_e4b_preset_matches_by_fingerprint_and_gives_the_published_e2b() -> None
     assert e2b["num_hidden_layers"] == 30 and e2b["intermediate_size"] == [8192] * 30
     assert e2b["num_kv_shared_layers"] == 10 and e2b["activation_sparsity_pattern"][:11] == [0.95] * 10 + [0.0]
     assert match_preset({"model_type": "gemma3n", "text_config": {**text, "num_hidden_layers": 30}}) is None
+
+
+#: budget -> (our total, our active, the table's `# Effective Params (B)`), measured on the real E4B text shapes
+#: (transformers' Gemma3nTextConfig defaults: vocab 262,400, per-layer vocab 262,144, 35 layers, built on meta)
+E4B_COUNTS = {
+    "E4B": (6_835_235_568, 4_486_425_328, 3.98),
+    "E2B": (4_435_182_688, 2_421_916_768, 1.91),
+    "E1.96B-layer-level": (4_485_514_336, 2_472_248_416, 1.96),
+    "E2.54B-layer-level": (5_375_617_776, 3_026_807_536, 2.54),
+    "E2.98B-layer-level": (5_828_602_608, 3_479_792_368, 2.98),
+    "E3.79B-layer-level": (6_633_908_976, 4_285_098_736, 3.79),
+    "E2.49B-block-level": (5_325_286_128, 2_976_475_888, 2.49),
+    "E3.79B-block-level": (6_583_577_328, 4_234_767_088, 3.74),
+}
+#: the token embedding (tied to lm_head): 262,400 x 2,048
+E4B_TOKEN_EMBEDDING = 537_395_200
+
+
+def test_active_leaves_out_the_per_layer_table_and_the_towers() -> None:
+    bound = get_architecture("gemma3n").bind({"model_type": "gemma3n", "text_config": TINY_TEXT_CONFIG})
+    shapes = {
+        "model.language_model.embed_tokens_per_layer.weight": (288, 80),
+        "model.language_model.embed_tokens.weight": (320, 64),
+        "model.vision_tower.timm_model.conv_stem.weight": (3, 5),
+        "model.embed_audio.embedding.weight": (7, 64),
+    }
+    counts = bound.count_parameters(shapes, {})
+    assert (counts.total, counts.active) == (288 * 80 + 320 * 64 + 15 + 7 * 64, 320 * 64)
+
+
+def test_e4b_parameter_counts_against_the_published_effective_params() -> None:
+    """Active = the text decoder without the per-layer embedding table. Google's column also leaves out the token
+    embedding, and then lies 0.025-0.051B above our count, more than its 2-decimal rounding explains (documented in
+    docs/gemma3n.md): the bound is that measured gap, not a rounding tolerance."""
+    from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
+
+    from elastic_slice.nesting import parse_index
+    from elastic_slice.preset import match_preset
+
+    text = Gemma3nTextConfig()
+    with torch.device("meta"):
+        model = Gemma3nForCausalLM(text)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    assert math.prod(shapes["model.embed_tokens.weight"]) == E4B_TOKEN_EMBEDDING
+    bound = get_architecture("gemma3n_text").bind({**text.to_dict(), "model_type": "gemma3n_text"})
+    bound.check_claims(shapes)
+    preset = match_preset({"model_type": "gemma3n", "text_config": text.to_dict()})
+    assert preset is not None
+    index = parse_index(preset.index, preset.file)
+    for name, (total, active, effective) in E4B_COUNTS.items():
+        sizes = bound.resolve(name, index.budgets[name])
+        cuts = [bound.cut(n, shape, sizes, "active") for n, shape in shapes.items()]
+        child = {c.out_name: tuple(sum(b - a for a, b in r) for r in c.selection) for c in cuts if c is not None}
+        counts = bound.count_parameters(child, bound.child_config(sizes))
+        assert (counts.total, counts.active) == (total, active), name
+        assert counts.total - counts.active == 262_144 * 256 * len(sizes["layers"])  # the per-layer table
+        gap = effective - (active - E4B_TOKEN_EMBEDDING) / 1e9
+        assert 0.02 < gap < 0.055, (name, gap)
 
 
 def test_e4b_preset_does_not_match_its_own_children() -> None:

@@ -335,9 +335,15 @@ class BoundGemma3n:
         return _copy(name, shape, fixed[local])
 
     def count_parameters(self, shapes: Mapping[str, tuple[int, ...]], child_config: Mapping[str, Any]) -> ParamCounts:
-        """Every parameter is used for every token (no routed experts): active equals total."""
+        """Total: every parameter. Active: the text decoder without the per-layer embedding table (one row looked up
+        per token and layer, which Google keeps off the accelerator) and without the vision and audio towers; the
+        token embedding, tied to the output projection, counts. docs/gemma3n.md compares it with Google's table."""
         total = sum(math.prod(s) for s in shapes.values())
-        return ParamCounts(total=total, active=total)
+        per_layer_table = self.root + "embed_tokens_per_layer.weight"
+        inactive = sum(
+            math.prod(s) for name, s in shapes.items() if name == per_layer_table or name.startswith(TOWERS)
+        )
+        return ParamCounts(total=total, active=total - inactive)
 
     def module_kind(self, name: str) -> str:
         for pattern, kind in _KIND_PATTERNS:

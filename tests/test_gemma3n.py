@@ -17,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
+from conftest import run_cli
 from elastic_slice import api
 from elastic_slice.arch import get_architecture
 from elastic_slice.arch.gemma3n import BoundGemma3n
@@ -24,8 +25,6 @@ from elastic_slice.arch.gemma3n_fixture import TINY_BUDGETS, TINY_TEXT_CONFIG, b
 from elastic_slice.arch.gemma3n_torch import apply_masked_forward
 from elastic_slice.errors import InputError
 from elastic_slice.nesting import BudgetError
-
-from conftest import run_cli
 
 TOKENS = torch.tensor([[5, 17, 99, 4, 250, 31, 7, 77, 123, 9, 41, 42, 43, 200, 8, 15, 16, 23, 42, 300, 11, 12]])
 

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import run_cli, tree_hash
 from elastic_slice.arch.gemma3n_fixture import LAYER_TYPES, SPARSITY
-from elastic_slice.errors import InputError
 from elastic_slice.arch.matformer import MAX_BYTES, budget_name, read_table, table_budgets
+from elastic_slice.errors import InputError
 
 HEADER = "name,# Layers,# Effective Params (B),MMLU PT accuracy,FFN Hidden Dims,Layers Skipped\n"
 

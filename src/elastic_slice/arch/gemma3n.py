@@ -169,7 +169,8 @@ class BoundGemma3n:
         if "layers" in requested:
             kept = _check_layers(budget, requested["layers"], s.layers)
         self._check_kv_sharing(budget, kept)
-        widths = self._check_ffn(budget, requested.get("intermediate_size", list(s.ffn)), kept)
+        parent_widths = [s.ffn[i] if i in kept else None for i in range(s.layers)]
+        widths = self._check_ffn(budget, requested.get("intermediate_size", parent_widths), kept)
         uniform = {w for w in widths if w is not None}
         return {"intermediate_size": uniform.pop() if len(uniform) == 1 else widths, "layers": kept}
 

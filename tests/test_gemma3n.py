@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
+from conftest import run_cli
 from elastic_slice import api
 from elastic_slice.arch import get_architecture
 from elastic_slice.arch.gemma3n import BoundGemma3n
@@ -84,6 +88,10 @@ def test_skipping_every_sharing_layer_turns_sharing_off(parent: Path) -> None:
     ({"intermediate_size": [64] * 9 + [True]}, "layer 9 needs an integer"),
     ({"layers": [0, 0, 1]}, "sorted, unique"),
     ({"layers": [0, 1, 2, 3, 4, 5], "intermediate_size": [64] * 6 + ["x"] * 4}, "layer 6 is skipped"),
+    ({"layers": [0, 1, 2, 3, 4, 5], "intermediate_size": [64] * 6 + [-5] * 4},
+     "layer 6 is skipped: its entry must be null, not -5"),
+    ({"layers": [0, 1, 2, 3, 4, 5], "intermediate_size": [64] * 7 + [None] * 3},
+     "layer 6 is skipped: its entry must be null, not 64"),
 ])
 def test_bad_budgets_are_named(parent: Path, requested: dict[str, Any], message: str) -> None:
     with pytest.raises(BudgetError, match="budget 'b'") as caught:
@@ -114,6 +122,91 @@ def test_claims_checked_against_tensors(parent: Path) -> None:
         bound.check_claims(shapes)
 
 
+def _parent_shapes(parent: Path) -> dict[str, tuple[int, ...]]:
+    with safe_open(str(parent / "model.safetensors"), "pt") as handle:
+        return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+
+
+HUGE = 100_000_000_000
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("altup_num_inputs", HUGE),
+    ("altup_num_inputs", 5),
+    ("num_hidden_layers", 1000),
+    ("laurel_rank", HUGE),
+    ("hidden_size_per_layer_input", HUGE),
+    ("hidden_size", HUGE),
+    ("vocab_size", HUGE),
+    ("vocab_size_per_layer_input", HUGE),
+    ("head_dim", HUGE),
+    ("num_attention_heads", HUGE),
+    ("num_key_value_heads", HUGE),
+    ("intermediate_size", [128] * 9 + [HUGE]),
+    ("intermediate_size", HUGE),
+])
+def test_huge_counts_are_checked_against_the_tensors(parent: Path, field: str, value: Any) -> None:
+    """Every count that sizes a loop or a tensor is compared with the tensors before anything is built from it."""
+    config = json.loads((parent / "config.json").read_text())
+    config[field] = value
+    if field == "num_hidden_layers":
+        config.update(intermediate_size=128, layer_types=None, activation_sparsity_pattern=0.0)
+    bound = get_architecture("gemma3n_text").bind(config)
+    with pytest.raises(InputError, match=f"config.json field '{field}'"):
+        bound.check_claims(_parent_shapes(parent))
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("num_hidden_layers", HUGE, "at most 1024"),
+    ("num_kv_shared_layers", HUGE, "'num_kv_shared_layers' must be an integer from 0 to 9"),
+])
+def test_huge_counts_refused_when_bound(parent: Path, field: str, value: Any, message: str) -> None:
+    config = json.loads((parent / "config.json").read_text())
+    config[field] = value
+    with pytest.raises(InputError, match=message):
+        get_architecture("gemma3n_text").bind(config)
+
+
+def test_inspect_refuses_a_huge_altup_claim_quickly(parent: Path, tmp_path: Path) -> None:
+    hostile = Path(shutil.copytree(parent, tmp_path / "hostile"))
+    config = json.loads((parent / "config.json").read_text())
+    config["altup_num_inputs"] = HUGE
+    (hostile / "config.json").write_text(json.dumps(config))
+    started = time.monotonic()
+    result = run_cli("inspect", str(hostile))
+    assert result.code == 2, result.stderr
+    assert "config.json field 'altup_num_inputs' is 100000000000, but the checkpoint holds 3" in result.stdout + result.stderr
+    assert time.monotonic() - started < 30  # the old code built 10^11 names (17 GB) before any check
+
+
+def test_set_takes_null_for_a_skipped_layer(parent: Path, tmp_path: Path) -> None:
+    widths = "[64,64,64,64,64,32,null,null,null,null]"
+    result = run_cli("extract", str(parent), "--set", "layers=0-5", "--set", f"intermediate_size={widths}",
+                     "--out", str(tmp_path / "child"))
+    assert result.code == 0, result.stderr
+    config = json.loads((tmp_path / "child" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 6 and config["intermediate_size"] == [64] * 5 + [32]
+    refused = run_cli("extract", str(parent), "--set", "layers=0-5", "--set", f"intermediate_size={widths[:-5]}-5]",
+                      "--out", str(tmp_path / "refused"))
+    assert refused.code == 2 and "layer 9 is skipped: its entry must be null, not -5" in refused.stderr
+
+
+def test_full_norm_refusal_names_the_budget_cut_and_the_reason(parent: Path, tmp_path: Path) -> None:
+    full = Path(shutil.copytree(parent, tmp_path / "full"))
+    index = json.loads((full / "nesting_index.json").read_text())
+    index["norm_semantics"] = "full"
+    index["budgets"]["dense-only"] = {"intermediate_size": [128] * 3 + [64] * 7}  # narrows only non-sparse layers
+    (full / "nesting_index.json").write_text(json.dumps(index))
+    shown = run_cli("inspect", str(full))
+    assert shown.code == 2
+    output = shown.stdout + shown.stderr
+    assert "narrows the feed-forward channels of sparse layers 0 (64 of 128), 1 (96 of 128):" in output  # E3-ffn
+    assert "sparse layers 0 (64 of 128), 1 (64 of 128):" in output  # E2-skip (layer 2 skipped)
+    assert "no norm over those channels to fold" in output and "correct_output_scale" not in output
+    dense = run_cli("extract", str(full), "--size", "dense-only", "--out", str(tmp_path / "dense"))
+    assert dense.code == 0, dense.stderr
+
+
 def test_sizes_read_back_from_a_child_config(parent: Path) -> None:
     bound = _bound(parent)
     ffn = bound.child_config(bound.resolve("E3-ffn", TINY_BUDGETS["E3-ffn"]))
@@ -123,9 +216,17 @@ def test_sizes_read_back_from_a_child_config(parent: Path) -> None:
         bound.sizes_from_child_config(skip, "E2-skip")
 
 
-def test_any_size_budgets_refused(parent: Path) -> None:
-    with pytest.raises(InputError, match="any-size budgets are not supported for gemma3n"):
-        _bound(parent).interpolation_steps({}, {})
+@pytest.mark.parametrize(("args", "message"), [
+    (("--size", "5e5"), "budget '5e5' is not in the nesting index"),
+    (("--size", "3B"), "budget '3B' is not in the nesting index"),
+    (("--target-params", "3e5"), "any-size budgets"),
+    (("--active-params", "3e5"), "any-size budgets"),
+])
+def test_any_size_budgets_refused(parent: Path, tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    result = run_cli("extract", str(parent), *args, "--out", str(tmp_path / "child"))
+    assert result.code == 2
+    assert message in result.stderr and "are unsupported for the gemma3n family" in result.stderr
+    assert "in between" not in result.stderr and not (tmp_path / "child").exists()
 
 
 def _multimodal(parent: Path, out: Path) -> Path:
@@ -238,6 +339,83 @@ def test_e4b_preset_matches_by_fingerprint_and_gives_the_published_e2b() -> None
     assert e2b["num_hidden_layers"] == 30 and e2b["intermediate_size"] == [8192] * 30
     assert e2b["num_kv_shared_layers"] == 10 and e2b["activation_sparsity_pattern"][:11] == [0.95] * 10 + [0.0]
     assert match_preset({"model_type": "gemma3n", "text_config": {**text, "num_hidden_layers": 30}}) is None
+
+
+#: budget -> (our total, our active, the table's `# Effective Params (B)`), measured on the real E4B text shapes
+#: (transformers' Gemma3nTextConfig defaults: vocab 262,400, per-layer vocab 262,144, 35 layers, built on meta)
+E4B_COUNTS = {
+    "E4B": (6_835_235_568, 4_486_425_328, 3.98),
+    "E2B": (4_435_182_688, 2_421_916_768, 1.91),
+    "E1.96B-layer-level": (4_485_514_336, 2_472_248_416, 1.96),
+    "E2.54B-layer-level": (5_375_617_776, 3_026_807_536, 2.54),
+    "E2.98B-layer-level": (5_828_602_608, 3_479_792_368, 2.98),
+    "E3.79B-layer-level": (6_633_908_976, 4_285_098_736, 3.79),
+    "E2.49B-block-level": (5_325_286_128, 2_976_475_888, 2.49),
+    "E3.79B-block-level": (6_583_577_328, 4_234_767_088, 3.74),
+}
+#: the token embedding (tied to lm_head): 262,400 x 2,048
+E4B_TOKEN_EMBEDDING = 537_395_200
+
+
+def test_active_leaves_out_the_per_layer_table_and_the_towers() -> None:
+    bound = get_architecture("gemma3n").bind({"model_type": "gemma3n", "text_config": TINY_TEXT_CONFIG})
+    shapes = {
+        "model.language_model.embed_tokens_per_layer.weight": (288, 80),
+        "model.language_model.embed_tokens.weight": (320, 64),
+        "model.vision_tower.timm_model.conv_stem.weight": (3, 5),
+        "model.embed_audio.embedding.weight": (7, 64),
+    }
+    counts = bound.count_parameters(shapes, {})
+    assert (counts.total, counts.active) == (288 * 80 + 320 * 64 + 15 + 7 * 64, 320 * 64)
+
+
+def test_e4b_parameter_counts_against_the_published_effective_params() -> None:
+    """Active = the text decoder without the per-layer embedding table. Google's column also leaves out the token
+    embedding, and then lies 0.025-0.051B above our count, more than its 2-decimal rounding explains (documented in
+    docs/gemma3n.md): the bound is that measured gap, not a rounding tolerance."""
+    from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
+
+    from elastic_slice.nesting import parse_index
+    from elastic_slice.preset import match_preset
+
+    text = Gemma3nTextConfig()
+    with torch.device("meta"):
+        model = Gemma3nForCausalLM(text)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    assert math.prod(shapes["model.embed_tokens.weight"]) == E4B_TOKEN_EMBEDDING
+    bound = get_architecture("gemma3n_text").bind({**text.to_dict(), "model_type": "gemma3n_text"})
+    bound.check_claims(shapes)
+    preset = match_preset({"model_type": "gemma3n", "text_config": text.to_dict()})
+    assert preset is not None
+    index = parse_index(preset.index, preset.file)
+    for name, (total, active, effective) in E4B_COUNTS.items():
+        sizes = bound.resolve(name, index.budgets[name])
+        cuts = [bound.cut(n, shape, sizes, "active") for n, shape in shapes.items()]
+        child = {c.out_name: tuple(sum(b - a for a, b in r) for r in c.selection) for c in cuts if c is not None}
+        counts = bound.count_parameters(child, bound.child_config(sizes))
+        assert (counts.total, counts.active) == (total, active), name
+        assert counts.total - counts.active == 262_144 * 256 * len(sizes["layers"])  # the per-layer table
+        gap = effective - (active - E4B_TOKEN_EMBEDDING) / 1e9
+        assert 0.02 < gap < 0.055, (name, gap)
+
+
+def test_e4b_preset_does_not_match_its_own_children() -> None:
+    """A 35-layer child with E2.54B's widths has E4B's other fingerprint fields: the FFN widths tell it apart."""
+    from transformers import Gemma3nTextConfig
+
+    from elastic_slice.nesting import parse_index
+    from elastic_slice.preset import match_preset
+
+    text = Gemma3nTextConfig().to_dict()
+    preset = match_preset({"model_type": "gemma3n", "text_config": text})
+    assert preset is not None
+    bound = get_architecture("gemma3n").bind({"model_type": "gemma3n", "text_config": text})
+    index = parse_index(preset.index, preset.file)
+    for name, requested in index.budgets.items():
+        child = bound.child_config(bound.resolve(name, requested))
+        assert (match_preset(child) is None) == (name != "E4B"), name
+    e254b = bound.child_config(bound.resolve("E2.54B-layer-level", index.budgets["E2.54B-layer-level"]))
+    assert e254b["text_config"]["num_hidden_layers"] == 35 and match_preset(e254b) is None
 
 
 @pytest.mark.slow

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import run_cli, tree_hash
 from elastic_slice.arch.gemma3n_fixture import LAYER_TYPES, SPARSITY
+from elastic_slice.arch.matformer import MAX_BYTES, budget_name, read_table, table_budgets
 from elastic_slice.errors import InputError
-from elastic_slice.matformer import MAX_BYTES, budget_name, read_table, table_budgets
 
 HEADER = "name,# Layers,# Effective Params (B),MMLU PT accuracy,FFN Hidden Dims,Layers Skipped\n"
 
@@ -19,6 +19,9 @@ def _table(tmp_path: Path, *rows: str, header: str = HEADER) -> Path:
     path = tmp_path / "slicing.csv"
     path.write_text(header + "".join(row + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+ARABIC_64 = "\u0666\u0664"  # 64 in Arabic-Indic digits, which `\d` would accept
 
 
 def _dims(*widths: str) -> str:
@@ -71,6 +74,10 @@ def test_uniform_widths_are_one_integer_and_parent_added(tmp_path: Path) -> None
     ((f"A,,1,1%,{_dims('64', '2__048', '64')},null",), "is not an integer"),
     ((f"A,,1,1%,{_dims('64', '99999 * 99999', '64')},null",), "is larger than"),
     ((f"A,,1,1%,{_dims('64', '0', '64')},null",), "not a positive width"),
+    # 9,001 digits in `_` groups: past Python's 4,300-digit int() limit, refused before int()
+    ((f"A,,1,1%,{_dims('64', '1_' * 4500 + '1', '64')},null",), "is larger than"),
+    ((f"A,,1,1%,{_dims('0' * 20 + '64', '64')},null",), "2 widths for 3 kept layers"),  # leading zeros fine
+    ((f"A,,1,1%,{_dims('64', ARABIC_64, '64')},null",), "is not an integer"),  # Arabic-Indic digits
     ((f"A,,1,1%,{_dims(*['64'] * 1025)},null",), "the list has 1025 entries; at most 1024"),
     (("A,,1,1%,64,null",), "expected a list"),
     ((f"A,,1,1%,{_dims('64', '64', '64')},null", f"A,,1,1%,{_dims('64', '64', '64')},null"), "both become budget"),
@@ -83,6 +90,14 @@ def test_bad_rows_are_named(tmp_path: Path, rows: tuple[str, ...], message: str)
     with pytest.raises(InputError, match="line|row") as caught:
         table_budgets(read_table(_table(tmp_path, *rows)), "parent", [128, 128, 128])
     assert message in str(caught.value)
+
+
+def test_repeated_column_and_directory_refused(tmp_path: Path) -> None:
+    header = "name,FFN Hidden Dims,Layers Skipped,FFN Hidden Dims\n"
+    with pytest.raises(InputError, match="names column 'FFN Hidden Dims' twice"):
+        read_table(_table(tmp_path, f"A,{_dims('64')},null,{_dims('32')}", header=header))
+    with pytest.raises(InputError, match="is a directory; give the slicing table's CSV file"):
+        read_table(tmp_path)
 
 
 def test_missing_column_oversize_and_binary_refused(tmp_path: Path) -> None:

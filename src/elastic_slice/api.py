@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import Any
 
-from . import defaults, destination, hub, matformer
-from .arch import BoundArchitecture, architecture_of
+from . import defaults, destination, hub
+from .arch import BoundArchitecture, architecture_of, matformer
 from .arch.base import OUTPUT
 from .budgets import ALL_BUDGETS, ParamTarget, select_budgets
 from .card import model_card, public_command, public_path_value

@@ -9,7 +9,7 @@ from typing import Any
 from .arch import BoundArchitecture
 from .checkpoint import Checkpoint
 from .errors import InputError
-from .interpolate import interpolate, nominal
+from .interpolate import interpolate, nominal, require_any_size
 from .nesting import Budget, NestingIndex, custom_budget, find_index, resolve_budget
 from .plan import build_plan
 
@@ -51,15 +51,29 @@ def select_budgets(
     if target is not None:
         if sizes:
             raise InputError("give either --size or a parameter target (--target-params / --active-params).")
+        require_any_size(arch)
         name = f"{target.value:.0f}-{target.measure}"
         return nesting, [_interpolated(ckpt, arch, nesting, name, target.value, target.measure)]
     if len(sizes) == 1 and sizes[0] != ALL_BUDGETS and not _in_index(nesting, sizes[0]):
+        _require_any_size_for(arch, nesting, sizes[0])
         wanted = _target_params(ckpt, arch, nesting, sizes[0])
         return nesting, [_interpolated(ckpt, arch, nesting, sizes[0], wanted, "total")]
     names = list(nesting.budgets) if sizes == [ALL_BUDGETS] else [nesting.budget_name(size) for size in sizes]
     if len(set(names)) != len(names):
         raise InputError(f"budget {next(n for n in names if names.count(n) > 1)!r} is asked for twice.")
     return nesting, [resolve_budget(nesting, name, arch) for name in names]
+
+
+def _require_any_size_for(arch: BoundArchitecture, nesting: NestingIndex, size: str) -> None:
+    """A --size outside the index is an any-size budget: refused, naming the index's budgets, where the family has
+    none."""
+    try:
+        require_any_size(arch)
+    except InputError as exc:
+        raise InputError(
+            f"budget {size!r} is not in the nesting index ({nesting.source}; its budgets: {', '.join(nesting.budgets)})"
+            f", and {exc}"
+        ) from None
 
 
 def _in_index(nesting: NestingIndex, name: str) -> bool:

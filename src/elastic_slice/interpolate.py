@@ -38,6 +38,13 @@ class Interpolated:
     params: int
 
 
+def require_any_size(arch: BoundArchitecture) -> None:
+    """Refuse, in the family's own words and before any plan is built, a family without any-size budgets: it raises
+    from `interpolation_steps` whatever the budgets are."""
+    parent = arch.parent_sizes()
+    arch.interpolation_steps(parent, parent)
+
+
 def interpolate(
     budgets: dict[str, dict[str, Any]],
     params_of: Callable[[dict[str, Any]], int],

@@ -235,7 +235,7 @@ def custom_budget(
 
 def parse_set(values: list[str]) -> dict[str, Any]:
     """`--set axis=value` pairs: an integer, or a list of integers as a user types it (for `layers`): `0,1,2`,
-    `[0, 1, 2]`, and inclusive ranges such as `0-3,5`."""
+    `[0, 1, 2]`, and inclusive ranges such as `0-3,5`; `null` in a list stands for a skipped layer's entry."""
     overrides: dict[str, Any] = {}
     for item in values:
         axis, sep, value = item.partition("=")
@@ -250,7 +250,7 @@ def parse_set(values: list[str]) -> dict[str, Any]:
         except ValueError:
             raise InputError(
                 f"--set {item!r}: the value must be an integer or a list of integers such as 0,1,2, [0, 1, 2] or "
-                "0-3,5."
+                "0-3,5 (null for a skipped layer's entry)."
             ) from None
         is_list = bracketed or "," in listed or "-" in listed.lstrip("-") or axis.strip() == "layers"
         overrides[axis.strip()] = numbers if is_list else numbers[0]
@@ -261,8 +261,10 @@ def parse_set(values: list[str]) -> dict[str, Any]:
 _MAX_RANGE = 1 << 16
 
 
-def _integers(part: str) -> list[int]:
-    """One item of a `--set` list: an integer, or an inclusive ascending range `first-last`."""
+def _integers(part: str) -> list[int | None]:
+    """One item of a `--set` list: an integer, `null`, or an inclusive ascending range `first-last`."""
+    if part == "null":
+        return [None]
     first, dash, last = part.partition("-")
     if not dash or not first:  # an integer (a leading "-": negative)
         return [int(part)]

@@ -122,28 +122,35 @@ class BoundGemma3n:
 
     # ----- config -----------------------------------------------------------------------------------------------
     def check_claims(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        """The layer count and the embedding widths of config.json agree with the tensors present."""
+        """Every count config.json gives that sizes a loop or a tensor (layers, AltUp inputs, widths, heads, LAuReL
+        rank, per-layer FFN widths) agrees with the tensors present, before anything is built from it."""
         top = -1
+        altup_projections = 0
         for name in shapes:
-            match = _LAYER.match(name[len(self.root):]) if name.startswith(self.root) else None
+            local = name[len(self.root):] if name.startswith(self.root) else ""
+            match = _LAYER.match(local)
             if match is not None:
                 top = max(top, int(match.group(1)))
+            indexed = _INDEXED.match(local)
+            if indexed is not None and indexed.group(1) == "altup_projections":
+                altup_projections += 1
         s = self.shape
         if top + 1 != s.layers:
             raise InputError(
                 f"config.json field '{self.field_prefix}num_hidden_layers' is {s.layers}, but the checkpoint's "
                 f"tensors hold {top + 1} layers ({self.root}layers.N with N < {top + 1})."
             )
-        expected = {
-            "embed_tokens.weight": (s.vocab, s.hidden),
-            "embed_tokens_per_layer.weight": (s.vocab_per_layer, s.layers * s.per_layer),
-            "per_layer_model_projection.weight": (s.layers * s.per_layer, s.hidden),
-        }
-        for local, wanted in expected.items():
+        if s.altup_inputs - 1 != altup_projections:
+            raise InputError(
+                f"config.json field '{self.field_prefix}altup_num_inputs' is {s.altup_inputs}, but the checkpoint "
+                f"holds {altup_projections} {self.root}altup_projections.N tensors (altup_num_inputs - 1)."
+            )
+        for field, local, axis, wanted in _claims(s):
             found = shapes.get(self.root + local)
-            if found is not None and tuple(found) != wanted:
+            if found is not None and (len(found) <= axis or found[axis] != wanted):
                 raise InputError(
-                    f"tensor {self.root + local!r} has shape {list(found)}, but config.json implies {list(wanted)}."
+                    f"config.json field '{self.field_prefix}{field}' implies {wanted} along dimension {axis} of tensor "
+                    f"{self.root + local!r}, whose shape is {list(found)}."
                 )
 
     def parent_sizes(self) -> dict[str, Any]:
@@ -162,7 +169,8 @@ class BoundGemma3n:
         if "layers" in requested:
             kept = _check_layers(budget, requested["layers"], s.layers)
         self._check_kv_sharing(budget, kept)
-        widths = self._check_ffn(budget, requested.get("intermediate_size", list(s.ffn)), kept)
+        parent_widths = [s.ffn[i] if i in kept else None for i in range(s.layers)]
+        widths = self._check_ffn(budget, requested.get("intermediate_size", parent_widths), kept)
         uniform = {w for w in widths if w is not None}
         return {"intermediate_size": uniform.pop() if len(uniform) == 1 else widths, "layers": kept}
 
@@ -176,12 +184,14 @@ class BoundGemma3n:
                 )
             entries = value
         else:
-            entries = [value] * s.layers
+            entries = [None if layer not in kept else value for layer in range(s.layers)]
         widths: list[int | None] = []
         for layer, width in enumerate(entries):
             if layer not in kept:
-                if width is not None and not _is_int(width):
-                    raise BudgetError(budget, "intermediate_size", f"layer {layer} is skipped: its entry must be null")
+                if width is not None:
+                    raise BudgetError(
+                        budget, "intermediate_size", f"layer {layer} is skipped: its entry must be null, not {width!r}"
+                    )
                 widths.append(None)
                 continue
             if not _is_int(width) or not 1 <= width <= s.ffn[layer]:
@@ -295,12 +305,9 @@ class BoundGemma3n:
         _check_shape(name, shape, expected)
         if rest in _optional(s, layer):
             return None  # a KV-sharing layer's keys and values: transformers never reads them
+        if norm == "full":
+            _check_full_norm(s, kept, widths)
         width = widths[kept.index(layer)]
-        if width != s.ffn[layer] and norm == "full" and s.sparsity[layer] > 0:
-            raise InputError(
-                f"tensor {name!r}: norm_semantics \"full\" cannot be sliced exactly for layer {layer}, whose "
-                "activation sparsity takes statistics over its channels; use an index with norm_semantics \"active\"."
-            )
         if rest in ("mlp.gate_proj.weight", "mlp.up_proj.weight"):
             return TensorCut(out_name, (prefix(width), full(s.hidden)))
         if rest == "mlp.down_proj.weight":
@@ -329,9 +336,15 @@ class BoundGemma3n:
         return _copy(name, shape, fixed[local])
 
     def count_parameters(self, shapes: Mapping[str, tuple[int, ...]], child_config: Mapping[str, Any]) -> ParamCounts:
-        """Every parameter is used for every token (no routed experts): active equals total."""
+        """Total: every parameter. Active: the text decoder without the per-layer embedding table (one row looked up
+        per token and layer, which Google keeps off the accelerator) and without the vision and audio towers; the
+        token embedding, tied to the output projection, counts. docs/gemma3n.md compares it with Google's table."""
         total = sum(math.prod(s) for s in shapes.values())
-        return ParamCounts(total=total, active=total)
+        per_layer_table = self.root + "embed_tokens_per_layer.weight"
+        inactive = sum(
+            math.prod(s) for name, s in shapes.items() if name == per_layer_table or name.startswith(TOWERS)
+        )
+        return ParamCounts(total=total, active=total - inactive)
 
     def module_kind(self, name: str) -> str:
         for pattern, kind in _KIND_PATTERNS:
@@ -359,11 +372,12 @@ class BoundGemma3n:
 
     def interpolation_steps(self, low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, int]:
         raise InputError(
-            "any-size budgets are not supported for gemma3n; pick a budget of the index or give the sizes with --set."
+            "any-size budgets (a parameter target, or a size between two budgets) are unsupported for the gemma3n "
+            "family; pick a budget of the index or give the sizes with --set."
         )
 
     def grow(self, sizes: Mapping[str, Any], axis: str, step: int, high: Mapping[str, Any]) -> dict[str, Any]:
-        raise InputError("any-size budgets are not supported for gemma3n.")
+        raise InputError("any-size budgets are unsupported for the gemma3n family.")
 
 
 #: module kinds: the attention and feed-forward projections are the linear layers FP8/NVFP4 may quantize; AltUp's
@@ -465,6 +479,26 @@ def _text_shape(text: Mapping[str, Any], where: str) -> TextShape:
     return shape
 
 
+def _claims(s: TextShape) -> list[tuple[str, str, int, int]]:
+    """(config field, tensor below the root, dimension, the size the field implies), in the order the fields are
+    checked: a field is named by the first tensor that contradicts it."""
+    claims = [
+        ("hidden_size", "norm.weight", 0, s.hidden),
+        ("vocab_size", "embed_tokens.weight", 0, s.vocab),
+        ("vocab_size_per_layer_input", "embed_tokens_per_layer.weight", 0, s.vocab_per_layer),
+        ("hidden_size_per_layer_input", "per_layer_projection_norm.weight", 0, s.per_layer),
+        ("hidden_size_per_layer_input", "per_layer_model_projection.weight", 0, s.layers * s.per_layer),
+        ("hidden_size_per_layer_input", "embed_tokens_per_layer.weight", 1, s.layers * s.per_layer),
+        ("altup_num_inputs", "layers.0.altup.correction_coefs.weight", 0, s.altup_inputs),
+        ("laurel_rank", "layers.0.laurel.linear_left.weight", 0, s.laurel_rank),
+        ("head_dim", "layers.0.self_attn.q_norm.weight", 0, s.head_dim),
+        ("num_attention_heads", "layers.0.self_attn.q_proj.weight", 0, s.q_heads * s.head_dim),
+        ("num_key_value_heads", "layers.0.self_attn.k_proj.weight", 0, s.kv_heads * s.head_dim),
+    ]
+    claims += [("intermediate_size", f"layers.{i}.mlp.gate_proj.weight", 0, f) for i, f in enumerate(s.ffn)]
+    return claims
+
+
 def _layer_shapes(s: TextShape, layer: int) -> dict[str, tuple[int, ...]]:
     """Every tensor of one decoder layer (name below `layers.{i}.`) and its shape."""
     h, q, kv, f = s.hidden, s.q_heads * s.head_dim, s.kv_heads * s.head_dim, s.ffn[layer]
@@ -503,6 +537,22 @@ def _optional(s: TextShape, layer: int) -> tuple[str, ...]:
 
 def _layer_kind(s: TextShape, layer: int) -> tuple[str, bool, float]:
     return s.layer_types[layer], layer >= s.first_shared, float(s.sparsity[layer])
+
+
+def _check_full_norm(s: TextShape, kept: list[int], widths: list[int]) -> None:
+    """norm_semantics "full" is exact for gemma3n unless a budget narrows a sparse layer: no norm runs over the FFN
+    channels (nothing to fold), but activation sparsity's cutoff takes statistics over them, which no weight folds."""
+    sparse = [(layer, width) for layer, width in zip(kept, widths, strict=True)
+              if width != s.ffn[layer] and s.sparsity[layer] > 0]
+    if sparse:
+        cuts = ", ".join(f"{layer} ({width} of {s.ffn[layer]})" for layer, width in sparse[:4])
+        more = f" and {len(sparse) - 4} more" if len(sparse) > 4 else ""
+        raise InputError(
+            f"norm_semantics \"full\" cannot be sliced exactly for a budget that narrows the feed-forward channels of "
+            f"sparse layers {cuts}{more}: gemma3n has no norm over those channels to fold, but each such layer's "
+            "activation sparsity takes its gate cutoff (mean + std over all the parent's channels), which no weight "
+            "can fold; use an index with norm_semantics \"active\"."
+        )
 
 
 def _check_layers(budget: str, value: Any, parent_layers: int) -> list[int]:

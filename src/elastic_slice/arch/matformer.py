@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .arch.base import BoundArchitecture
-from .arch.gemma3n import BoundGemma3n
-from .errors import InputError
-from .nesting import MAX_BUDGETS, check_budget_name
+from ..errors import InputError
+from ..nesting import MAX_BUDGETS, check_budget_name
+from .base import BoundArchitecture
+from .gemma3n import BoundGemma3n
 
 NAME, LAYERS, FFN, SKIPPED = "name", "# Layers", "FFN Hidden Dims", "Layers Skipped"
 #: the largest table read (the published one is about 10 KiB)
@@ -33,7 +33,10 @@ MAX_BYTES = 1 << 20
 MAX_ENTRIES = 1024
 MAX_WIDTH = 1 << 24
 PARENT_ROW = "main model"
-_TERM = re.compile(r"\d{1,9}(?:_\d{1,9})*")
+#: one factor of a width: ASCII digits in groups joined by `_` (its digits are counted before int())
+_TERM = re.compile(r"[0-9]+(?:_[0-9]+)*")
+#: the most digits a factor may have (MAX_WIDTH has 8)
+MAX_DIGITS = 9
 _NOT_ALLOWED = re.compile(r"[^A-Za-z0-9._-]+")
 _NULLS = ("", "null", "none", "[]")
 
@@ -61,6 +64,8 @@ def budget_name(row_name: str) -> str:
 def read_table(path: Path) -> list[Row]:
     """The rows of a slicing-configs CSV file, each checked for shape (not yet against a parent)."""
     where = f"--from-matformer-csv {path}"
+    if path.is_dir():
+        raise InputError(f"{where} is a directory; give the slicing table's CSV file.")
     if not path.is_file():
         raise InputError(f"{where}: no such file.")
     if path.stat().st_size > MAX_BYTES:
@@ -74,6 +79,9 @@ def read_table(path: Path) -> list[Row]:
     missing = [c for c in (NAME, FFN, SKIPPED) if c not in columns]
     if missing:
         raise InputError(f"{where} has no column {missing[0]!r}; its columns are {columns}.")
+    repeated = next((c for c in columns if columns.count(c) > 1), None)
+    if repeated is not None:
+        raise InputError(f"{where} names column {repeated!r} twice in its header; each column must be named once.")
     reader.fieldnames = columns
     rows: list[Row] = []
     try:
@@ -131,7 +139,10 @@ def _width(item: str, where: str) -> int:
         term = term.strip()
         if _TERM.fullmatch(term) is None:
             raise InputError(f"{where}: {_shown(item)} is not an integer or a product like 2_048 * 4.")
-        value *= int(term.replace("_", ""))
+        digits = term.replace("_", "")
+        if len(digits.lstrip("0")) > MAX_DIGITS:
+            raise InputError(f"{where}: {_shown(item)} is larger than {MAX_WIDTH}.")
+        value *= int(digits)
         if value > MAX_WIDTH:
             raise InputError(f"{where}: {_shown(item)} is larger than {MAX_WIDTH}.")
     if value <= 0:

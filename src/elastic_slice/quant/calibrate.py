@@ -20,7 +20,7 @@ from ..quiet import quiet_transformers
 
 if TYPE_CHECKING:
     from ..arch import BoundArchitecture
-    from ..arch.base import RoutedExpert
+    from ..arch.base import LayerwiseCalibration, RoutedExpert
 
 DEFAULT = "default"
 MAX_TOKENS = 512
@@ -63,7 +63,7 @@ def calibrate(checkpoint: Checkpoint, arch: BoundArchitecture, texts: list[str],
               on_layer: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Input amax of every linear layer of the parent, keyed by checkpoint module name, from a run of `texts`
     through it one decoder layer at a time (`on_layer(done, total)` after each layer)."""
-    require_calibration(arch)
+    calibration = require_calibration(arch)
     try:
         import torch  # noqa: F401
         from transformers import AutoTokenizer
@@ -88,17 +88,18 @@ def calibrate(checkpoint: Checkpoint, arch: BoundArchitecture, texts: list[str],
         sequences = [ids for ids in sequences if ids.numel()]
         if not sequences:
             raise InputError("the calibration text gives no tokens; give a text file with words in it.")
-        arch.calibration.run(checkpoint, sequences, record, device, on_layer)
+        calibration.run(checkpoint, sequences, record, device, on_layer)
     return fill_unrouted_experts(amax, arch)
 
 
-def require_calibration(arch: BoundArchitecture) -> None:
-    """Refuse, before anything is read or announced, to calibrate a family that has no calibration yet."""
+def require_calibration(arch: BoundArchitecture) -> LayerwiseCalibration:
+    """The family's calibration; refused, before anything is read or announced, for a family without one yet."""
     if arch.calibration is None:
         raise InputError(
             f"elastic-slice cannot calibrate model_type {arch.model_type!r} yet; quantize it uncalibrated "
             "(--quant-format compressed-tensors without --calibration or --kv-cache) or slice it unquantized."
         )
+    return arch.calibration
 
 
 def announce(source: str, paragraphs: int, chosen_by_default: bool) -> None:

@@ -255,8 +255,8 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
     for name in nesting.budgets:
         try:
             plan = build_plan(ckpt, arch, resolve_budget(nesting, name, arch))
-        except ElasticSliceError as exc:
-            report.problems.append(str(exc))
+        except ElasticSliceError as exc:  # a BudgetError names its budget; any other error gets the name here
+            report.problems.append(str(exc) if isinstance(exc, BudgetError) else f"budget {name!r}: {exc}")
             continue
         report.budgets.append(
             BudgetReport(

@@ -16,7 +16,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -233,8 +232,11 @@ def _read_rows(files: ShardFiles, chunk: _Chunk, pieces: Ranges, raw: np.ndarray
         written += size
 
 
-def _process(files: ShardFiles, chunk: _Chunk, buffer: np.ndarray) -> list[tuple[int, TensorOp, np.ndarray]]:
-    """Read one chunk and cut it for each consumer, into `buffer` (`chunk.buffer_bytes` long)."""
+def _process(
+    files: ShardFiles, chunk: _Chunk, buffer: np.ndarray, loader: _TorchLoader | None
+) -> list[tuple[int, TensorOp, np.ndarray]]:
+    """Read one chunk and cut it for each consumer, into `buffer` (`chunk.buffer_bytes` long); the ops that change values
+    wait for `loader`."""
     info = chunk.info
     free = 0
 
@@ -256,6 +258,8 @@ def _process(files: ShardFiles, chunk: _Chunk, buffer: np.ndarray) -> list[tuple
     for index, op in chunk.consumers:
         pieces = _pieces(op.selection[0], chunk.start, chunk.stop) if info.shape else ()
         if rows is not None and changes_values(op, info):
+            assert loader is not None
+            loader.ready()
             from .transform import transformed  # torch, only for plans that need it
 
             whole = not info.shape or (chunk.start, chunk.stop) == (0, info.shape[0])
@@ -283,26 +287,47 @@ def _process(files: ShardFiles, chunk: _Chunk, buffer: np.ndarray) -> list[tuple
     return [result for group in results for result in group]
 
 
-@contextmanager
-def _torch_on_one_thread(checkpoint: Checkpoint, targets: list[Target], workers: int) -> Iterator[None]:
-    """While several reader threads transform chunks side by side, each torch op runs on its caller's thread.
+class _TorchLoader:
+    """Torch for the ops that change values, imported in the background (about 1 s of one core) while the first
+    chunks are read and cut, and set to run each op on its caller's thread while several readers transform chunks
+    side by side: torch's own threads (OpenMP) would only compete with the readers, hashing and writing for the
+    cores (on 2 shared cores one NVFP4 expert took 25-420 ms with 2 torch threads, 10.5 ms with 1). The thread
+    count is restored by `close`."""
 
-    Torch's own worker threads (OpenMP) then only compete with the readers, hashing and writing for the cores; on 2
-    shared cores, one NVFP4 expert took 25-420 ms with 2 torch threads against 10.5 ms with 1. Torch is imported
-    only for plans that change values."""
-    if workers < 2 or not any(
-        changes_values(op, checkpoint.tensors[op.source]) for target in targets for op in target.plan.ops
-    ):
-        yield
-        return
-    import torch
+    def __init__(self, one_thread: bool) -> None:
+        self._saved: int | None = None
+        self._error: BaseException | None = None
+        self._loader = threading.Thread(target=self._load, args=(one_thread,), name="elastic-slice-torch")
+        self._loader.start()
 
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
+    def _load(self, one_thread: bool) -> None:
+        try:
+            import torch
+
+            from . import transform  # noqa: F401  (its imports: the quantization kernels)
+        except BaseException as exc:  # raised by `ready`, in the thread that needs torch
+            self._error = exc
+            return
+        if one_thread:
+            self._saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+
+    def ready(self) -> None:
+        """Wait until torch is loaded and set."""
+        self._loader.join()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        self._loader.join()
+        if self._saved is not None:
+            import torch
+
+            torch.set_num_threads(self._saved)
+
+
+def _needs_torch(checkpoint: Checkpoint, targets: list[Target]) -> bool:
+    return any(changes_values(op, checkpoint.tensors[op.source]) for target in targets for op in target.plan.ops)
 
 
 def execute(
@@ -317,11 +342,8 @@ def execute(
     buffers = _BufferPool(chunk_bytes)
     pending: deque[tuple[int, np.ndarray, Future[list[tuple[int, TensorOp, np.ndarray]]]]] = deque()
     pending_bytes = 0
-    with (
-        ShardFiles(checkpoint) as files,
-        _torch_on_one_thread(checkpoint, targets, workers),
-        ThreadPoolExecutor(max(1, workers), "elastic-slice-read") as pool,
-    ):
+    loader = _TorchLoader(one_thread=workers > 1) if _needs_torch(checkpoint, targets) else None
+    with ShardFiles(checkpoint) as files, ThreadPoolExecutor(max(1, workers), "elastic-slice-read") as pool:
 
         def drain_one() -> None:
             nonlocal pending_bytes
@@ -339,12 +361,14 @@ def execute(
                 while pending and (pending_bytes + cost > inflight_bytes or len(pending) > 2 * workers):
                     drain_one()
                 buffer = buffers.take(cost)
-                pending.append((cost, buffer, pool.submit(_process, files, chunk, buffer)))
+                pending.append((cost, buffer, pool.submit(_process, files, chunk, buffer, loader)))
                 pending_bytes += cost
             while pending:
                 drain_one()
         finally:
             for _, _, future in pending:
                 future.cancel()
+            if loader is not None:
+                loader.close()
     for target in targets:
         target.writer.close()

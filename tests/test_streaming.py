@@ -178,9 +178,9 @@ def test_many_budgets_share_bounded_blocks_buffers_and_threads(
     chunk_bytes, buffers, threads = 32 * 1024, [], []
     real_process, real_write = execute_module._process, ShardWriter.write
 
-    def process(files: Any, chunk: Any, buffer: Any) -> Any:
+    def process(files: Any, chunk: Any, buffer: Any, *rest: Any) -> Any:
         buffers.append((chunk.buffer_bytes, chunk.stop - chunk.start))
-        return real_process(files, chunk, buffer)
+        return real_process(files, chunk, buffer, *rest)
 
     def write(self: ShardWriter, op: Any, data: Any) -> None:
         threads.append(len(_run_threads()))

@@ -216,7 +216,7 @@ def _cut_in_pieces(files: ShardFiles, chunk: _Chunk, cuts: list[tuple[TensorOp, 
         if not any(pieces):
             continue
         raw = _scratch_buffer((last - first) * chunk.row_bytes)
-        files.read_into(info, first * chunk.row_bytes, memoryview(raw))
+        files.read_into(info, first * chunk.row_bytes, raw.data)
         rows = _as_rows(raw, info, last - first)
         for k, ((op, dest), here) in enumerate(zip(cuts, pieces, strict=True)):
             count = sum(b - a for a, b in here)
@@ -229,7 +229,7 @@ def _read_rows(files: ShardFiles, chunk: _Chunk, pieces: Ranges, raw: np.ndarray
     written = 0
     for a, b in pieces:
         size = (b - a) * chunk.row_bytes
-        files.read_into(chunk.info, (chunk.start + a) * chunk.row_bytes, memoryview(raw[written : written + size]))
+        files.read_into(chunk.info, (chunk.start + a) * chunk.row_bytes, raw[written : written + size].data)
         written += size
 
 
@@ -249,7 +249,7 @@ def _process(
     rows = None
     if chunk.reads_whole:
         raw = carve(chunk.nbytes)
-        files.read_into(info, chunk.start * chunk.row_bytes, memoryview(raw))
+        files.read_into(info, chunk.start * chunk.row_bytes, raw.data)
         rows = _as_rows(raw, info, chunk.stop - chunk.start)
     else:
         files.prefetch(info, chunk.start * chunk.row_bytes, chunk.nbytes)  # a cold cache: the pieces' reads overlap

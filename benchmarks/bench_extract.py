@@ -67,7 +67,7 @@ def paired_runs(extract_run, copy_run, warm_paths: list[Path]) -> dict[str, obje
         extracts.append(extract_run())
         prepare(warm_paths)
         copies.append(copy_run())
-    ratios = sorted(e["seconds"] / c["seconds"] for e, c in zip(extracts, copies))
+    ratios = sorted(e["seconds"] / c["seconds"] for e, c in zip(extracts, copies, strict=True))
     return {
         "extract": _median(extracts),
         "cp": _median(copies),
@@ -91,14 +91,18 @@ def drop_caches(folder: Path) -> str:
 
 
 def timed(command: list[str]) -> dict[str, float]:
-    """Wall seconds and peak RSS (GB) of a command, from /usr/bin/time -v."""
+    """Wall seconds, CPU seconds (user + system) and peak RSS (GB) of a command, from /usr/bin/time -v, and the
+    machine's 1-minute load average when it started (other jobs share the cores)."""
+    load = os.getloadavg()[0]
     started = time.perf_counter()
     result = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"{command} failed:\n{result.stderr[-3000:]}")
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
-    return {"seconds": round(seconds, 3), "peak_rss_gb": round(rss_kb / 2**20, 3)}
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", result.stderr).group(1)) for kind in ("User", "System"))
+    return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3), "peak_rss_gb": round(rss_kb / 2**20, 3),
+            "load": round(load, 2)}
 
 
 def folder_bytes(folder: Path) -> int:

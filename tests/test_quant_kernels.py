@@ -32,9 +32,18 @@ def _tensors() -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.fixture(params=["one chunk", "small chunks"])
+def chunks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels' default chunks, or chunks of 5 blocks (80 values) so that every test tensor spans many chunks
+    and ends in a partial one."""
+    if request.param == "small chunks":
+        monkeypatch.setattr(nvfp4, "CHUNK_BLOCKS", 5)
+        monkeypatch.setattr(fp8, "CHUNK_ELEMENTS", 80)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("name", list(_tensors()))
-def test_nvfp4_matches_compressed_tensors(name: str, dtype: torch.dtype) -> None:
+def test_nvfp4_matches_compressed_tensors(name: str, dtype: torch.dtype, chunks: None) -> None:
     weight = _tensors()[name].to(dtype)
     ours_g = nvfp4.global_scale(weight)
     ct_g = generate_gparam(weight.float().amin(), weight.float().amax())
@@ -50,7 +59,7 @@ def test_nvfp4_matches_compressed_tensors(name: str, dtype: torch.dtype) -> None
 
 
 @pytest.mark.parametrize("name", list(_tensors()))
-def test_fp8_matches_compressed_tensors(name: str) -> None:
+def test_fp8_matches_compressed_tensors(name: str, chunks: None) -> None:
     weight = _tensors()[name].to(torch.bfloat16)
     ct_scale, _ = calculate_qparams(weight.float().amin().reshape(1), weight.float().amax().reshape(1), FP8_ARGS)
     ours_scale = fp8.tensor_scale(weight)
@@ -102,3 +111,43 @@ def test_nvfp4_code_table_equals_rounding_by_definition() -> None:
     values = torch.cat([random_bits.view(torch.float32), around, -around, torch.tensor([float("inf"), -float("inf")])])
     numbers = ~values.isnan()
     assert torch.equal(nvfp4.e2m1_codes(values)[numbers], nvfp4._rounded_codes(values)[numbers])
+
+
+def test_column_cut_views_quantize_like_their_copies(chunks: None) -> None:
+    """A slice's columns (a strided view, as a budget's cut gives) quantize exactly as the same values copied."""
+    weight = _tensors()["random"].to(torch.bfloat16)
+    view = weight[:, 16:80]
+    assert not view.is_contiguous()
+    copy = view.contiguous()
+    g = nvfp4.global_scale(weight)
+    assert torch.equal(nvfp4.block_scales(view, g).view(torch.uint8), nvfp4.block_scales(copy, g).view(torch.uint8))
+    scales = nvfp4.block_scales(copy, g)
+    assert torch.equal(nvfp4.quantize(view, scales, g), nvfp4.quantize(copy, scales, g))
+    scale = fp8.tensor_scale(weight)
+    assert torch.equal(fp8.quantize(view, scale).view(torch.uint8), fp8.quantize(copy, scale).view(torch.uint8))
+
+
+def _defined_block_scales(weight: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Block scales as first written (before the bit-pattern block amax): aminmax per block, then E4M3 and the
+    zero-block scale 0.125."""
+    rows, cols = weight.shape
+    low, high = torch.aminmax(weight.reshape(rows, cols // 16, 16), dim=-1)
+    scales = (g * (torch.maximum(low.neg(), high).float() / 6)).clamp(-448, 448).to(torch.float8_e4m3fn).float()
+    return torch.where(scales == 0, torch.tensor(0.125), scales).to(torch.float8_e4m3fn)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_block_scales_of_non_finite_blocks_are_unchanged(dtype: torch.dtype) -> None:
+    """inf, -inf, NaN and -NaN in a block give the same scale bytes as the aminmax definition (a NaN block scale
+    stays NaN), and quantizing with them gives the same bytes as before (codes by the same table)."""
+    weight = _tensors()["random"].clone()
+    weight[0, 3], weight[1, 20], weight[2, 40], weight[3, 60] = float("inf"), -float("inf"), float("nan"), 1.0
+    weight[4, 70] = -float("nan")
+    weight = weight.to(dtype)
+    g = torch.tensor([2.0])
+    ours = nvfp4.block_scales(weight, g)
+    assert torch.equal(ours.view(torch.uint8) & 0x7F, _defined_block_scales(weight, g).view(torch.uint8) & 0x7F)
+    steps = (ours.float() / g).repeat_interleave(16, dim=1)
+    expected = nvfp4.pack(nvfp4._rounded_codes(weight.float() / steps))
+    finite = ~(weight.float() / steps).isnan().reshape(64, 64, 2).any(-1)
+    assert torch.equal(nvfp4.quantize(weight, ours, g)[finite], expected[finite])

@@ -178,9 +178,9 @@ def test_many_budgets_share_bounded_blocks_buffers_and_threads(
     chunk_bytes, buffers, threads = 32 * 1024, [], []
     real_process, real_write = execute_module._process, ShardWriter.write
 
-    def process(files: Any, chunk: Any, buffer: Any) -> Any:
+    def process(files: Any, chunk: Any, buffer: Any, *rest: Any) -> Any:
         buffers.append((chunk.buffer_bytes, chunk.stop - chunk.start))
-        return real_process(files, chunk, buffer)
+        return real_process(files, chunk, buffer, *rest)
 
     def write(self: ShardWriter, op: Any, data: Any) -> None:
         threads.append(len(_run_threads()))
@@ -222,3 +222,16 @@ def test_interrupt_mid_write_releases_the_run(
     with pytest.raises(KeyboardInterrupt):
         api.extract_many(tiny_parent, ["30B", "23B", "12B"], tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == [] and _run_threads() == []  # no budget, no staging folder
+
+
+def test_quantizing_run_restores_torch_threads_and_the_collector(tiny_parent: Path, tmp_path: Path) -> None:
+    """A quantizing run sets torch to one thread and freezes the collector while it runs; both are as before after
+    it, and no reader or loader thread is left."""
+    import gc
+
+    import torch
+
+    threads = torch.get_num_threads()
+    api.extract(tiny_parent, "12B", tmp_path / "q", quantize=api.QuantOptions("nvfp4", "compressed-tensors"))
+    assert torch.get_num_threads() == threads and gc.get_freeze_count() == 0
+    assert not [t for t in threading.enumerate() if t.name.startswith("elastic-slice")]

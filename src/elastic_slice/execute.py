@@ -10,6 +10,7 @@ plans (budgets) of one parent share every read.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import threading
@@ -55,7 +56,7 @@ def changes_values(op: TensorOp, info: TensorInfo) -> bool:
 
 
 def _cuts_rows_only(op: TensorOp, info: TensorInfo) -> bool:
-    return all(r == ((0, size),) for r, size in zip(op.selection[1:], info.shape[1:]))
+    return all(r == ((0, size),) for r, size in zip(op.selection[1:], info.shape[1:], strict=True))
 
 
 def _kept_row_bytes(op: TensorOp, info: TensorInfo) -> int:
@@ -215,9 +216,9 @@ def _cut_in_pieces(files: ShardFiles, chunk: _Chunk, cuts: list[tuple[TensorOp, 
         if not any(pieces):
             continue
         raw = _scratch_buffer((last - first) * chunk.row_bytes)
-        files.read_into(info, first * chunk.row_bytes, memoryview(raw))
+        files.read_into(info, first * chunk.row_bytes, raw.data)
         rows = _as_rows(raw, info, last - first)
-        for k, ((op, dest), here) in enumerate(zip(cuts, pieces)):
+        for k, ((op, dest), here) in enumerate(zip(cuts, pieces, strict=True)):
             count = sum(b - a for a, b in here)
             _cut_into(rows, (here, *op.selection[1:]), dest[filled[k] : filled[k] + count])
             filled[k] += count
@@ -228,12 +229,15 @@ def _read_rows(files: ShardFiles, chunk: _Chunk, pieces: Ranges, raw: np.ndarray
     written = 0
     for a, b in pieces:
         size = (b - a) * chunk.row_bytes
-        files.read_into(chunk.info, (chunk.start + a) * chunk.row_bytes, memoryview(raw[written : written + size]))
+        files.read_into(chunk.info, (chunk.start + a) * chunk.row_bytes, raw[written : written + size].data)
         written += size
 
 
-def _process(files: ShardFiles, chunk: _Chunk, buffer: np.ndarray) -> list[tuple[int, TensorOp, np.ndarray]]:
-    """Read one chunk and cut it for each consumer, into `buffer` (`chunk.buffer_bytes` long)."""
+def _process(
+    files: ShardFiles, chunk: _Chunk, buffer: np.ndarray, loader: _TorchLoader | None
+) -> list[tuple[int, TensorOp, np.ndarray]]:
+    """Read one chunk and cut it for each consumer, into `buffer` (`chunk.buffer_bytes` long); the ops that change values
+    wait for `loader`."""
     info = chunk.info
     free = 0
 
@@ -245,7 +249,7 @@ def _process(files: ShardFiles, chunk: _Chunk, buffer: np.ndarray) -> list[tuple
     rows = None
     if chunk.reads_whole:
         raw = carve(chunk.nbytes)
-        files.read_into(info, chunk.start * chunk.row_bytes, memoryview(raw))
+        files.read_into(info, chunk.start * chunk.row_bytes, raw.data)
         rows = _as_rows(raw, info, chunk.stop - chunk.start)
     else:
         files.prefetch(info, chunk.start * chunk.row_bytes, chunk.nbytes)  # a cold cache: the pieces' reads overlap
@@ -255,6 +259,8 @@ def _process(files: ShardFiles, chunk: _Chunk, buffer: np.ndarray) -> list[tuple
     for index, op in chunk.consumers:
         pieces = _pieces(op.selection[0], chunk.start, chunk.stop) if info.shape else ()
         if rows is not None and changes_values(op, info):
+            assert loader is not None
+            loader.ready()
             from .transform import transformed  # torch, only for plans that need it
 
             whole = not info.shape or (chunk.start, chunk.stop) == (0, info.shape[0])
@@ -282,6 +288,57 @@ def _process(files: ShardFiles, chunk: _Chunk, buffer: np.ndarray) -> list[tuple
     return [result for group in results for result in group]
 
 
+class _TorchLoader:
+    """Torch for the ops that change values, imported in the background (about 1 s of one core) while the first
+    chunks are read and cut, and set to run each op on its caller's thread while several readers transform chunks
+    side by side: torch's own threads (OpenMP) would only compete with the readers, hashing and writing for the
+    cores (on 2 shared cores one NVFP4 expert took 25-420 ms with 2 torch threads, 10.5 ms with 1). The objects
+    existing once torch is imported are frozen for the garbage collector (`gc.freeze`) until the run ends: every
+    tensor made while quantizing triggers collections, and full ones otherwise walk all of torch's objects (6% of
+    `extract --quantize fp8`'s CPU samples under perf; frozen, 0.3-0.4 s less CPU in 3 of 3 paired runs). `close`
+    restores the thread count and unfreezes."""
+
+    def __init__(self, one_thread: bool) -> None:
+        self._saved: int | None = None
+        self._frozen = False
+        self._error: BaseException | None = None
+        self._loader = threading.Thread(target=self._load, args=(one_thread,), name="elastic-slice-torch")
+        self._loader.start()
+
+    def _load(self, one_thread: bool) -> None:
+        try:
+            import torch
+
+            from . import transform  # noqa: F401  (its imports: the quantization kernels)
+        except BaseException as exc:  # raised by `ready`, in the thread that needs torch
+            self._error = exc
+            return
+        gc.freeze()
+        self._frozen = True
+        if one_thread:
+            self._saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+
+    def ready(self) -> None:
+        """Wait until torch is loaded and set."""
+        self._loader.join()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        self._loader.join()
+        if self._frozen:
+            gc.unfreeze()
+        if self._saved is not None:
+            import torch
+
+            torch.set_num_threads(self._saved)
+
+
+def _needs_torch(checkpoint: Checkpoint, targets: list[Target]) -> bool:
+    return any(changes_values(op, checkpoint.tensors[op.source]) for target in targets for op in target.plan.ops)
+
+
 def execute(
     checkpoint: Checkpoint,
     targets: list[Target],
@@ -294,6 +351,7 @@ def execute(
     buffers = _BufferPool(chunk_bytes)
     pending: deque[tuple[int, np.ndarray, Future[list[tuple[int, TensorOp, np.ndarray]]]]] = deque()
     pending_bytes = 0
+    loader = _TorchLoader(one_thread=workers > 1) if _needs_torch(checkpoint, targets) else None
     with ShardFiles(checkpoint) as files, ThreadPoolExecutor(max(1, workers), "elastic-slice-read") as pool:
 
         def drain_one() -> None:
@@ -312,12 +370,14 @@ def execute(
                 while pending and (pending_bytes + cost > inflight_bytes or len(pending) > 2 * workers):
                     drain_one()
                 buffer = buffers.take(cost)
-                pending.append((cost, buffer, pool.submit(_process, files, chunk, buffer)))
+                pending.append((cost, buffer, pool.submit(_process, files, chunk, buffer, loader)))
                 pending_bytes += cost
             while pending:
                 drain_one()
         finally:
             for _, _, future in pending:
                 future.cancel()
+            if loader is not None:
+                loader.close()
     for target in targets:
         target.writer.close()

@@ -181,7 +181,8 @@ def main(quick: bool = False) -> None:
         entry["out_bytes"] = out_bytes
         source = make_copy_source(out_bytes, sorted(parent.glob("*.safetensors"))[0])
         for mode, warm_paths in (("cold", []), ("warm", [parent, source])):
-            paired = paired_runs(lambda: extract(parent, out, "12B"), lambda: copy(source), warm_paths)
+            paired = paired_runs(lambda parent=parent, out=out: extract(parent, out, "12B"),
+                                 lambda source=source: copy(source), warm_paths)
             paired["extract"]["gb_per_s"] = round(out_bytes / paired["extract"]["seconds"] / 1e9, 3)
             entry[f"extract_12B_{mode}"] = paired["extract"]
             entry[f"cp_{mode}"] = paired["cp"]

@@ -494,21 +494,22 @@ def extract_many(
             _check_space(ckpt, plans, Path(out), index_json)
         parent_files = describe_parent_files(ckpt)
         started = time.perf_counter()
-        targets = [Target(plan, ShardWriter(staging, plan, pool)) for plan, staging in zip(plans, stagings, strict=True)]
+        writers = [ShardWriter(staging, plan, pool) for plan, staging in zip(plans, stagings, strict=True)]
         try:
-            execute(ckpt, targets, workers=workers, on_bytes=on_bytes)
+            execute(ckpt, [Target(plan, writer) for plan, writer in zip(plans, writers, strict=True)],
+                    workers=workers, on_bytes=on_bytes)
             if keep_index and prepared.nesting is not None:
                 for staging in stagings:
                     write_json(staging / INDEX_FILE, prepared.nesting.to_json(), sort_keys=False)
             copied = [
-                _finish_folder(ckpt, arch, written, staging, command, parent_files, options)
-                for written, staging in zip(targets, stagings, strict=True)
+                _finish_folder(ckpt, arch, plan, writer, staging, command, parent_files, options)
+                for plan, writer, staging in zip(plans, writers, stagings, strict=True)
             ]
         except OSError as exc:
             raise RunFailure(f"writing the output failed: {exc.strerror or exc} ({exc.filename or 'output'}).") from exc
         finally:
-            for written in targets:
-                written.writer.abort()
+            for writer in writers:
+                writer.abort()
     seconds = time.perf_counter() - started
     total = sum(plan.out_bytes for plan in plans)
     urls = [
@@ -568,14 +569,14 @@ def _push_targets(push_to_hub: str | None, plans: list[Plan]) -> list[str | None
 def _finish_folder(
     ckpt: Checkpoint,
     arch: BoundArchitecture,
-    target: Target,
+    plan: Plan,
+    writer: ShardWriter,
     staging: Path,
     command: str | None,
     parent_files: dict[str, Any],
     options: dict[str, Any],
 ) -> list[str]:
     """Everything but the shards: weights index, config, companion files, model card, manifest (last)."""
-    plan = target.plan
     write_weights_index(staging, plan)
     write_json(staging / "config.json", plan.child_config)
     for name, content in plan.extra_files.items():
@@ -586,7 +587,7 @@ def _finish_folder(
                       ckpt.hub.repo_id if ckpt.hub else None)
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
     shown = public_command(command, _public_parent(ckpt)) if command else None
-    write_manifest(staging, plan, target.writer.sha256, parent_files, options, shown, _version())
+    write_manifest(staging, plan, writer.sha256, parent_files, options, shown, _version())
     return copied
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,7 +28,6 @@ from .dtypes import itemsize
 from .plan import Plan, TensorOp
 from .safetensors_header import TensorInfo
 from .selection import Ranges
-from .writer import ShardWriter
 
 #: a chunk's buffer and the buffers in flight: each buffer is first touched once (page faults and zeroing, 8-18% of a
 #: run's samples under perf with 64 MiB chunks and 256 MiB in flight); 16/64 MiB ran as fast or faster, warm and cold
@@ -40,12 +39,20 @@ PIECE_BYTES = 256 * 1024
 _ELEMENT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
+class TensorSink(Protocol):
+    """Where a target's tensors go, in plan order: a shard writer, or verify's comparing and bounding writers."""
+
+    def write(self, op: TensorOp, data: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Target:
     """One budget being written: its plan and the writer of its folder."""
 
     plan: Plan
-    writer: ShardWriter
+    writer: TensorSink
 
 
 def changes_values(op: TensorOp, info: TensorInfo) -> bool:

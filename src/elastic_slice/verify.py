@@ -165,7 +165,7 @@ def check_against_parent(
         bounds = BoundWriter(child, files, quantization) if dense_plan is not None and quantization else None
         if bounds is not None and dense_plan is not None:
             targets.append(Target(dense_plan, bounds))
-        execute(parent, targets)  # type: ignore[arg-type]
+        execute(parent, targets)
         bad_scales = bad_calibrated_scales(unplanned, files)
     for name in sorted(writer.mismatched):
         report.problems.append(f"tensor {name!r} differs from the parent's slice for budget {plan.budget.name!r}.")

@@ -92,6 +92,7 @@ def _edit_config_and_manifest(folder: Path, edit: Any) -> None:
     ("layer_norm_epsilon", 0.5),  # no tensor shows it
     ("mtp_layers_block_type", None),  # removed field
     ("num_experts_per_tok", 3),
+    ("mamba_dt_min", 50.0),  # a legacy alias transformers maps onto time_step_min: an added key
 ])
 def test_config_field_no_tensor_shows_is_checked_against_the_parent(
     child: Path, tiny_parent: Path, field: str, value: Any

@@ -162,3 +162,27 @@ def test_d_wrong_parent_is_one_sentence(quantized_parent: dict[str, Path], tiny_
     result = run_cli("verify", quantized_parent["child"], "--parent", tiny_parent)
     assert result.code == 2 and "cut from a quantized parent" in result.stderr + result.stdout
     assert "problem" not in result.stdout
+
+
+# ----- the quantization declaration against the budget's re-plan ---------------------------------------------------
+def test_a_changed_weight_strategy_fails_verify_against_the_parent(
+    made: dict[str, Path], tiny_parent: Path, tmp_path: Path
+) -> None:
+    """A declaration edit that transformers then cannot load (per-channel scales declared, per-tensor stored) is
+    found by comparing the quantization config with the budget's re-plan, with the manifest rewritten to hide it."""
+    folder = tmp_path / "fp8-ct"
+    shutil.copytree(made["fp8-compressed-tensors"], folder)
+    _edit_config(folder, lambda q: q["config_groups"]["group_0"]["weights"].update(strategy="channel"))
+    report = api.verify(folder, parent=tiny_parent)
+    assert any(p.startswith("config.json field 'quantization_config.config_groups.group_0.weights.strategy' is")
+               for p in report.problems), report.problems
+
+
+def test_a_declared_kv_cache_without_scales_fails_verify(made: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "fp8-mo"
+    shutil.copytree(made["fp8-modelopt"], folder)
+    _edit_config(folder, lambda q: q.update(kv_cache_quant_algo="FP8"))
+    report = api.verify(folder)
+    assert any("declares an FP8 KV cache but no k_scale/v_scale tensor is stored" in p for p in report.problems), (
+        report.problems
+    )

@@ -643,7 +643,7 @@ def verify(
     ckpt = hub.fetch_all(prepared.checkpoint) if numerics else hub.fetch(
         prepared.checkpoint, _needed_files([plan], prepared.checkpoint))
     if child is not None:
-        check_config(child, plan, report)
+        check_config(child, plan, report, calibrated=quant is not None and quant.calibration_source() is not None)
         check_against_parent(child, plan, ckpt, report, dense)
         if numerics:
             check_numerics(child, ckpt, plan, report, device, tolerance)

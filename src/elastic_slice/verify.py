@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .arch import architecture_of
-from .checkpoint import Checkpoint, ShardFiles, open_checkpoint
+from .checkpoint import HF_QUANT_CONFIG, Checkpoint, ShardFiles, open_checkpoint
 from .dtypes import parse_user_dtype
 from .errors import ElasticSliceError, InputError
 from .execute import Target, execute
@@ -16,6 +16,7 @@ from .manifest import MANIFEST_FILE, read_manifest, sha256_file
 from .nesting import Budget
 from .plan import Plan, TensorOp, build_plan
 from .quant.declared import declaration_mismatches
+from .quant.formats import KV_SCALE
 from .quant.planning import parent_quantization
 from .quant.schemes import SCHEMES
 from .quiet import quiet_transformers
@@ -101,6 +102,13 @@ def check_declaration(child: Checkpoint, report: VerifyReport) -> None:
         return
     entries = quantization.fmt.declared_exclusions(child.config, child.hf_quant_config())
     report.problems += declaration_mismatches(arch, child.tensors, quantization, entries)
+    declared_kv = _declares_kv_cache(child.config.get("quantization_config"), child.hf_quant_config())
+    stored_kv = any(part.part == KV_SCALE for part in quantization.stored.values())
+    if declared_kv != stored_kv:
+        report.problems.append(
+            "the quantization config declares an FP8 KV cache but no k_scale/v_scale tensor is stored." if declared_kv
+            else "k_scale/v_scale tensors are stored but the quantization config declares no KV-cache quantization."
+        )
     report.passed(f"the quantization config's {len(entries)} exclusions agree with the stored tensors", before)
 
 
@@ -127,6 +135,13 @@ class _ComparingWriter:
 
     def abort(self) -> None:
         pass
+
+
+def _declares_kv_cache(quantization_config: Any, hf_quant_config: dict[str, Any] | None) -> bool:
+    """Whether config.json's quantization_config or hf_quant_config.json declares a quantized KV cache."""
+    blocks = [quantization_config, (hf_quant_config or {}).get("quantization")]
+    return any(isinstance(block, dict) and bool(block.get("kv_cache_scheme") or block.get("kv_cache_quant_algo"))
+               for block in blocks)
 
 
 def check_against_parent(
@@ -188,31 +203,41 @@ def check_against_parent(
         )
 
 
-#: config.json fields the budget's plan does not decide: the quantization declaration (checked against the stored
-#: tensors by check_declaration; calibrated outputs declare static scales the re-plan leaves out)
-_CONFIG_NOT_PLANNED = frozenset({"quantization_config"})
+#: quantization-declaration keys a re-plan cannot reproduce for an output calibrated during extract (the re-plan
+#: runs no calibration): static activation and KV-cache declarations, checked against the stored scales instead
+_CALIBRATED_KEYS = frozenset({"input_activations", "kv_cache_scheme", "kv_cache_quant_algo"})
+#: keys naming the writing tool's version, not the model
+_TOOL_KEYS = frozenset({"written_by", "version"})
 
 
-def check_config(child: Checkpoint, plan: Plan, report: VerifyReport) -> None:
-    """The child's config.json holds every field the budget's plan gives it, with the planned value: fields that no
-    tensor shows (layer kinds, activation sparsity, KV sharing) are checked here, not by the tensor comparison."""
+def check_config(child: Checkpoint, plan: Plan, report: VerifyReport, calibrated: bool) -> None:
+    """The child's config.json (and hf_quant_config.json) equal the budget's planned ones, key for key, both ways:
+    fields no tensor shows (layer kinds, activation sparsity, KV sharing, legacy aliases such as `mamba_dt_min`) and
+    the quantization declaration are checked here; with `calibrated`, the keys in _CALIBRATED_KEYS are left to the
+    declaration check."""
     before = len(report.problems)
-    for path, found, expected in _config_differences(child.config, plan.child_config, ""):
-        report.problems.append(
-            f"config.json field {path!r} is {_short(found)}; budget {plan.budget.name!r} of the parent gives "
-            f"{_short(expected)}."
-        )
+    ignored = _TOOL_KEYS | (_CALIBRATED_KEYS if calibrated else frozenset())
+    documents = [("config.json", child.config, plan.child_config)]
+    planned_hf = plan.extra_files.get(HF_QUANT_CONFIG)
+    if planned_hf is not None or (child.root / HF_QUANT_CONFIG).is_file():
+        documents.append((HF_QUANT_CONFIG, child.hf_quant_config() or {}, planned_hf or {}))
+    for file, found, expected in documents:
+        for path, got, wanted in _config_differences(found, expected, "", ignored):
+            report.problems.append(
+                f"{file} field {path!r} is {_short(got)}; budget {plan.budget.name!r} of the parent gives "
+                f"{_short(wanted)}."
+            )
     report.passed(f"config.json against budget {plan.budget.name}'s config", before)
 
 
-def _config_differences(found: Any, expected: Any, path: str) -> list[tuple[str, Any, Any]]:
+def _config_differences(found: Any, expected: Any, path: str, ignored: frozenset[str]) -> list[tuple[str, Any, Any]]:
     if isinstance(expected, dict) and isinstance(found, dict):
         differences = []
-        for key, value in expected.items():
-            if path == "" and key in _CONFIG_NOT_PLANNED:
+        for key in [*expected, *(key for key in found if key not in expected)]:
+            if key in ignored:
                 continue
             here = f"{path}.{key}" if path else key
-            differences += _config_differences(found.get(key, _MISSING), value, here)
+            differences += _config_differences(found.get(key, _MISSING), expected.get(key, _MISSING), here, ignored)
         return differences
     return [] if found == expected and type(found) is type(expected) else [(path, found, expected)]
 

@@ -115,3 +115,30 @@ def test_numerics_draws_tokens_from_the_text_models_vocabulary() -> None:
     assert _vocab_size({"text_config": {"vocab_size": 262400}}) == 262400
     with pytest.raises(InputError, match="vocab_size"):
         _vocab_size({"text_config": {}})
+
+
+@pytest.mark.parametrize(("name", "change"), [
+    ("generation_config.json", lambda text: text.replace("}", ', "temperature": 9.0}', 1)),
+    ("chat_template.jinja", lambda text: text + "{{ 'injected' }}"),
+    ("tokenizer_config.json", None),  # removed
+])
+def test_files_copied_from_the_parent_are_compared_with_it(child: Path, tiny_parent: Path, name: str, change: Any) -> None:
+    """Tokenizer, chat template and generation config come from the parent: an edit hidden from the manifest (or a
+    removal) fails verify --parent."""
+    import hashlib
+
+    path = child / name
+    manifest_path = child / "elastic_slice_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    if change is None:
+        path.unlink()
+        del manifest["files"][name]
+    else:
+        path.write_text(change(path.read_text()))
+        data = path.read_bytes()
+        manifest["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest_path.write_text(json.dumps(manifest))
+    assert api.verify(child).ok
+    report = api.verify(child, parent=tiny_parent)
+    wanted = "is missing from the output" if change is None else "differs from the parent's"
+    assert any(p.startswith(f"{name!r} ") and wanted in p for p in report.problems), report.problems

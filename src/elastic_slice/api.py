@@ -40,6 +40,7 @@ from .untrusted_json import load_json_object
 from .verify import (
     VerifyReport,
     check_against_parent,
+    check_companions,
     check_config,
     check_files,
     check_numerics,
@@ -644,6 +645,7 @@ def verify(
         prepared.checkpoint, _needed_files([plan], prepared.checkpoint))
     if child is not None:
         check_config(child, plan, report, calibrated=quant is not None and quant.calibration_source() is not None)
+        check_companions(child, ckpt, report)
         check_against_parent(child, plan, ckpt, report, dense)
         if numerics:
             check_numerics(child, ckpt, plan, report, device, tolerance)

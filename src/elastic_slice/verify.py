@@ -20,7 +20,7 @@ from .quant.formats import KV_SCALE
 from .quant.planning import parent_quantization
 from .quant.schemes import SCHEMES
 from .quiet import quiet_transformers
-from .writer import ShardWriter, WritePool, write_json, write_weights_index
+from .writer import ShardWriter, WritePool, companion_files, write_json, write_weights_index
 
 
 @dataclass
@@ -135,6 +135,20 @@ class _ComparingWriter:
 
     def abort(self) -> None:
         pass
+
+
+def check_companions(child: Checkpoint, parent: Checkpoint, report: VerifyReport) -> None:
+    """The files extract copies from the parent (tokenizer, chat template, generation config, custom code) are in the
+    child byte for byte."""
+    before = len(report.problems)
+    copied = companion_files(parent)
+    for name, source in copied:
+        target = child.root / name
+        if not target.is_file():
+            report.problems.append(f"{name!r} of the parent is missing from the output.")
+        elif sha256_file(target) != sha256_file(source):
+            report.problems.append(f"{name!r} differs from the parent's {name!r}.")
+    report.passed(f"{len(copied)} files copied from the parent (tokenizer, templates, configs) byte for byte", before)
 
 
 def _declares_kv_cache(quantization_config: Any, hf_quant_config: dict[str, Any] | None) -> bool:

@@ -148,7 +148,7 @@ def check_companions(child: Checkpoint, parent: Checkpoint, report: VerifyReport
             report.problems.append(f"{name!r} of the parent is missing from the output.")
         elif sha256_file(target) != sha256_file(source):
             report.problems.append(f"{name!r} differs from the parent's {name!r}.")
-    report.passed(f"{len(copied)} files copied from the parent (tokenizer, templates, configs) byte for byte", before)
+    report.passed(f"{len(copied)} files copied from the parent (tokenizer, templates, configs) equal to its own", before)
 
 
 def _declares_kv_cache(quantization_config: Any, hf_quant_config: dict[str, Any] | None) -> bool:

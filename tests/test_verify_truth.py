@@ -97,7 +97,8 @@ def test_a_passing_verify_lists_every_check(quantized_parent: dict[str, Path]) -
     report = api.verify(quantized_parent["child"], parent=quantized_parent["parent"])
     assert report.ok, report.problems
     assert [c for c in report.checks if "against the manifest" in c or "byte for byte" in c or "exclusions" in c]
-    assert len(report.checks) == 5 and any("config.json against budget 12B" in c for c in report.checks)
+    assert len(report.checks) == 6 and any("config.json against budget 12B" in c for c in report.checks)
+    assert any("files copied from the parent" in c for c in report.checks)
 
 
 # ----- B: the declared quantization agrees with the stored tensors -------------------------------------------------

@@ -360,7 +360,7 @@ def check_numerics(
             try:
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
                 model = torch.nn.Module.to(model, torch.device(device)).eval()
-            except (OSError, ValueError, RuntimeError) as exc:
+            except (OSError, ValueError, RuntimeError, ImportError) as exc:  # ImportError: a tower needs timm, ...
                 report.problems.append(f"transformers could not load {folder} for --numerics ({exc}).")
                 return
             if sizes is not None:

@@ -142,3 +142,18 @@ def test_files_copied_from_the_parent_are_compared_with_it(child: Path, tiny_par
     report = api.verify(child, parent=tiny_parent)
     wanted = "is missing from the output" if change is None else "differs from the parent's"
     assert any(p.startswith(f"{name!r} ") and wanted in p for p in report.problems), report.problems
+
+
+@pytest.mark.slow
+def test_numerics_reports_a_model_transformers_cannot_import(
+    child: Path, tiny_parent: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A multimodal output whose towers need packages that are not installed (timm) is one problem, not a traceback."""
+    import transformers
+
+    def missing_package(*args: Any, **kwargs: Any) -> Any:
+        raise ImportError("this model requires the timm library")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", missing_package)
+    report = api.verify(child, parent=tiny_parent, numerics=True)
+    assert any("could not load" in p and "timm" in p for p in report.problems), report.problems

@@ -263,6 +263,14 @@ def test_multimodal_towers_are_copied_unchanged(parent: Path, tmp_path: Path) ->
         assert "model.language_model.layers.6.mlp.down_proj.weight" in names
         assert "model.language_model.layers.7.mlp.down_proj.weight" not in names
         assert after.get_tensor("model.language_model.layers.5.mlp.down_proj.weight").shape == (64, 64)
+    card = " ".join((out / "README.md").read_text().split())
+    assert "loading this layout in transformers was not checked" in card  # the tests load the text-only layout
+    from elastic_slice.api import QuantOptions
+
+    quantized = tmp_path / "fp8"
+    api.extract(source, "E2-skip", quantized, quantize=QuantOptions("fp8", "compressed-tensors"))
+    card = " ".join((quantized / "README.md").read_text().split())
+    assert "(checked on the text-only layout, not this one)" in card and "runs (checked)" not in card
 
 
 # ----- transformers: the child loads cleanly and equals the masked parent -----------------------------------------

@@ -585,7 +585,7 @@ def _finish_folder(
     copied = copy_companion_files(ckpt, staging)
     parent_name = ckpt.hub.repo_id if ckpt.hub else ckpt.config.get("_name_or_path") or ckpt.root.name
     card = model_card(plan, str(parent_name), arch.parent_sizes(), command, _version(),
-                      ckpt.hub.repo_id if ckpt.hub else None)
+                      ckpt.hub.repo_id if ckpt.hub else None, arch.loading_note())
     (staging / CARD_FILE).write_text(card, encoding="utf-8")
     shown = public_command(command, _public_parent(ckpt)) if command else None
     write_manifest(staging, plan, writer.sha256, parent_files, options, shown, _version())

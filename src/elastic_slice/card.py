@@ -163,7 +163,7 @@ def _transformers_loading(quant: QuantSummary) -> str:
     return f"reports {' and '.join(dropped)} as unexpected keys and does not load them; it loads every other weight"
 
 
-def _quantization_section(quant: QuantSummary, exclusions: list[str]) -> str:
+def _quantization_section(quant: QuantSummary, exclusions: list[str], loading_note: str) -> str:
     scheme, fmt = quant.scheme.name.upper(), quant.fmt.title
     lines = [f"- Weights: {scheme}, {fmt} format"]
     if quant.recipe is None:
@@ -181,7 +181,11 @@ def _quantization_section(quant: QuantSummary, exclusions: list[str]) -> str:
         lines.append(f"- Activation scales: calibrated on {quant.calibration}" if quant.calibration else
                      "- Activation scales: none (FP8 dynamic activations / NVFP4 weight-only)")
     lines.append(f"- KV cache: {'FP8, calibrated scales' if quant.kv_cache else 'not quantized'}")
-    table = "\n".join(f"| {engine} | {status} |" for engine, status in engine_rows(quant))
+    rows = engine_rows(quant)
+    if loading_note:  # what transformers does was checked on another layout only
+        rows = [(engine, status.replace("(checked)", "(checked on the text-only layout, not this one)"))
+                for engine, status in rows]
+    table = "\n".join(f"| {engine} | {status} |" for engine, status in rows)
     return "\n## Quantization\n\n" + "\n".join(lines) + f"\n\n| engine | status |\n| --- | --- |\n{table}\n"
 
 
@@ -206,7 +210,7 @@ def _changes(plan: Plan) -> str:
 
 def model_card(
     plan: Plan, parent_name: str, parent_sizes: Mapping[str, Any], command: str | None, version: str,
-    hub_repo: str | None = None,
+    hub_repo: str | None = None, loading_note: str = "",
 ) -> str:
     """Markdown with YAML front matter, deterministic for the same inputs; `hub_repo` is the parent's Hub repo id
     when it was read from the Hub (the only case that writes `base_model`)."""
@@ -227,7 +231,7 @@ def model_card(
     loads = (
         f"It is a standard `{model_type}` model: it loads with plain `transformers`, without custom code."
         if quant is None else "Which engines load it is in the Quantization section below."
-    )
+    ) + (f" {loading_note}" if loading_note else "")
     dtype = literal(config.get("torch_dtype") or config.get("dtype") or "as the parent")
     exclusions = quant.fmt.declared_exclusions(config, plan.extra_files.get(HF_QUANT_CONFIG)) if quant else []
     return f"""---
@@ -247,7 +251,7 @@ the checkpoint's nesting index with elastic-slice {version}. {_changes(plan)}
 | axis | parent | this model |
 | --- | --- | --- |
 {rows}
-{_quantization_section(quant, exclusions) if quant is not None else ''}
+{_quantization_section(quant, exclusions, loading_note) if quant is not None else ''}
 ## How it was made
 {how}
 """.rstrip() + "\n"

@@ -173,6 +173,11 @@ class BoundArchitecture(Protocol):
         """How model cards name that recipe and what it keeps ("" when there is none)."""
         ...
 
+    def loading_note(self) -> str:
+        """"" when the project's tests load this layout in transformers (the card may say so), else one sentence for
+        the card saying what loading it needs and that it was not checked."""
+        ...
+
     def interpolation_steps(self, low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, int]:
         """For any-size budgets: the step of every axis that differs between two resolved budgets (the sizes in
         between keep the structural rules); raises InputError when the family cannot interpolate."""

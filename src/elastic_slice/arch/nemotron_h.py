@@ -366,6 +366,9 @@ class BoundNemotronH:
         names += [f"backbone.layers.{layer}.mixer.conv1d" for layer, kind in enumerate(pattern) if kind == MAMBA]
         return names
 
+    def loading_note(self) -> str:
+        return ""
+
     def recipe_description(self) -> str:
         return ("NVIDIA's Nemotron 3 Nano NVFP4 recipe: lm_head, every attention q/k/v/o projection, the Mamba "
                 "in/out projections right before an attention layer, and conv1d")

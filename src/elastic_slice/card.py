@@ -239,8 +239,8 @@ def model_card(
 
 # {parent_name} — budget `{budget.name}`
 
-This model is the `{budget.name}` budget of the elastic checkpoint `{parent_name}`, cut out by prefix slicing along
-the checkpoint's nesting index with elastic-slice {version}. {_changes(plan)}
+This model is the `{budget.name}` budget of the elastic checkpoint `{parent_name}`, cut out by prefix slicing
+{"with sizes set on the command line" if budget.warning else "along the checkpoint's nesting index"}, by elastic-slice {version}. {_changes(plan)}
 {loads}
 
 - Parameters: {plan.params.total:,} total ({human_count(plan.params.total)}), {plan.params.active:,} active per token ({human_count(plan.params.active)})

@@ -6,6 +6,7 @@ belong to each architecture (`elastic_slice.arch`); this module owns everything 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,7 +222,7 @@ def custom_budget(
         _check_parent_budget(index, arch)
     requested.update(overrides)
     name = f"{base}-custom" if base is not None else "custom"
-    set_axes = ", ".join(f"{axis}={value}" for axis, value in overrides.items())
+    set_axes = ", ".join(f"{axis}={json.dumps(value)}" for axis, value in overrides.items())
     return Budget(
         name=name,
         sizes=arch.resolve(name, requested),

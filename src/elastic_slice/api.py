@@ -268,7 +268,7 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
                 bytes={
                     **footprint(
                         ((name, arch.module_kind(name), shape) for name, shape in plan.dense_shapes.items()),
-                        set(rename_modules(arch.recipe_exclusions(), list(plan.budget.sizes["layers"]))),
+                        _vendor_kept(arch, plan),
                     ),
                     "stored": plan.out_bytes,
                 },
@@ -277,6 +277,13 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
             )
         )
     return report
+
+
+def _vendor_kept(arch: BoundArchitecture, plan: Plan) -> set[str] | None:
+    """The child's modules the family's vendor recipe keeps unquantized (the recipe a plain --quantize uses), or
+    None where the family has no vendor recipe and the broad one applies."""
+    recipe = arch.recipe_exclusions()
+    return set(rename_modules(recipe, list(plan.budget.sizes["layers"]))) if recipe else None
 
 
 def _hub_report(ckpt: Checkpoint) -> HubReport | None:

@@ -479,6 +479,8 @@ def extract_many(
         if on_out is not None:
             on_out(out)
     outs = _destinations(Path(out), overwrite, nest, selected.checkpoint, [b.name for b in selected.budgets])
+    if quantize is not None and quantize.calibration_source() is not None:
+        _plan(selected, dtype, max_shard_size, quantize, calibrated=False)  # every plan-time refusal before calibrating
     prepared = _plan(selected, dtype, max_shard_size, quantize)
     ckpt, plans = prepared.checkpoint, prepared.plans
     repos = _push_targets(push_to_hub, plans)

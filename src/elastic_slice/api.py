@@ -30,7 +30,7 @@ from .nesting import (
     parse_index,
     resolve_budget,
 )
-from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
+from .plan import DEFAULT_MAX_SHARD_SIZE, PaddedQuantizeError, Plan, build_plan, parse_size
 from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
 from .quant.calibrate import announce, calibrate, calibration_texts, describe, require_calibration
 from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
@@ -690,7 +690,13 @@ def quantize(
     if out is not None:
         destination.check_folder(Path(out), overwrite, destination.parent_folders(checkpoint))
     # every budget must slice the quantized parent into whole NVFP4 blocks: plan them all before writing
-    checked = _prepare(checkpoint, [ALL_BUDGETS], index, None, max_shard_size, _without_calibration(options))
+    try:
+        checked = _prepare(checkpoint, [ALL_BUDGETS], index, None, max_shard_size, _without_calibration(options))
+    except PaddedQuantizeError as exc:
+        raise InputError(
+            f"budget {exc.budget!r} of the nesting index has per-layer sizes, which a quantized parent cannot be "
+            "sliced into in this version; give --index a nesting index without it to quantize the parent."
+        ) from exc
     assert checked.nesting is not None  # every budget of an index was asked for
     if out is None:
         out = defaults.output_folder(checked.checkpoint, options.scheme.lower())

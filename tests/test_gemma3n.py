@@ -209,6 +209,9 @@ def test_full_norm_refusal_names_the_budget_cut_and_the_reason(parent: Path, tmp
     assert "sparse layers 0 (64 of 128), 1 (64 of 128):" in output  # E2-skip (layer 2 skipped)
     assert "no norm over those channels to fold" in output and "correct_output_scale" not in output
     assert "budget 'E3-ffn': " in " ".join(output.split()) and "budget 'E2-skip': " in " ".join(output.split())
+    refused = run_cli("extract", str(full), "--size", "E3-ffn", "--out", str(tmp_path / "refused"))
+    assert refused.code == 2 and refused.stderr.startswith("error: budget 'E3-ffn': norm_semantics \"full\"")
+    assert not (tmp_path / "refused").exists()
     dense = run_cli("extract", str(full), "--size", "dense-only", "--out", str(tmp_path / "dense"))
     assert dense.code == 0, dense.stderr
 

@@ -255,8 +255,8 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
     for name in nesting.budgets:
         try:
             plan = build_plan(ckpt, arch, resolve_budget(nesting, name, arch))
-        except ElasticSliceError as exc:  # a BudgetError names its budget; any other error gets the name here
-            report.problems.append(str(exc) if isinstance(exc, BudgetError) else f"budget {name!r}: {exc}")
+        except ElasticSliceError as exc:
+            report.problems.append(_naming_budget(exc, name))
             continue
         report.budgets.append(
             BudgetReport(
@@ -277,6 +277,12 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
             )
         )
     return report
+
+
+def _naming_budget(exc: ElasticSliceError, budget: str) -> str:
+    """The error's sentence, prefixed with the budget's name where it does not name it already."""
+    text = str(exc)
+    return text if isinstance(exc, BudgetError) or f"budget {budget!r}" in text else f"budget {budget!r}: {text}"
 
 
 def _vendor_kept(arch: BoundArchitecture, plan: Plan) -> set[str] | None:
@@ -351,9 +357,15 @@ def _plan(
     if quantize is not None and calibrated and quantize.calibration_source() is not None:
         ckpt = hub.fetch_all(ckpt)  # calibration reads every layer of the parent
     request = quantize.request(ckpt, arch, calibrated) if quantize is not None else None
-    plans = [
-        build_plan(ckpt, arch, budget, out_dtype, shard_limit, request, _version()) for budget in selected.budgets
-    ]
+    plans = []
+    for budget in selected.budgets:
+        try:
+            plans.append(build_plan(ckpt, arch, budget, out_dtype, shard_limit, request, _version()))
+        except InputError as exc:
+            named = _naming_budget(exc, budget.name)
+            if named == str(exc):
+                raise
+            raise InputError(named) from exc
     return _Prepared(ckpt, selected.nesting, plans)
 
 

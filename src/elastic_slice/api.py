@@ -28,6 +28,7 @@ from .nesting import (
     check_budget_name,
     find_index,
     parse_index,
+    parse_set,
     resolve_budget,
 )
 from .plan import DEFAULT_MAX_SHARD_SIZE, PaddedQuantizeError, Plan, build_plan, parse_size
@@ -655,7 +656,9 @@ def verify(
     options = (manifest or {}).get("options", {})
     quant = _manifest_quantization(options.get("quantize"))
     shard_size = options.get("max_shard_size", "5GB")
-    selected = _select(parent, [budget], index)
+    overrides = _manifest_overrides(options.get("set")) if size is None else None
+    base = _custom_base(budget) if overrides else budget
+    selected = _select(parent, [base] if base is not None else [], index, overrides)
     if child is not None and quant is None:
         require_quantized_parent(child, selected.checkpoint)
     prepared = _plan(selected, options.get("dtype"), shard_size, quant, calibrated=False)
@@ -669,6 +672,43 @@ def verify(
         if numerics:
             check_numerics(child, ckpt, plan, report, device, tolerance)
     return report
+
+
+_BAD_SET = ("the manifest's options.set must map axis names to integers or lists of integers and nulls; verify "
+            "without --parent, or give --size NAME.")
+
+
+def _manifest_overrides(recorded: Any) -> dict[str, Any] | None:
+    """The --set sizes a manifest records (untrusted: checked, then parsed as the command line's --set is)."""
+    if recorded is None or recorded == {}:
+        return None
+    if not isinstance(recorded, dict) or not all(isinstance(axis, str) and axis.strip() for axis in recorded):
+        raise InputError(_BAD_SET)
+    return parse_set([f"{axis}={_set_value(value)}" for axis, value in recorded.items()])
+
+
+def _set_value(value: Any) -> str:
+    """A recorded --set value written as the command line takes it."""
+    def is_int(item: Any) -> bool:
+        return isinstance(item, int) and not isinstance(item, bool)
+
+    if is_int(value):
+        return str(value)
+    if isinstance(value, list) and all(item is None or is_int(item) for item in value):
+        return "[" + ",".join("null" if item is None else str(item) for item in value) + "]"
+    raise InputError(_BAD_SET)
+
+
+def _custom_base(budget: str) -> str | None:
+    """The index budget a `--set` output's budget (`NAME-custom`, or `custom` on top of the parent) started from."""
+    if budget == "custom":
+        return None
+    if budget.endswith("-custom") and len(budget) > len("-custom"):
+        return budget.removesuffix("-custom")
+    raise InputError(
+        f"the manifest records --set sizes but names budget {budget!r}, not NAME-custom or custom; verify without "
+        "--parent, or give --size NAME."
+    )
 
 
 def _manifest_quantization(recorded: Any) -> QuantOptions | None:

@@ -106,6 +106,11 @@ def test_bad_budgets_are_named(parent: Path, requested: dict[str, Any], message:
     ("activation_sparsity_pattern", [1.5] * 10, "'activation_sparsity_pattern' must hold numbers"),
     ("num_hidden_layers", 10**9, "at most 1024"),
     ("layer_types", ["full_attention"] * 6 + ["sliding_attention"] * 4, "no earlier layer of its type"),
+    ("altup_active_idx", 7, "'altup_active_idx' must be an integer from 0 to 3 (altup_num_inputs - 1), not 7"),
+    ("altup_active_idx", 4, "'altup_active_idx' must be an integer from 0 to 3"),
+    ("altup_active_idx", -1, "'altup_active_idx' must be an integer from 0 to 3"),
+    ("altup_active_idx", True, "'altup_active_idx' must be an integer from 0 to 3"),
+    ("altup_active_idx", "0", "'altup_active_idx' must be an integer from 0 to 3"),
 ])
 def test_bad_configs_name_the_field(parent: Path, field: str, value: Any, message: str) -> None:
     config = json.loads((parent / "config.json").read_text())
@@ -204,6 +209,9 @@ def test_full_norm_refusal_names_the_budget_cut_and_the_reason(parent: Path, tmp
     assert "sparse layers 0 (64 of 128), 1 (64 of 128):" in output  # E2-skip (layer 2 skipped)
     assert "no norm over those channels to fold" in output and "correct_output_scale" not in output
     assert "budget 'E3-ffn': " in " ".join(output.split()) and "budget 'E2-skip': " in " ".join(output.split())
+    refused = run_cli("extract", str(full), "--size", "E3-ffn", "--out", str(tmp_path / "refused"))
+    assert refused.code == 2 and refused.stderr.startswith("error: budget 'E3-ffn': norm_semantics \"full\"")
+    assert not (tmp_path / "refused").exists()
     dense = run_cli("extract", str(full), "--size", "dense-only", "--out", str(tmp_path / "dense"))
     assert dense.code == 0, dense.stderr
 
@@ -525,3 +533,14 @@ def test_card_and_inspect_describe_per_layer_widths_without_padding(parent: Path
     assert "zero-padded" not in card
     shown = run_cli("inspect", str(parent)).stdout
     assert "per layer 32-128" in " ".join(shown.split()) and "| 10 layers |" not in shown
+
+
+def test_extract_refuses_an_out_of_range_altup_active_idx(parent: Path, tmp_path: Path) -> None:
+    hostile = Path(shutil.copytree(parent, tmp_path / "hostile"))
+    config = json.loads((parent / "config.json").read_text())
+    config["altup_active_idx"] = 7
+    (hostile / "config.json").write_text(json.dumps(config))
+    result = run_cli("extract", str(hostile), "--set", "layers=0-9", "--out", str(tmp_path / "child"))
+    assert result.code == 2, result.stderr
+    assert "config.json field 'altup_active_idx' must be an integer from 0 to 3" in result.stderr
+    assert not (tmp_path / "child").exists()

@@ -77,6 +77,9 @@ def test_uniform_widths_are_one_integer_and_parent_added(tmp_path: Path) -> None
     # 9,001 digits in `_` groups: past Python's 4,300-digit int() limit, refused before int()
     ((f"A,,1,1%,{_dims('64', '1_' * 4500 + '1', '64')},null",), "is larger than"),
     ((f"A,,1,1%,{_dims('0' * 20 + '64', '64')},null",), "2 widths for 3 kept layers"),  # leading zeros fine
+    # 5,001 digits, all but one leading zeros: under the digit cap, and converted without int()'s limit
+    ((f"A,,1,1%,{_dims('0' * 5000 + '1', '128')},null",), "2 widths for 3 kept layers"),
+    ((f"A,,1,1%,{_dims('64', '0' * 5000, '64')},null",), "not a positive width"),
     ((f"A,,1,1%,{_dims('64', ARABIC_64, '64')},null",), "is not an integer"),  # Arabic-Indic digits
     ((f"A,,1,1%,{_dims(*['64'] * 1025)},null",), "the list has 1025 entries; at most 1024"),
     (("A,,1,1%,64,null",), "expected a list"),

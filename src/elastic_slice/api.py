@@ -28,9 +28,10 @@ from .nesting import (
     check_budget_name,
     find_index,
     parse_index,
+    parse_set,
     resolve_budget,
 )
-from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, build_plan, parse_size
+from .plan import DEFAULT_MAX_SHARD_SIZE, PaddedQuantizeError, Plan, build_plan, parse_size
 from .quant.calibrate import DEFAULT as DEFAULT_CALIBRATION
 from .quant.calibrate import announce, calibrate, calibration_texts, describe, require_calibration
 from .quant.formats import COMPRESSED_TENSORS, FORMATS, MODELOPT
@@ -256,8 +257,8 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
     for name in nesting.budgets:
         try:
             plan = build_plan(ckpt, arch, resolve_budget(nesting, name, arch))
-        except ElasticSliceError as exc:  # a BudgetError names its budget; any other error gets the name here
-            report.problems.append(str(exc) if isinstance(exc, BudgetError) else f"budget {name!r}: {exc}")
+        except ElasticSliceError as exc:
+            report.problems.append(_naming_budget(exc, name))
             continue
         report.budgets.append(
             BudgetReport(
@@ -269,7 +270,7 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
                 bytes={
                     **footprint(
                         ((name, arch.module_kind(name), shape) for name, shape in plan.dense_shapes.items()),
-                        set(rename_modules(arch.recipe_exclusions(), list(plan.budget.sizes["layers"]))),
+                        _vendor_kept(arch, plan),
                     ),
                     "stored": plan.out_bytes,
                 },
@@ -278,6 +279,19 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
             )
         )
     return report
+
+
+def _naming_budget(exc: ElasticSliceError, budget: str) -> str:
+    """The error's sentence, prefixed with the budget's name where it does not name it already."""
+    text = str(exc)
+    return text if isinstance(exc, BudgetError) or f"budget {budget!r}" in text else f"budget {budget!r}: {text}"
+
+
+def _vendor_kept(arch: BoundArchitecture, plan: Plan) -> set[str] | None:
+    """The child's modules the family's vendor recipe keeps unquantized (the recipe a plain --quantize uses), or
+    None where the family has no vendor recipe and the broad one applies."""
+    recipe = arch.recipe_exclusions()
+    return set(rename_modules(recipe, list(plan.budget.sizes["layers"]))) if recipe else None
 
 
 def _hub_report(ckpt: Checkpoint) -> HubReport | None:
@@ -345,9 +359,15 @@ def _plan(
     if quantize is not None and calibrated and quantize.calibration_source() is not None:
         ckpt = hub.fetch_all(ckpt)  # calibration reads every layer of the parent
     request = quantize.request(ckpt, arch, calibrated) if quantize is not None else None
-    plans = [
-        build_plan(ckpt, arch, budget, out_dtype, shard_limit, request, _version()) for budget in selected.budgets
-    ]
+    plans = []
+    for budget in selected.budgets:
+        try:
+            plans.append(build_plan(ckpt, arch, budget, out_dtype, shard_limit, request, _version()))
+        except InputError as exc:
+            named = _naming_budget(exc, budget.name)
+            if named == str(exc):
+                raise
+            raise InputError(named) from exc
     return _Prepared(ckpt, selected.nesting, plans)
 
 
@@ -473,6 +493,8 @@ def extract_many(
         if on_out is not None:
             on_out(out)
     outs = _destinations(Path(out), overwrite, nest, selected.checkpoint, [b.name for b in selected.budgets])
+    if quantize is not None and quantize.calibration_source() is not None:
+        _plan(selected, dtype, max_shard_size, quantize, calibrated=False)  # every plan-time refusal before calibrating
     prepared = _plan(selected, dtype, max_shard_size, quantize)
     ckpt, plans = prepared.checkpoint, prepared.plans
     repos = _push_targets(push_to_hub, plans)
@@ -635,7 +657,9 @@ def verify(
     options = (manifest or {}).get("options", {})
     quant = _manifest_quantization(options.get("quantize"))
     shard_size = options.get("max_shard_size", "5GB")
-    selected = _select(parent, [budget], index)
+    overrides = _manifest_overrides(options.get("set")) if size is None else None
+    base = _custom_base(budget) if overrides else budget
+    selected = _select(parent, [base] if base is not None else [], index, overrides)
     if child is not None and quant is None:
         require_quantized_parent(child, selected.checkpoint)
     prepared = _plan(selected, options.get("dtype"), shard_size, quant, calibrated=False)
@@ -650,6 +674,43 @@ def verify(
         if numerics:
             check_numerics(child, ckpt, plan, report, device, tolerance)
     return report
+
+
+_BAD_SET = ("the manifest's options.set must map axis names to integers or lists of integers and nulls; verify "
+            "without --parent, or give --size NAME.")
+
+
+def _manifest_overrides(recorded: Any) -> dict[str, Any] | None:
+    """The --set sizes a manifest records (untrusted: checked, then parsed as the command line's --set is)."""
+    if recorded is None or recorded == {}:
+        return None
+    if not isinstance(recorded, dict) or not all(isinstance(axis, str) and axis.strip() for axis in recorded):
+        raise InputError(_BAD_SET)
+    return parse_set([f"{axis}={_set_value(value)}" for axis, value in recorded.items()])
+
+
+def _set_value(value: Any) -> str:
+    """A recorded --set value written as the command line takes it."""
+    def is_int(item: Any) -> bool:
+        return isinstance(item, int) and not isinstance(item, bool)
+
+    if is_int(value):
+        return str(value)
+    if isinstance(value, list) and all(item is None or is_int(item) for item in value):
+        return "[" + ",".join("null" if item is None else str(item) for item in value) + "]"
+    raise InputError(_BAD_SET)
+
+
+def _custom_base(budget: str) -> str | None:
+    """The index budget a `--set` output's budget (`NAME-custom`, or `custom` on top of the parent) started from."""
+    if budget == "custom":
+        return None
+    if budget.endswith("-custom") and len(budget) > len("-custom"):
+        return budget.removesuffix("-custom")
+    raise InputError(
+        f"the manifest records --set sizes but names budget {budget!r}, not NAME-custom or custom; verify without "
+        "--parent, or give --size NAME."
+    )
 
 
 def _manifest_quantization(recorded: Any) -> QuantOptions | None:
@@ -683,7 +744,13 @@ def quantize(
     if out is not None:
         destination.check_folder(Path(out), overwrite, destination.parent_folders(checkpoint))
     # every budget must slice the quantized parent into whole NVFP4 blocks: plan them all before writing
-    checked = _prepare(checkpoint, [ALL_BUDGETS], index, None, max_shard_size, _without_calibration(options))
+    try:
+        checked = _prepare(checkpoint, [ALL_BUDGETS], index, None, max_shard_size, _without_calibration(options))
+    except PaddedQuantizeError as exc:
+        raise InputError(
+            f"budget {exc.budget!r} of the nesting index has per-layer sizes, which a quantized parent cannot be "
+            "sliced into in this version; give --index a nesting index without it to quantize the parent."
+        ) from exc
     assert checked.nesting is not None  # every budget of an index was asked for
     if out is None:
         out = defaults.output_folder(checked.checkpoint, options.scheme.lower())

@@ -33,6 +33,17 @@ SINGLE_SHARD_FILE = "model.safetensors"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 
+class PaddedQuantizeError(InputError):
+    """A budget with zero-padded per-layer sizes was planned with quantization, which this version cannot do."""
+
+    def __init__(self, budget: str) -> None:
+        super().__init__(
+            f"budget {budget!r} has per-layer sizes, which --quantize cannot combine with in this version; "
+            "extract it unquantized."
+        )
+        self.budget = budget
+
+
 @dataclass(frozen=True)
 class TensorOp:
     """One output tensor: its source tensor, the index ranges kept per dimension, and its output form."""
@@ -151,10 +162,7 @@ def build_plan(
         if cut is None:
             continue
         if cut.pad_to is not None and quantize is not None:
-            raise InputError(
-                f"budget {budget.name!r} has per-layer sizes, which --quantize cannot combine with in this version; "
-                "extract it unquantized."
-            )
+            raise PaddedQuantizeError(budget.name)
         kv_ops = [_op(info, cut.selection, name, "F32", out_shape=shape, quant=part)
                   for name, shape, part in (kv_scale_ops(info, cut, quantize) if quantize is not None else [])]
         if quantize is not None and quantize.applies(arch.module_kind(info.name), info.name, cut.out_name):

@@ -461,6 +461,13 @@ def _text_shape(text: Mapping[str, Any], where: str) -> TextShape:
             f"config.json field '{where}num_kv_shared_layers' must be an integer from 0 to {layers - 1}, not "
             f"{kv_shared!r}."
         )
+    altup_inputs = _positive(text, "altup_num_inputs", where)
+    active = text.get("altup_active_idx", 0)
+    if not _is_int(active) or not 0 <= active < altup_inputs:
+        raise InputError(
+            f"config.json field '{where}altup_active_idx' must be an integer from 0 to {altup_inputs - 1} "
+            f"(altup_num_inputs - 1), not {active!r}."
+        )
     q_heads = _positive(text, "num_attention_heads", where)
     hidden = _positive(text, "hidden_size", where)
     shape = TextShape(
@@ -473,7 +480,7 @@ def _text_shape(text: Mapping[str, Any], where: str) -> TextShape:
         head_dim=_positive(text, "head_dim", where, hidden // q_heads or None),
         per_layer=_positive(text, "hidden_size_per_layer_input", where),
         laurel_rank=_positive(text, "laurel_rank", where),
-        altup_inputs=_positive(text, "altup_num_inputs", where),
+        altup_inputs=altup_inputs,
         layer_types=tuple(types),
         sparsity=tuple(sparsity),
         kv_shared=kv_shared,

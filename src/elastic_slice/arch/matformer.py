@@ -139,10 +139,10 @@ def _width(item: str, where: str) -> int:
         term = term.strip()
         if _TERM.fullmatch(term) is None:
             raise InputError(f"{where}: {_shown(item)} is not an integer or a product like 2_048 * 4.")
-        digits = term.replace("_", "")
-        if len(digits.lstrip("0")) > MAX_DIGITS:
+        significant = term.replace("_", "").lstrip("0")
+        if len(significant) > MAX_DIGITS:
             raise InputError(f"{where}: {_shown(item)} is larger than {MAX_WIDTH}.")
-        value *= int(digits)
+        value *= int(significant or "0")
         if value > MAX_WIDTH:
             raise InputError(f"{where}: {_shown(item)} is larger than {MAX_WIDTH}.")
     if value <= 0:

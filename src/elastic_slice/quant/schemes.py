@@ -236,13 +236,16 @@ NVIDIA, BROAD = "nvidia", "broad"
 RECIPES = (NVIDIA, BROAD)
 
 
-def footprint(tensors: Iterable[tuple[str, str, tuple[int, ...]]], kept: Collection[str] = ()) -> dict[str, int]:
-    """Bytes on disk of (name, kind, shape) tensors in bf16 and every scheme under the default (NVIDIA) recipe:
-    every linear weight quantized except the modules in `kept` (the recipe's, named as in these tensors)."""
+def footprint(tensors: Iterable[tuple[str, str, tuple[int, ...]]],
+              vendor_kept: Collection[str] | None = None) -> dict[str, int]:
+    """Bytes on disk of (name, kind, shape) tensors in bf16 and every scheme, calibrated (input scales stored):
+    under a vendor recipe when `vendor_kept` is given (every linear weight quantized except those modules, named as
+    in these tensors), else under the broad recipe (each scheme's per-kind defaults)."""
     items = list(tensors)
     sizes = {"bf16": sum(math.prod(shape) * BF16_BYTES for _, _, shape in items)}
+    kept = vendor_kept or ()
     for scheme in SCHEMES.values():
-        recipe = replace(scheme, excluded_kinds=frozenset())
+        recipe = scheme if vendor_kept is None else replace(scheme, excluded_kinds=frozenset())
         sizes[scheme.name] = sum(
             recipe.stored_bytes(kind, name, shape) if name.removesuffix(".weight") not in kept
             else math.prod(shape) * BF16_BYTES

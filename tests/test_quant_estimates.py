@@ -1,0 +1,46 @@
+"""inspect's per-budget FP8/NVFP4 byte estimates against what `extract --quantize` really writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from conftest import run_cli
+from elastic_slice import api
+from elastic_slice.arch.gemma3n_fixture import build_tiny_gemma3n
+from elastic_slice.quant.schemes import SCALAR_BYTES
+
+
+@pytest.fixture(scope="module")
+def gemma3n_parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_gemma3n(tmp_path_factory.mktemp("gemma3n") / "parent")
+
+
+def _tensors(folder: Path) -> dict[str, int]:
+    """Name -> bytes of every tensor the folder's safetensors files hold."""
+    sizes: dict[str, int] = {}
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as handle:
+            sizes.update({name: handle.get_tensor(name).nbytes for name in handle.keys()})  # noqa: SIM118
+    return sizes
+
+
+@pytest.mark.parametrize("scheme", ["nvfp4", "fp8"])
+@pytest.mark.parametrize(("family", "budget"), [("gemma3n", "E2-skip"), ("nemotron", "12B")])
+def test_estimate_matches_a_plain_quantized_extract(
+    family: str, budget: str, scheme: str, gemma3n_parent: Path, tiny_parent: Path, tmp_path: Path
+) -> None:
+    parent = gemma3n_parent if family == "gemma3n" else tiny_parent
+    estimate = next(b for b in api.inspect(parent).budgets if b.name == budget).bytes[scheme]
+    out = tmp_path / "child"
+    result = run_cli("extract", str(parent), "--size", budget, "--quantize", scheme,
+                     "--quant-format", "compressed-tensors", "--out", str(out))
+    assert result.code == 0, result.stderr
+    tensors = _tensors(out)
+    # the estimate is of a calibrated output (ModelOpt's default), which adds one fp32 input scale per quantized
+    # weight to what uncalibrated compressed-tensors stores
+    quantized = sum(name.endswith(".weight_scale") for name in tensors)
+    assert quantized > 0
+    assert estimate == sum(tensors.values()) + SCALAR_BYTES * quantized

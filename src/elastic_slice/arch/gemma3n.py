@@ -419,6 +419,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _index_field(text: Mapping[str, Any], name: str, where: str, default: int, limit: int) -> int:
+    """An integer config field that must lie in [0, limit)."""
+    value = text.get(name, default)
+    if not _is_int(value) or not 0 <= value < limit:
+        raise InputError(f"config.json field '{where}{name}' must be an integer from 0 to {limit - 1}, not {value!r}.")
+    return int(value)
+
+
 def _positive(text: Mapping[str, Any], field: str, where: str, default: int | None = None) -> int:
     value = text.get(field, default)
     if not _is_int(value) or value <= 0:
@@ -455,19 +463,9 @@ def _text_shape(text: Mapping[str, Any], where: str) -> TextShape:
     sparsity = _per_layer(text, "activation_sparsity_pattern", where, layers, default_sparsity)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in sparsity):
         raise InputError(f"config.json field '{where}activation_sparsity_pattern' must hold numbers in [0, 1).")
-    kv_shared = text.get("num_kv_shared_layers", 15)
-    if not _is_int(kv_shared) or not 0 <= kv_shared < layers:
-        raise InputError(
-            f"config.json field '{where}num_kv_shared_layers' must be an integer from 0 to {layers - 1}, not "
-            f"{kv_shared!r}."
-        )
+    kv_shared = _index_field(text, "num_kv_shared_layers", where, 15, layers)
     altup_inputs = _positive(text, "altup_num_inputs", where)
-    active = text.get("altup_active_idx", 0)
-    if not _is_int(active) or not 0 <= active < altup_inputs:
-        raise InputError(
-            f"config.json field '{where}altup_active_idx' must be an integer from 0 to {altup_inputs - 1} "
-            f"(altup_num_inputs - 1), not {active!r}."
-        )
+    _index_field(text, "altup_active_idx", where, 0, altup_inputs)
     q_heads = _positive(text, "num_attention_heads", where)
     hidden = _positive(text, "hidden_size", where)
     shape = TextShape(

@@ -371,3 +371,36 @@ def test_excluding_every_module_is_refused(tiny_parent: Path, tmp_path: Path) ->
                      "compressed-tensors", "--exclude", "*", "--out", tmp_path / "none")
     assert result.code == 2 and "leave no weight of budget '12B' to quantize" in " ".join(result.stderr.split())
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.slow
+def test_a_budget_without_attention_declares_no_kv_cache(tiny_parent: Path, tmp_path: Path) -> None:
+    """--kv-cache fp8 on a budget that keeps no attention layer stores no k/v scale, so it declares none, and verify
+    passes it; the same for a slice of a KV-quantized parent."""
+    no_attention = "layers=0,1,3,4,5,7"  # pattern ME*-ME*M: attention at 2 and 6
+    direct = tmp_path / "direct"
+    result = run_cli("extract", tiny_parent, "--set", no_attention, "--quantize", "fp8", "--kv-cache", "fp8",
+                     "--out", direct)
+    assert result.code == 0, result.stderr
+    assert json.loads((direct / "config.json").read_text())["quantization_config"]["kv_cache_quant_algo"] is None
+    assert "- KV cache: not quantized" in (direct / "README.md").read_text()
+    assert api.verify(direct, parent=tiny_parent).ok
+    parent = tmp_path / "kv-parent"
+    api.quantize(tiny_parent, parent, QuantOptions("fp8", "compressed-tensors", kv_cache="fp8"))
+    sliced = tmp_path / "sliced"
+    assert run_cli("extract", parent, "--set", no_attention, "--out", sliced).code == 0
+    assert json.loads((sliced / "config.json").read_text())["quantization_config"]["kv_cache_scheme"] is None
+    report = api.verify(sliced, parent=parent)
+    assert report.ok, report.problems
+
+
+def test_per_layer_budget_from_a_quantized_parent_is_refused_even_dequantized(
+    tiny_parent: Path, tmp_path: Path
+) -> None:
+    parent = tmp_path / "nvfp4"
+    api.quantize(tiny_parent, parent, QuantOptions("nvfp4", "compressed-tensors"))
+    out = tmp_path / "out"
+    result = run_cli("extract", parent, "--set", "moe_intermediate_size=[null,32,null,null,null,16,null,null]",
+                     "--dtype", "bf16", "--out", out)
+    assert result.code == 2 and "cannot be sliced into yet, dequantized or not" in " ".join(result.stderr.split())
+    assert not out.exists()

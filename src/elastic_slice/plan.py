@@ -258,6 +258,11 @@ def _dequantized_op(arch: BoundArchitecture, budget: Budget, info: TensorInfo,
     cut = arch.cut(part.dense_name, part.dense_shape, budget.sizes, budget.norm_semantics)
     if cut is None:
         return []
+    if cut.pad_to is not None:
+        raise InputError(
+            f"budget {budget.name!r} has per-layer sizes, which a quantized parent cannot be sliced into yet, "
+            "dequantized or not; slice it from the unquantized parent."
+        )
     module = part.dense_name.removesuffix("weight")
     scales = {other.part: name for name, other in parent.stored.items() if name.startswith(module)
               and other.dense_name == part.dense_name}

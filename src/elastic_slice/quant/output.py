@@ -51,7 +51,7 @@ def summarize(
     if request is not None:
         parts = [(op.source, op.quant.part) for op in ops if op.quant is not None]
         return QuantSummary(request.scheme, request.fmt, request.recipe, request.calibration, request.exclude,
-                            request.kv_amax is not None, _experts_store(arch, parts, WEIGHT),
+                            stores_kv_scales(ops, None), _experts_store(arch, parts, WEIGHT),
                             _experts_store(arch, parts, INPUT_SCALE), arch.recipe_description(),
                             _has_routed_experts(arch, ops), _never_quantized(arch, ops))
     if parent is None or "quantization_config" not in child_config:
@@ -88,12 +88,19 @@ def output_quantization(
     """Set the child's `quantization_config` and return extra files (hf_quant_config.json) to write."""
     kept = list(budget.sizes.get("layers", []))
     if parent is not None:
-        return _renumbered(checkpoint, child_config, kept)
+        return _renumbered(checkpoint, child_config, kept, stores_kv_scales(ops, parent))
     if request is None:
         return {}
     modules, globs = exclusions(arch, ops, request, kept)
     return request.fmt.write_config(child_config, request.scheme, modules, globs, arch.serving_name,
-                                    request.input_amax is not None, request.kv_amax is not None, version)
+                                    request.input_amax is not None, stores_kv_scales(ops, parent), version)
+
+
+def stores_kv_scales(ops: list[TensorOp], parent: ParentQuantization | None) -> bool:
+    """Whether the child stores KV-cache scales: a budget that keeps no attention layer has none to declare."""
+    return any((op.quant is not None and op.quant.part == KV_SCALE)
+               or (parent is not None and op.source in parent.stored and parent.stored[op.source].part == KV_SCALE)
+               for op in ops)
 
 
 def exclusions(
@@ -117,18 +124,28 @@ def exclusions(
     return modules, list(request.exclude)
 
 
-def _renumbered(checkpoint: Checkpoint, child_config: dict[str, Any], kept: list[int]) -> dict[str, Any]:
+def _renumbered(checkpoint: Checkpoint, child_config: dict[str, Any], kept: list[int], kv_stored: bool) -> dict[str, Any]:
+    """The parent's declaration with exclusion lists renumbered for the kept layers, and its KV-cache declaration
+    dropped (as the writers leave it: None) when the child keeps no KV-cache scale."""
     files: dict[str, Any] = {}
+    blocks: list[dict[str, Any]] = []
     hf = checkpoint.hf_quant_config()
     if hf is not None:
         hf = copy.deepcopy(hf)
         block = hf.get("quantization") or {}
         if isinstance(block.get("exclude_modules"), list):
             block["exclude_modules"] = rename_modules(block["exclude_modules"], kept)
+        blocks.append(block)
         files[HF_QUANT_CONFIG] = hf
     qconfig = child_config.get("quantization_config")
     if isinstance(qconfig, dict):
         for key in ("exclude_modules", "ignore"):
             if isinstance(qconfig.get(key), list):
                 qconfig[key] = rename_modules(qconfig[key], kept)
+        blocks.append(qconfig)
+    if not kv_stored:
+        for block in blocks:
+            for key in ("kv_cache_quant_algo", "kv_cache_scheme"):
+                if block.get(key) is not None:
+                    block[key] = None
     return files

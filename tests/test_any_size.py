@@ -52,3 +52,11 @@ def test_target_and_active_params_options(tiny_parent: Path, tmp_path: Path) -> 
     assert result.code == 0 and budgets["12B"].params_total < result.json()["params_total"] <= total
     both = run_cli("extract", tiny_parent, "--target-params", "1", "--active-params", "1", "--out", tmp_path / "x")
     assert both.code == 2 and "one parameter target" in both.stderr
+
+
+@pytest.mark.parametrize("option", ["--target-params", "--active-params"])
+def test_a_parameter_target_with_set_is_refused(tiny_parent: Path, tmp_path: Path, option: str) -> None:
+    """--set fixes sizes a target would choose: the combination is refused instead of ignoring the target."""
+    result = run_cli("extract", tiny_parent, option, "8e5", "--set", "hidden_size=96", "--out", tmp_path / "o")
+    assert result.code == 2 and "give either --set or a parameter target" in " ".join(result.stderr.split())
+    assert not (tmp_path / "o").exists()

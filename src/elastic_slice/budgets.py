@@ -46,6 +46,11 @@ def select_budgets(
 ) -> tuple[NestingIndex | None, list[Budget]]:
     """The nesting index (None when --set works without one) and the budgets asked for, resolved and checked."""
     if overrides:
+        if target is not None:
+            raise InputError(
+                "give either --set or a parameter target (--target-params / --active-params), not both: --set "
+                "fixes the sizes a target would choose."
+            )
         return _custom(ckpt, arch, sizes, index, overrides)
     nesting = find_index(ckpt, index)
     if target is not None:

@@ -172,12 +172,12 @@ def _quantization_section(quant: QuantSummary, exclusions: list[str], loading_no
                      "scalars are the parent's, cut along the budget's axes, never quantized again")
     else:
         kept = (quant.recipe_description if quant.recipe == NVIDIA else
-                "the broad recipe: every linear layer is quantized except lm_head"
+                "the broad recipe: lm_head"
                 + (" and the attention projections" if "attention_linear" in quant.scheme.excluded_kinds else ""))
         extra = f"; also `--exclude` {', '.join(f'`{g}`' for g in quant.exclude)}" if quant.exclude else ""
         never = ", ".join(kind.replace("_", " ") for kind in quant.never_quantized if kind != "lm_head")
-        lines.append(f"- Kept in bf16: {kept}{extra}" + (f"; elastic-slice never quantizes these module kinds: {never}"
-                                                          if never else ""))
+        lines.append(f"- Not quantized: {kept}{extra}" + (f"; and the module kinds elastic-slice never quantizes: {never}"
+                                                           if never else ""))
         lines.append(f"- Activation scales: calibrated on {quant.calibration}" if quant.calibration else
                      "- Activation scales: none (FP8 dynamic activations / NVFP4 weight-only)")
     lines.append(f"- KV cache: {'FP8, calibrated scales' if quant.kv_cache else 'not quantized'}")
@@ -228,10 +228,13 @@ def model_card(
     if budget.warning:
         how += f"\nNote: {budget.warning}\n"
     model_type = literal(config.get("model_type", ""))
-    loads = (
-        f"It is a standard `{model_type}` model: it loads with plain `transformers`, without custom code."
-        if quant is None else "Which engines load it is in the Quantization section below."
-    ) + (f" {loading_note}" if loading_note else "")
+    if quant is not None:
+        loads = "Which engines load it is in the Quantization section below."
+    elif loading_note:
+        loads = f"It is a standard `{model_type}` model, with no custom code."
+    else:
+        loads = f"It is a standard `{model_type}` model: it loads with plain `transformers`, without custom code."
+    loads += f" {loading_note}" if loading_note else ""
     dtype = literal(config.get("torch_dtype") or config.get("dtype") or "as the parent")
     exclusions = quant.fmt.declared_exclusions(config, plan.extra_files.get(HF_QUANT_CONFIG)) if quant else []
     return f"""---

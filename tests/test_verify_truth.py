@@ -187,3 +187,26 @@ def test_a_declared_kv_cache_without_scales_fails_verify(made: dict[str, Path], 
     assert any("declares an FP8 KV cache but no k_scale/v_scale tensor is stored" in p for p in report.problems), (
         report.problems
     )
+
+
+@pytest.mark.slow
+def test_a_calibrated_declaration_edit_fails_verify_against_the_parent(tiny_parent: Path, tmp_path: Path) -> None:
+    """A calibrated output's static declaration (input activations, KV cache) is compared with the declaration
+    calibration implies: declaring weight-only while input scales are stored, or another KV algorithm, fails."""
+    folder = tmp_path / "ct"
+    api.extract(tiny_parent, "12B", folder, quantize=QuantOptions("fp8", "compressed-tensors", calibration="default",
+                                                                   kv_cache="fp8"))
+    assert api.verify(folder, parent=tiny_parent).ok
+    _edit_config(folder, lambda q: q["config_groups"]["group_0"].update(input_activations=None))
+    report = api.verify(folder, parent=tiny_parent)
+    assert any("'quantization_config.config_groups.group_0.input_activations' is None" in p
+               for p in report.problems), report.problems
+    modelopt = tmp_path / "mo"
+    api.extract(tiny_parent, "12B", modelopt, quantize=QuantOptions("fp8", kv_cache="fp8"))
+    hf = json.loads((modelopt / "hf_quant_config.json").read_text())
+    hf["quantization"]["kv_cache_quant_algo"] = "INT8"
+    (modelopt / "hf_quant_config.json").write_text(json.dumps(hf))
+    _rehash(modelopt)
+    report = api.verify(modelopt, parent=tiny_parent)
+    assert any(p.startswith("hf_quant_config.json field 'quantization.kv_cache_quant_algo' is 'INT8'")
+               for p in report.problems), report.problems

@@ -158,8 +158,10 @@ class QuantOptions:
         """The options as a manifest records them (without the progress callback)."""
         return {key: value for key, value in asdict(self).items() if key != "on_layer"}
 
-    def request(self, checkpoint: Checkpoint, arch: BoundArchitecture, calibrated: bool = True) -> QuantRequest:
-        """The plan's quantization request; with `calibrated` False no calibration runs (no static scales)."""
+    def request(self, checkpoint: Checkpoint, arch: BoundArchitecture, calibrated: bool = True,
+                placeholder_scales: bool = False) -> QuantRequest:
+        """The plan's quantization request; with `calibrated` False no calibration runs (no static scales), unless
+        `placeholder_scales` stands in for what calibration would record (verify: the declaration it implies)."""
         scheme = SCHEMES.get(self.scheme.lower())
         if scheme is None:
             raise InputError(f"--quantize {self.scheme!r} is not supported; use {' or '.join(SCHEMES)}.")
@@ -182,10 +184,14 @@ class QuantOptions:
             texts = calibration_texts(source)
             announce(source, len(texts), chosen_by_default=self.calibration is None)
             amax = calibrate(checkpoint, arch, texts, self.device, self.on_layer)
+        kv_amax = _outputs(amax) if self.kv_cache and amax is not None else None
+        if placeholder_scales and self.calibration_source() is not None:
+            amax = _PlaceholderAmax()
+            kv_amax = _PlaceholderAmax() if self.kv_cache else None
         return QuantRequest(
             scheme=scheme, fmt=fmt, exclude=tuple(self.exclude), input_amax=amax, recipe=recipe,
             recipe_modules=tuple(arch.recipe_exclusions()) if recipe == NVIDIA else (),
-            kv_amax=_outputs(amax) if self.kv_cache and amax is not None else None,
+            kv_amax=kv_amax,
             calibration=describe(source) if source is not None else None,
         )
 
@@ -211,6 +217,14 @@ class QuantOptions:
             return self.calibration
         fmt = FORMATS.get(self.fmt)
         return DEFAULT_CALIBRATION if (fmt is not None and fmt.needs_input_scales) or self.kv_cache else None
+
+
+class _PlaceholderAmax(dict[str, float]):
+    """Stands in for calibration's record of every module (1.0 each): plans the declaration a calibrated output
+    carries, never its scale values."""
+
+    def get(self, key: str, default: Any = None) -> float:
+        return 1.0
 
 
 def _outputs(amax: dict[str, float]) -> dict[str, float]:
@@ -351,6 +365,7 @@ def _plan(
     max_shard_size: str | int,
     quantize: QuantOptions | None = None,
     calibrated: bool = True,
+    placeholder_scales: bool = False,
 ) -> _Prepared:
     """The plans of the selected budgets; calibration runs here when `quantize` needs it and `calibrated`."""
     ckpt, arch = selected.checkpoint, selected.arch
@@ -358,7 +373,7 @@ def _plan(
     shard_limit = parse_size(str(max_shard_size))
     if quantize is not None and calibrated and quantize.calibration_source() is not None:
         ckpt = hub.fetch_all(ckpt)  # calibration reads every layer of the parent
-    request = quantize.request(ckpt, arch, calibrated) if quantize is not None else None
+    request = quantize.request(ckpt, arch, calibrated, placeholder_scales) if quantize is not None else None
     plans = []
     for budget in selected.budgets:
         try:
@@ -668,7 +683,11 @@ def verify(
     ckpt = hub.fetch_all(prepared.checkpoint) if numerics else hub.fetch(
         prepared.checkpoint, _needed_files([plan], prepared.checkpoint))
     if child is not None:
-        check_config(child, plan, report, calibrated=quant is not None and quant.calibration_source() is not None)
+        declared = plan
+        if quant is not None and quant.calibration_source() is not None:  # the declaration calibration implies
+            declared = _plan(selected, options.get("dtype"), shard_size, quant, calibrated=False,
+                             placeholder_scales=True).plans[0]
+        check_config(child, declared, report)
         check_companions(child, ckpt, report)
         check_against_parent(child, plan, ckpt, report, dense)
         if numerics:

@@ -217,26 +217,22 @@ def check_against_parent(
         )
 
 
-#: quantization-declaration keys a re-plan cannot reproduce for an output calibrated during extract (the re-plan
-#: runs no calibration): static activation and KV-cache declarations, checked against the stored scales instead
-_CALIBRATED_KEYS = frozenset({"input_activations", "kv_cache_scheme", "kv_cache_quant_algo"})
-#: keys naming the writing tool's version, not the model
-_TOOL_KEYS = frozenset({"written_by", "version"})
+#: fields naming the writing tool's version, not the model (by path: a version anywhere else is compared)
+_TOOL_VERSIONS = frozenset({"written_by.version", "quantization_config.producer.version"})
 
 
-def check_config(child: Checkpoint, plan: Plan, report: VerifyReport, calibrated: bool) -> None:
+def check_config(child: Checkpoint, plan: Plan, report: VerifyReport) -> None:
     """The child's config.json (and hf_quant_config.json) equal the budget's planned ones, key for key, both ways:
     fields no tensor shows (layer kinds, activation sparsity, KV sharing, legacy aliases such as `mamba_dt_min`) and
-    the quantization declaration are checked here; with `calibrated`, the keys in _CALIBRATED_KEYS are left to the
-    declaration check."""
+    the quantization declaration (for a calibrated output, `plan` is planned with placeholder scales, so it carries
+    the static declaration calibration implies)."""
     before = len(report.problems)
-    ignored = _TOOL_KEYS | (_CALIBRATED_KEYS if calibrated else frozenset())
     documents = [("config.json", child.config, plan.child_config)]
     planned_hf = plan.extra_files.get(HF_QUANT_CONFIG)
     if planned_hf is not None or (child.root / HF_QUANT_CONFIG).is_file():
         documents.append((HF_QUANT_CONFIG, child.hf_quant_config() or {}, planned_hf or {}))
     for file, found, expected in documents:
-        for path, got, wanted in _config_differences(found, expected, "", ignored):
+        for path, got, wanted in _config_differences(found, expected, ""):
             report.problems.append(
                 f"{file} field {path!r} is {_short(got)}; budget {plan.budget.name!r} of the parent gives "
                 f"{_short(wanted)}."
@@ -244,14 +240,13 @@ def check_config(child: Checkpoint, plan: Plan, report: VerifyReport, calibrated
     report.passed(f"config.json against budget {plan.budget.name}'s config", before)
 
 
-def _config_differences(found: Any, expected: Any, path: str, ignored: frozenset[str]) -> list[tuple[str, Any, Any]]:
+def _config_differences(found: Any, expected: Any, path: str) -> list[tuple[str, Any, Any]]:
     if isinstance(expected, dict) and isinstance(found, dict):
         differences = []
         for key in [*expected, *(key for key in found if key not in expected)]:
-            if key in ignored:
-                continue
             here = f"{path}.{key}" if path else key
-            differences += _config_differences(found.get(key, _MISSING), expected.get(key, _MISSING), here, ignored)
+            if here not in _TOOL_VERSIONS:
+                differences += _config_differences(found.get(key, _MISSING), expected.get(key, _MISSING), here)
         return differences
     return [] if found == expected and type(found) is type(expected) else [(path, found, expected)]
 

@@ -38,7 +38,7 @@ def test_design_card_extract_from_inside_the_checkpoint(ckpt: Path, monkeypatch:
     assert result.code == 0, result.stderr
     out = ckpt.parent / "ckpt-12B"
     assert f"CKPT not given: using the current folder {ckpt}" in result.stderr
-    assert f"--out not given: writing to {out}" in result.stderr
+    assert f"--out not given: the output goes to {out}" in result.stderr
     assert f"wrote {out}: budget 12B" in result.stdout
     assert not out.resolve().is_relative_to(ckpt.resolve())
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["ckpt", "ckpt-12B"]
@@ -82,7 +82,7 @@ def test_quantize_verify_and_index_take_the_current_folder(ckpt: Path, monkeypat
     quantized = run_cli("quantize", "--quantize", "fp8", "--quant-format", "compressed-tensors", "--json")
     assert quantized.code == 0, quantized.stderr
     assert quantized.json()["out"] == str(ckpt.parent / "ckpt-fp8")
-    assert "--out not given: writing to" in quantized.stderr
+    assert "--out not given: the output goes to" in quantized.stderr
     assert run_cli("extract", "--size", "12B").code == 0
     monkeypatch.chdir(ckpt.parent / "ckpt-12B")
     verified = run_cli("verify", "--json")

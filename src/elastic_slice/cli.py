@@ -131,7 +131,7 @@ def _here_if_none(checkpoint: str | None, argument: str = "CKPT") -> str:
 
 
 def _announce_out(folder: Path) -> None:
-    say(stderr, f"--out not given: writing to {folder}")
+    say(stderr, f"--out not given: the output goes to {folder}")
 
 
 def _reports_errors(command: Callable[..., None]) -> Callable[..., None]:

@@ -31,7 +31,7 @@ from ..nesting import BudgetError
 from ..selection import Ranges, concat, full, prefix
 from .base import LayerwiseCalibration, MaskedForward, ParamCounts, RoutedExpert, TensorCut
 from .gemma3n_fixture import Gemma3nFixture
-from .layers import kept_layers
+from .layers import check_layers, kept_layers
 
 AXES = ("intermediate_size", "layers")
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -167,7 +167,7 @@ class BoundGemma3n:
         s = self.shape
         kept = list(range(s.layers))
         if "layers" in requested:
-            kept = _check_layers(budget, requested["layers"], s.layers)
+            kept = check_layers(budget, requested["layers"], s.layers)
         self._check_kv_sharing(budget, kept)
         parent_widths = [s.ffn[i] if i in kept else None for i in range(s.layers)]
         widths = self._check_ffn(budget, requested.get("intermediate_size", parent_widths), kept)
@@ -567,14 +567,6 @@ def _check_full_norm(s: TextShape, kept: list[int], widths: list[int]) -> None:
             "activation sparsity takes its gate cutoff (mean + std over all the parent's channels), which no weight "
             "can fold; use an index with norm_semantics \"active\"."
         )
-
-
-def _check_layers(budget: str, value: Any, parent_layers: int) -> list[int]:
-    if not isinstance(value, list) or not value or not all(_is_int(i) for i in value):
-        raise BudgetError(budget, "layers", "must be a non-empty list of parent layer indices")
-    if any(b <= a for a, b in zip(value, value[1:], strict=False)) or value[0] < 0 or value[-1] >= parent_layers:
-        raise BudgetError(budget, "layers", f"indices must be sorted, unique and in 0..{parent_layers - 1}")
-    return list(value)
 
 
 def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:

@@ -5,6 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..nesting import BudgetError
+
+
+def check_layers(budget: str, value: Any, parent_layers: int) -> list[int]:
+    """A budget's `layers`: a non-empty, sorted list of unique parent layer indices (checked before it is used)."""
+    if isinstance(value, list) and len(value) > parent_layers:
+        raise BudgetError(budget, "layers", f"lists {len(value)} layers; the parent has {parent_layers}")
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    ):
+        raise BudgetError(budget, "layers", "must be a non-empty list of parent layer indices")
+    if any(b <= a for a, b in zip(value, value[1:], strict=False)) or value[0] < 0 or value[-1] >= parent_layers:
+        raise BudgetError(budget, "layers", f"indices must be sorted, unique and in 0..{parent_layers - 1}")
+    return list(value)
+
 
 def kept_layers(parent: Sequence[Any], child: Sequence[Any]) -> tuple[int, list[int]]:
     """In how many ways the child's layer kinds fit the parent's as a subsequence (0, 1, or 2 for several), and the

@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..nesting import BudgetError
 from ..selection import Selection, concat, full, grouped_prefix, prefix, shift
 from .base import LayerwiseCalibration, MaskedForward, ParamCounts, Record, RoutedExpert, TensorCut
-from .layers import kept_layers
+from .layers import check_layers, kept_layers
 from .nemotron_h_fixture import NemotronHFixture
 
 MAMBA, MOE, ATTENTION, MLP = "M", "E", "*", "-"
@@ -220,7 +220,7 @@ class BoundNemotronH:
         sizes = dict(parent)
         for axis, value in requested.items():
             if axis == "layers":
-                sizes["layers"] = _check_layers(budget, value, len(parent["layers"]))
+                sizes["layers"] = check_layers(budget, value, len(parent["layers"]))
                 continue
             if isinstance(value, list):
                 sizes[axis] = _check_per_layer(budget, axis, value, self.pattern, parent[axis], self.top_k)
@@ -614,22 +614,6 @@ def _kept_layers(parent: str, child: str, budget: str) -> list[int]:
             f"the child's layers {child!r} fit the parent's {parent!r} in several ways; write `layers` by hand",
         )
     return kept
-
-
-def _check_layers(budget: str, value: Any, parent_layers: int) -> list[int]:
-    if isinstance(value, list) and len(value) > parent_layers:
-        raise BudgetError(budget, "layers", f"lists {len(value)} layers; the parent has {parent_layers}")
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(i, int) and not isinstance(i, bool) for i in value)
-    ):
-        raise BudgetError(budget, "layers", "must be a non-empty list of parent layer indices")
-    if any(b <= a for a, b in zip(value, value[1:], strict=False)):
-        raise BudgetError(budget, "layers", "indices must be sorted and unique")
-    if value[0] < 0 or value[-1] >= parent_layers:
-        raise BudgetError(budget, "layers", f"indices must lie in 0..{parent_layers - 1}")
-    return list(value)
 
 
 # ----- per-tensor rules -----------------------------------------------------------------------------------------

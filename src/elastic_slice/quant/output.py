@@ -57,8 +57,8 @@ def summarize(
     if parent is None or "quantization_config" not in child_config:
         return None
     parts = [(op.source, parent.stored[op.source].part) for op in ops if op.source in parent.stored]
-    kv_cache = any(part == KV_SCALE for _, part in parts)
-    return QuantSummary(parent.scheme, parent.fmt, None, None, (), kv_cache, _experts_store(arch, parts, WEIGHT),
+    return QuantSummary(parent.scheme, parent.fmt, None, None, (), stores_kv_scales(ops, parent),
+                        _experts_store(arch, parts, WEIGHT),
                         _experts_store(arch, parts, INPUT_SCALE), has_routed_experts=_has_routed_experts(arch, ops))
 
 

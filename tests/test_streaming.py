@@ -168,33 +168,35 @@ def _run_threads() -> list[str]:
 def test_many_budgets_share_bounded_blocks_buffers_and_threads(
     tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One pass over 41 budgets: the writers' blocks fit in POOL_BYTES, the same few threads as for one budget serve
-    them all, each chunk's buffer stays within chunk_bytes (or one row), and the bytes equal separate runs."""
+    """One pass over 41 budgets: the writers' blocks fit in POOL_BYTES, the cuts in flight (which readers write into
+    them) and one block more per file, the same few threads as for one budget serve them all, each chunk's buffer stays within chunk_bytes
+    (or one row), and the bytes equal separate runs."""
     parent = tmp_path / "parent"
     shutil.copytree(tiny_parent, parent)
     add_budgets(parent, **{f"b{i:02d}": {"hidden_size": 64 + 16 * (i % 4), "mamba_num_heads": 8} for i in range(38)})
     plans = api.plan_extract_many(parent, [ALL_BUDGETS])
     assert len(plans) == 41
-    chunk_bytes, buffers, threads = 32 * 1024, [], []
-    real_process, real_write = execute_module._process, ShardWriter.write
+    chunk_bytes, inflight_bytes, buffers, threads = 32 * 1024, 128 * 1024, [], []
+    real_process, real_commit = execute_module._process, ShardWriter.commit
 
     def process(files: Any, chunk: Any, buffer: Any, *rest: Any) -> Any:
         buffers.append((chunk.buffer_bytes, chunk.stop - chunk.start))
         return real_process(files, chunk, buffer, *rest)
 
-    def write(self: ShardWriter, op: Any, data: Any) -> None:
+    def commit(self: ShardWriter, span: Any) -> None:
         threads.append(len(_run_threads()))
-        real_write(self, op, data)
+        real_commit(self, span)
 
     monkeypatch.setattr(execute_module, "_process", process)
-    monkeypatch.setattr(ShardWriter, "write", write)
+    monkeypatch.setattr(ShardWriter, "commit", commit)
     with WritePool(len(plans)) as pool:
         targets = []
         for plan in plans:
             (tmp_path / plan.budget.name).mkdir()
             targets.append(Target(plan, ShardWriter(tmp_path / plan.budget.name, plan, pool)))
-        execute(open_checkpoint(parent), targets, workers=2, chunk_bytes=chunk_bytes)
-    assert pool.made * pool.block_size <= writer_module.POOL_BYTES
+        execute(open_checkpoint(parent), targets, workers=2, chunk_bytes=chunk_bytes, inflight_bytes=inflight_bytes)
+    # a file whose next block is reserved before its last one is committed holds one block more
+    assert pool.made * pool.block_size <= writer_module.POOL_BYTES + (len(plans) * pool.block_size + inflight_bytes)
     assert pool.block_size < writer_module.DIRECT_BLOCK  # many small blocks were filled and written
     assert max(threads) <= 2 + writer_module.HASH_THREADS + 1 and _run_threads() == []  # readers, hashing, writing
     assert all(size <= chunk_bytes or rows == 1 for size, rows in buffers)
@@ -208,15 +210,15 @@ def test_many_budgets_share_bounded_blocks_buffers_and_threads(
 def test_interrupt_mid_write_releases_the_run(
     tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write, calls = ShardWriter.write, []
+    real_commit, calls = ShardWriter.commit, []
 
-    def interrupted(self: ShardWriter, op: Any, data: Any) -> None:
-        calls.append(op)
+    def interrupted(self: ShardWriter, span: Any) -> None:
+        calls.append(span)
         if len(calls) == 40:
-            raise KeyboardInterrupt
-        real_write(self, op, data)
+            raise KeyboardInterrupt  # reader threads are filling spans of the writers' blocks meanwhile
+        real_commit(self, span)
 
-    monkeypatch.setattr(ShardWriter, "write", interrupted)
+    monkeypatch.setattr(ShardWriter, "commit", interrupted)
     monkeypatch.setattr(writer_module, "MIN_BLOCK", writer_module.DIRECT_ALIGN)
     monkeypatch.setattr(writer_module, "POOL_BYTES", 4 * writer_module.DIRECT_ALIGN)  # blocks in flight when it stops
     with pytest.raises(KeyboardInterrupt):

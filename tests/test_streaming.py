@@ -46,6 +46,51 @@ def test_tiny_chunks_and_threads_give_identical_bytes(tiny_parent: Path, tmp_pat
             assert writer.sha256[shard] == sha256_file(folder / shard)
 
 
+class _CopiedSink:
+    """A shard writer seen without `reserve`: the executor copies every cut into it, as for verify's sinks."""
+
+    def __init__(self, writer: ShardWriter) -> None:
+        self.write, self.close = writer.write, writer.close
+
+
+def test_cuts_written_in_place_equal_cuts_copied_in_any_block_size(
+    tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readers cut straight into spans of the writers' blocks, spans crossing block ends included: three budgets in
+    one pass give the bytes and sha256 of the copying path, for 4 KiB and 12 KiB blocks and several chunk sizes."""
+    plans = api.plan_extract_many(tiny_parent, ["30B", "23B", "12B"], max_shard_size="400KB")
+    crossings, real_views = [], writer_module.Span.views
+
+    def views(self: writer_module.Span, offset: int, nbytes: int) -> Any:
+        parts = real_views(self, offset, nbytes)
+        crossings.append(len(parts) > 1)
+        return parts
+
+    monkeypatch.setattr(writer_module.Span, "views", views)
+
+    def run(name: str, in_place: bool, chunk: int) -> dict[str, dict[str, str]]:
+        for plan in plans:
+            (tmp_path / name / plan.budget.name).mkdir(parents=True)
+        with WritePool(len(plans)) as pool:
+            writers = [ShardWriter(tmp_path / name / plan.budget.name, plan, pool) for plan in plans]
+            targets = [Target(plan, writer if in_place else _CopiedSink(writer))
+                       for plan, writer in zip(plans, writers, strict=True)]
+            execute(open_checkpoint(tiny_parent), targets, chunk_bytes=chunk, inflight_bytes=4 * chunk)
+        return {plan.budget.name: writer.sha256 for plan, writer in zip(plans, writers, strict=True)}
+
+    for block in (writer_module.DIRECT_ALIGN, 3 * writer_module.DIRECT_ALIGN):
+        monkeypatch.setattr(writer_module, "DIRECT_BLOCK", block)
+        monkeypatch.setattr(writer_module, "MIN_BLOCK", block)
+        copied = run(f"copied-{block}", False, 5000)
+        for chunk in (777, 2**20):
+            crossings.clear()
+            assert run(f"in-place-{block}-{chunk}", True, chunk) == copied
+            assert any(crossings)
+            for plan in plans:
+                assert _files(tmp_path / f"in-place-{block}-{chunk}" / plan.budget.name) == _files(
+                    tmp_path / f"copied-{block}" / plan.budget.name), (block, chunk, plan.budget.name)
+
+
 def test_direct_and_buffered_writes_in_any_block_size_give_identical_bytes(
     tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

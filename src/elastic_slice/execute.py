@@ -4,8 +4,10 @@ Work is split into row chunks, so memory stays bounded by the chunks in flight w
 number of budgets: a chunk's rows, with every budget's cut of them, take at most `chunk_bytes` (or one row for
 every budget, when a single row is bigger). Reader threads read each chunk with positioned reads (never a memory
 map: a shard shortened by another process is a clean error, never SIGBUS), cut it with numpy and, only for ops
-that change values, convert it (`transform`, torch); the calling thread writes the results in plan order. Several
-plans (budgets) of one parent share every read.
+that change values, convert it (`transform`, torch); the calling thread writes the results in plan order. In runs
+that only move bytes, each plain cut is read and cut straight into the shard writer's blocks instead: the calling
+thread reserves its bytes there when it hands the chunk out (in plan order) and commits them in order, so no output
+byte is copied twice. Several plans (budgets) of one parent share every read.
 """
 
 from __future__ import annotations

@@ -282,3 +282,22 @@ def test_quantizing_run_restores_torch_threads_and_the_collector(tiny_parent: Pa
     api.extract(tiny_parent, "12B", tmp_path / "q", quantize=api.QuantOptions("nvfp4", "compressed-tensors"))
     assert torch.get_num_threads() == threads and gc.get_freeze_count() == 0
     assert not [t for t in threading.enumerate() if t.name.startswith("elastic-slice")]
+
+
+def test_read_ahead_asks_for_every_chunk_once_in_order_a_window_ahead(tiny_parent: Path) -> None:
+    plan = api.plan_extract(tiny_parent, "12B")
+    chunks = list(execute_module._chunks(open_checkpoint(tiny_parent), [Target(plan, Any)], 4096))
+    asked: list[tuple[str, int, int]] = []
+
+    class Files:
+        def prefetch(self, info: Any, start: int, size: int) -> None:
+            asked.append((info.name, start, size))
+
+    window, handed_out, total = 64 * 1024, 0, sum(chunk.nbytes for chunk in chunks)
+    read_ahead = execute_module._ReadAhead(Files(), chunks, window)  # type: ignore[arg-type]
+    for chunk in chunks:
+        read_ahead.advance(chunk)
+        handed_out += chunk.nbytes
+        assert min(total, handed_out + window) <= sum(size for *_, size in asked)
+        assert sum(size for *_, size in asked[:-1]) < handed_out + window
+    assert len(chunks) > 10 and asked == [(c.info.name, c.start * c.row_bytes, c.nbytes) for c in chunks]

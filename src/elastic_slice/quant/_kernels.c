@@ -46,7 +46,7 @@ static inline float clamp(float value, float low, float high) {
 #endif
 
 /* values worked on at a time, in fp32 (4 KiB: the work stays in the L1 cache from step to step); every step is a
- * simple loop over a chunk, which the compiler turns into vector instructions of the baseline ISA */
+ * simple loop over a chunk, which the compiler turns into vector instructions */
 #define CHUNK 1024
 
 /* a chunk of fp32 values and their bit patterns */
@@ -66,7 +66,8 @@ static inline void e4m3_codes(const Work *work, Py_ssize_t count, Work *scratch,
         const uint32_t sign = work->bits[i] & UINT32_C(0x80000000);
         const uint32_t magnitude = work->bits[i] ^ sign;
         const uint32_t denormal = scratch->bits[i] - denormal_offset;
-        const uint32_t normal = (magnitude + ((uint32_t)(7 - 127) << 23) + UINT32_C(0x7FFFF) + ((magnitude >> 20) & 1)) >> 20;
+        const uint32_t rounded = magnitude + ((uint32_t)(7 - 127) << 23) + UINT32_C(0x7FFFF) + ((magnitude >> 20) & 1);
+        const uint32_t normal = rounded >> 20;
         uint32_t code = magnitude < (UINT32_C(121) << 23) ? denormal : normal;
         code = magnitude >= (UINT32_C(1087) << 20) ? 0x7F : code;
         codes[i] = (uint8_t)((code & 0xFF) | (sign >> 24));
@@ -100,7 +101,8 @@ static inline uint32_t e2m1_code(uint32_t bits) {
                            + (uint32_t)(magnitude > 0x3FA00000) + (uint32_t)(magnitude >= 0x3FE00000) /* 1.25, 1.75 */
                            + (uint32_t)(magnitude > 0x40200000) + (uint32_t)(magnitude >= 0x40600000) /* 2.5, 3.5 */
                            + (uint32_t)(magnitude > 0x40A00000); /* 5 */
-    const uint32_t negative = (bits >> 31) & (uint32_t)(magnitude > 0) & (uint32_t)(magnitude <= 0x7F800000); /* not -0, NaN */
+    /* the sign bit of a value below zero: not of -0 or a NaN */
+    const uint32_t negative = (bits >> 31) & (uint32_t)(magnitude > 0) & (uint32_t)(magnitude <= 0x7F800000);
     return index | (negative << 3);
 }
 
@@ -229,8 +231,8 @@ static PyObject *py_fp8(PyObject *self, PyObject *args) {
 /* nvfp4.block_scales and nvfp4.quantize, a chunk of blocks of 16 at a time: each block's amax (its largest
  * sign-cleared bit pattern), its scale E4M3(clamp(g * (amax / 6), -448, 448)) (0.125 for one that rounds to zero),
  * the step scale / g, and E2M1(w / step) packed two a byte, the even column in the low nibble. */
-VECTOR_CLONES static void nvfp4_codes(const uint16_t *values, Py_ssize_t blocks, float global_scale, uint8_t *packed,
-                        uint8_t *scales) {
+VECTOR_CLONES static void nvfp4_codes(const uint16_t *values, Py_ssize_t blocks, float global_scale,
+                                      uint8_t *packed, uint8_t *scales) {
     enum { CHUNK_BLOCKS = CHUNK / BLOCK };
     Work work, scratch, block_scales;
     float steps[CHUNK_BLOCKS];
@@ -295,7 +297,8 @@ static PyObject *py_nvfp4(PyObject *self, PyObject *args) {
     const Py_ssize_t count = items(&values);
     if (count % BLOCK) {
         PyErr_Format(PyExc_ValueError, "values holds %zd items, not a whole number of blocks of %d", count, BLOCK);
-    } else if (check_length(&packed, count / 2, "packed") == 0 && check_length(&scales, count / BLOCK, "scales") == 0) {
+    } else if (check_length(&packed, count / 2, "packed") == 0
+               && check_length(&scales, count / BLOCK, "scales") == 0) {
         Py_BEGIN_ALLOW_THREADS
         nvfp4_codes((const uint16_t *)values.buf, count / BLOCK, global_scale, (uint8_t *)packed.buf,
                     (uint8_t *)scales.buf);

@@ -238,13 +238,20 @@ def test_outputs_are_byte_identical_with_torch_kernels(tiny_parent: Path, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("command", [
+    ("extract", "--size", "12B", "--quantize", "nvfp4"),
+    ("quantize", "--to", "fp8"),
+])
 @pytest.mark.parametrize("kernel", ["compiled", "torch"])
-def test_compiled_quantization_never_imports_torch(tiny_parent: Path, tmp_path: Path, kernel: str) -> None:
+def test_compiled_quantization_never_imports_torch(tiny_parent: Path, tmp_path: Path, kernel: str,
+                                                   command: tuple[str, ...]) -> None:
+    verb, *options = command
+    argv = ["elastic-slice", verb, str(tiny_parent), *options, "--quant-format", "compressed-tensors",
+            "--out", str(tmp_path / "o")]
     script = (
         "import atexit, sys\nfrom elastic_slice import cli\n"
         "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules))\n"
-        f"sys.argv = ['elastic-slice', 'extract', {str(tiny_parent)!r}, '--size', '12B', '--quantize', 'nvfp4', "
-        f"'--quant-format', 'compressed-tensors', '--out', {str(tmp_path / 'o')!r}]\n"
+        f"sys.argv = {argv!r}\n"
         "cli.main()\n"
     )
     env = {key: value for key, value in os.environ.items() if key != kernels.KERNELS_ENV}

@@ -311,8 +311,9 @@ def _compiled_quantization(
     if spec.part == KV_SCALE:
         return kernels.kv_scale(spec)
     if target not in quantized:
-        child = rows
-        if any(ranges != ((0, size),) for ranges, size in zip(selection, rows.shape, strict=True)):
+        if all(len(ranges) == 1 for ranges in selection):  # a view (copied by the kernels only if not contiguous)
+            child = rows[tuple(slice(start, stop) for ((start, stop),) in selection)]
+        else:
             child = np.empty(tuple(sum(b - a for a, b in ranges) for ranges in selection), rows.dtype)
             _cut_into(rows, selection, child)
         quantized[target] = spec.scheme.quantize_bf16(rows, child, spec.fmt, spec.input_amax)

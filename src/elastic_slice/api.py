@@ -75,6 +75,9 @@ class BudgetReport:
     tensors: int
     #: bytes of weight shards this budget reads that are not downloaded yet (Hub repo ids; 0 for a local folder)
     download_bytes: int = 0
+    #: scheme -> the sentence `extract --quantize SCHEME` refuses this budget with (its size in `bytes` is then an
+    #: estimate of nothing extract writes); empty when every scheme can be extracted
+    quantize_refused: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -290,9 +293,23 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
                 },
                 tensors=len(plan.ops),
                 download_bytes=_download_bytes(ckpt, [plan]),
+                quantize_refused=_quantize_refusals(ckpt, arch, plan),
             )
         )
     return report
+
+
+def _quantize_refusals(ckpt: Checkpoint, arch: BoundArchitecture, plan: Plan) -> dict[str, str]:
+    """Scheme -> why `extract --quantize SCHEME` refuses the budget of `plan` in every format (a quantized parent, a
+    per-layer budget, a cut off NVFP4's blocks): the same planning extract does, without calibration."""
+    refused = {}
+    for scheme in SCHEMES:
+        try:
+            request = QuantOptions(scheme, fmt=COMPRESSED_TENSORS.name).request(ckpt, arch, calibrated=False)
+            build_plan(ckpt, arch, plan.budget, quantize=request)
+        except InputError as exc:
+            refused[scheme] = str(exc)
+    return refused
 
 
 def _naming_budget(exc: ElasticSliceError, budget: str) -> str:

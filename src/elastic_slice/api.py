@@ -692,6 +692,10 @@ def verify(
     overrides = _manifest_overrides(options.get("set")) if size is None else None
     base = _custom_base(budget) if overrides else budget
     selected = _select(parent, [base] if base is not None else [], index, overrides)
+    mismatch = _sizes_mismatch(manifest, selected, index)
+    if mismatch is not None:
+        report.problems.append(mismatch)
+        return report
     if child is not None and quant is None:
         require_quantized_parent(child, selected.checkpoint)
     prepared = _plan(selected, options.get("dtype"), shard_size, quant, calibrated=False)
@@ -710,6 +714,30 @@ def verify(
         if numerics:
             check_numerics(child, ckpt, plan, report, device, tolerance)
     return report
+
+
+def _sizes_mismatch(manifest: dict[str, Any] | None, selected: _Selected, index: str | Path | None) -> str | None:
+    """Why the budget re-derived from the parent is not the one the manifest records the output was cut as (another
+    --index file, or an edited index or manifest), naming the axes that differ; None when they agree. Comparing
+    bytes then would only list every tensor as different."""
+    recorded = (manifest or {}).get("budget", {})
+    budget = selected.budgets[0]
+    if not isinstance(recorded, dict) or recorded.get("name") != budget.name:
+        return None
+    sizes = recorded.get("sizes")
+    derived = json.loads(json.dumps(budget.sizes))
+    if sizes == derived:
+        return None
+    axes = sorted(set(derived) | set(sizes)) if isinstance(sizes, dict) else ["sizes"]
+    differing = [axis for axis in axes if not isinstance(sizes, dict) or sizes.get(axis) != derived.get(axis)]
+    used = (manifest or {}).get("options", {}).get("index")
+    source = selected.nesting.source if selected.nesting is not None else "the command line"
+    hint = (f"the manifest says it was cut with index {used!r}: give --index with that file"
+            if isinstance(used, str) and index is None else "give --index with the file it was cut with")
+    return (
+        f"budget {budget.name!r} from {source} differs from the one the output's manifest records "
+        f"({', '.join(map(repr, differing))}); {hint}, or the index or manifest was changed since."
+    )
 
 
 _BAD_SET = ("the manifest's options.set must map axis names to integers or lists of integers and nulls; verify "

@@ -689,9 +689,7 @@ def verify(
     options = (manifest or {}).get("options", {})
     quant = _manifest_quantization(options.get("quantize"))
     shard_size = options.get("max_shard_size", "5GB")
-    overrides = _manifest_overrides(options.get("set")) if size is None else None
-    base = _custom_base(budget) if overrides else budget
-    selected = _select(parent, [base] if base is not None else [], index, overrides)
+    selected = _select_recorded(parent, budget, index, options.get("set") if size is None else None)
     mismatch = _sizes_mismatch(manifest, selected, index)
     if mismatch is not None:
         report.problems.append(mismatch)
@@ -740,14 +738,28 @@ def _sizes_mismatch(manifest: dict[str, Any] | None, selected: _Selected, index:
     )
 
 
-_BAD_SET = ("the manifest's options.set must map axis names to integers or lists of integers and nulls; verify "
-            "without --parent, or give --size NAME.")
+_BAD_SET = "it must map axis names to integers or lists of integers and nulls"
 
 
-def _manifest_overrides(recorded: Any) -> dict[str, Any] | None:
+def _select_recorded(parent: str | Path, budget: str, index: str | Path | None, recorded_set: Any) -> _Selected:
+    """The parent opened and the budget an output was cut as: an index budget, or (when its manifest records --set
+    sizes) the base budget with those sizes, whose refusals say that they come from the manifest."""
+    if recorded_set is None or recorded_set == {}:
+        return _select(parent, [budget], index)
+    checkpoint = hub.open_source(parent)  # the parent's own errors, in their own words
+    try:
+        overrides = _manifest_overrides(recorded_set)
+        base = _custom_base(budget)
+        return _select(checkpoint, [base] if base is not None else [], index, overrides)
+    except InputError as exc:
+        raise InputError(
+            f"verify cannot rebuild budget {budget!r} from the --set sizes the output's manifest records "
+            f"(options.set): {str(exc).rstrip('.')}; verify without --parent, or give --size NAME."
+        ) from None
+
+
+def _manifest_overrides(recorded: Any) -> dict[str, Any]:
     """The --set sizes a manifest records (untrusted: checked, then parsed as the command line's --set is)."""
-    if recorded is None or recorded == {}:
-        return None
     if not isinstance(recorded, dict) or not all(isinstance(axis, str) and axis.strip() for axis in recorded):
         raise InputError(_BAD_SET)
     return parse_set([f"{axis}={_set_value(value)}" for axis, value in recorded.items()])
@@ -772,8 +784,7 @@ def _custom_base(budget: str) -> str | None:
     if budget.endswith("-custom") and len(budget) > len("-custom"):
         return budget.removesuffix("-custom")
     raise InputError(
-        f"the manifest records --set sizes but names budget {budget!r}, not NAME-custom or custom; verify without "
-        "--parent, or give --size NAME."
+        "a budget made with --set is named NAME-custom or custom"
     )
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
-from conftest import run_cli
+from conftest import add_budgets, run_cli
 from elastic_slice import api
 from elastic_slice.arch.gemma3n_fixture import build_tiny_gemma3n
 from elastic_slice.quant.schemes import SCALAR_BYTES
@@ -44,3 +45,31 @@ def test_estimate_matches_a_plain_quantized_extract(
     quantized = sum(name.endswith(".weight_scale") for name in tensors)
     assert quantized > 0
     assert estimate == sum(tensors.values()) + SCALAR_BYTES * quantized
+
+
+def test_inspect_names_the_quantizations_extract_refuses(tiny_parent: Path, tmp_path: Path) -> None:
+    """A quantized parent, and a per-layer budget, cannot be quantized by extract: inspect says so with extract's own
+    sentence instead of showing a size for an output that cannot be made."""
+    assert all(not b.quantize_refused for b in api.inspect(tiny_parent).budgets)
+    nested = tmp_path / "nested"
+    assert run_cli("quantize", str(tiny_parent), "--quantize", "fp8", "--quant-format", "compressed-tensors",
+                   "--out", str(nested)).code == 0
+    report = api.inspect(nested)
+    assert report.budgets and all(set(b.quantize_refused) == {"fp8", "nvfp4"} for b in report.budgets)
+    refused = run_cli("extract", str(nested), "--size", "12B", "--quantize", "nvfp4", "--out", str(tmp_path / "x"))
+    assert refused.code == 2
+    reason = report.budgets[-1].quantize_refused["nvfp4"]
+    assert reason in " ".join(refused.stderr.split()), refused.stderr
+    shown = run_cli("inspect", str(nested))
+    assert shown.code == 0 and "refused" in shown.stdout
+    assert "--quantize fp8/nvfp4 refused for '30B', '23B', '12B': the parent is already FP8" in shown.stdout
+
+
+def test_inspect_refuses_quantizing_a_per_layer_budget(axis_parents: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "parent"
+    shutil.copytree(axis_parents["active"], folder)
+    add_budgets(folder, hetero={"n_routed_experts": [None, 12, None, None, None, 8, None, None]})
+    budgets = {b.name: b for b in api.inspect(folder).budgets}
+    assert set(budgets["hetero"].quantize_refused) == {"fp8", "nvfp4"}
+    assert "per-layer sizes" in budgets["hetero"].quantize_refused["fp8"]
+    assert not any(b.quantize_refused for name, b in budgets.items() if name != "hetero")

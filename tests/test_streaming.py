@@ -23,6 +23,7 @@ from elastic_slice.checkpoint import open_checkpoint
 from elastic_slice.errors import RunFailure
 from elastic_slice.execute import Target, execute
 from elastic_slice.manifest import sha256_file
+from elastic_slice.quant import kernels
 from elastic_slice.writer import ShardWriter, WritePool
 
 
@@ -271,13 +272,15 @@ def test_interrupt_mid_write_releases_the_run(
     assert list((tmp_path / "out").iterdir()) == [] and _run_threads() == []  # no budget, no staging folder
 
 
-def test_quantizing_run_restores_torch_threads_and_the_collector(tiny_parent: Path, tmp_path: Path) -> None:
-    """A quantizing run sets torch to one thread and freezes the collector while it runs; both are as before after
-    it, and no reader or loader thread is left."""
+def test_quantizing_run_restores_torch_threads_and_the_collector(tiny_parent: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that quantizes with torch sets it to one thread and freezes the collector while it runs; both are as
+    before after it, and no reader or loader thread is left."""
     import gc
 
     import torch
 
+    monkeypatch.setenv(kernels.KERNELS_ENV, "torch")  # the compiled kernels would not load torch at all
     threads = torch.get_num_threads()
     api.extract(tiny_parent, "12B", tmp_path / "q", quantize=api.QuantOptions("nvfp4", "compressed-tensors"))
     assert torch.get_num_threads() == threads and gc.get_freeze_count() == 0

@@ -157,3 +157,18 @@ def test_numerics_reports_a_model_transformers_cannot_import(
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", missing_package)
     report = api.verify(child, parent=tiny_parent, numerics=True)
     assert any("could not load" in p and "timm" in p for p in report.problems), report.problems
+
+
+def test_output_cut_with_another_index_file(tiny_parent: Path, tmp_path: Path) -> None:
+    """verify re-derives the budget from the parent's own index unless told otherwise: when that is not the index the
+    output was cut with, it says so in one problem naming the axis and the file, instead of listing every tensor."""
+    document = json.loads((tiny_parent / "nesting_index.json").read_text())
+    document["budgets"]["12B"]["hidden_size"] -= 16
+    other = tmp_path / "other-index.json"
+    other.write_text(json.dumps(document))
+    out = tmp_path / "child"
+    api.extract(tiny_parent, "12B", out, index=other)
+    report = api.verify(out, parent=tiny_parent)
+    assert not report.ok and len(report.problems) == 1, report.problems
+    assert "'hidden_size'" in report.problems[0] and "'other-index.json'" in report.problems[0]
+    assert api.verify(out, parent=tiny_parent, index=other).ok

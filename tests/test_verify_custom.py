@@ -53,12 +53,13 @@ def test_set_output_verifies_and_a_flipped_byte_fails(
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    ({"options.set": {"hidden_size": True}}, "options.set must map axis names to integers"),
-    ({"options.set": {"hidden_size": "64"}}, "options.set must map axis names to integers"),
-    ({"options.set": [64]}, "options.set must map axis names to integers"),
+    ({"options.set": {"hidden_size": True}}, "(options.set): it must map axis names to integers"),
+    ({"options.set": {"hidden_size": "64"}}, "(options.set): it must map axis names to integers"),
+    ({"options.set": [64]}, "(options.set): it must map axis names to integers"),
     ({"options.set": {"layers": [0, -5]}}, "budget '12B-custom'"),
     ({"options.set": {"hidden_size": 10**9}}, "budget '12B-custom'"),
-    ({"budget.name": "12B"}, "names budget '12B', not NAME-custom"),
+    ({"budget.name": "12B"}, "budget '12B' from the --set sizes the output's manifest records (options.set): a budget "
+                             "made with --set is named NAME-custom or custom"),
 ])
 def test_hostile_recorded_sizes_are_input_errors(
     edit: dict[str, Any], message: str, tiny_parent: Path, tmp_path: Path
@@ -73,4 +74,6 @@ def test_hostile_recorded_sizes_are_input_errors(
     path.write_text(json.dumps(manifest))
     result = run_cli("verify", str(out), "--parent", str(tiny_parent))
     assert result.code == 2, result.stdout + result.stderr
-    assert message in result.stderr
+    text = " ".join(result.stderr.split())
+    assert message in text and "the output's manifest records" in text, text
+    assert text.endswith("verify without --parent, or give --size NAME."), text

@@ -75,6 +75,9 @@ class BudgetReport:
     tensors: int
     #: bytes of weight shards this budget reads that are not downloaded yet (Hub repo ids; 0 for a local folder)
     download_bytes: int = 0
+    #: scheme -> the sentence `extract --quantize SCHEME` refuses this budget with (its size in `bytes` is then an
+    #: estimate of nothing extract writes); empty when every scheme can be extracted
+    quantize_refused: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -290,9 +293,23 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
                 },
                 tensors=len(plan.ops),
                 download_bytes=_download_bytes(ckpt, [plan]),
+                quantize_refused=_quantize_refusals(ckpt, arch, plan),
             )
         )
     return report
+
+
+def _quantize_refusals(ckpt: Checkpoint, arch: BoundArchitecture, plan: Plan) -> dict[str, str]:
+    """Scheme -> why `extract --quantize SCHEME` refuses the budget of `plan` in every format (a quantized parent, a
+    per-layer budget, a cut off NVFP4's blocks): the same planning extract does, without calibration."""
+    refused = {}
+    for scheme in SCHEMES:
+        try:
+            request = QuantOptions(scheme, fmt=COMPRESSED_TENSORS.name).request(ckpt, arch, calibrated=False)
+            build_plan(ckpt, arch, plan.budget, quantize=request)
+        except InputError as exc:
+            refused[scheme] = str(exc)
+    return refused
 
 
 def _naming_budget(exc: ElasticSliceError, budget: str) -> str:
@@ -672,9 +689,11 @@ def verify(
     options = (manifest or {}).get("options", {})
     quant = _manifest_quantization(options.get("quantize"))
     shard_size = options.get("max_shard_size", "5GB")
-    overrides = _manifest_overrides(options.get("set")) if size is None else None
-    base = _custom_base(budget) if overrides else budget
-    selected = _select(parent, [base] if base is not None else [], index, overrides)
+    selected = _select_recorded(parent, budget, index, options.get("set") if size is None else None)
+    mismatch = _sizes_mismatch(manifest, selected, index)
+    if mismatch is not None:
+        report.problems.append(mismatch)
+        return report
     if child is not None and quant is None:
         require_quantized_parent(child, selected.checkpoint)
     prepared = _plan(selected, options.get("dtype"), shard_size, quant, calibrated=False)
@@ -695,14 +714,52 @@ def verify(
     return report
 
 
-_BAD_SET = ("the manifest's options.set must map axis names to integers or lists of integers and nulls; verify "
-            "without --parent, or give --size NAME.")
-
-
-def _manifest_overrides(recorded: Any) -> dict[str, Any] | None:
-    """The --set sizes a manifest records (untrusted: checked, then parsed as the command line's --set is)."""
-    if recorded is None or recorded == {}:
+def _sizes_mismatch(manifest: dict[str, Any] | None, selected: _Selected, index: str | Path | None) -> str | None:
+    """Why the budget re-derived from the parent is not the one the manifest records the output was cut as (another
+    --index file, or an edited index or manifest), naming the axes that differ; None when they agree. Comparing
+    bytes then would only list every tensor as different."""
+    recorded = (manifest or {}).get("budget", {})
+    budget = selected.budgets[0]
+    if not isinstance(recorded, dict) or recorded.get("name") != budget.name:
         return None
+    sizes = recorded.get("sizes")
+    derived = json.loads(json.dumps(budget.sizes))
+    if sizes == derived:
+        return None
+    axes = sorted(set(derived) | set(sizes)) if isinstance(sizes, dict) else ["sizes"]
+    differing = [axis for axis in axes if not isinstance(sizes, dict) or sizes.get(axis) != derived.get(axis)]
+    used = (manifest or {}).get("options", {}).get("index")
+    source = selected.nesting.source if selected.nesting is not None else "the command line"
+    hint = (f"the manifest says it was cut with index {used!r}: give --index with that file"
+            if isinstance(used, str) and index is None else "give --index with the file it was cut with")
+    return (
+        f"budget {budget.name!r} from {source} differs from the one the output's manifest records "
+        f"({', '.join(map(repr, differing))}); {hint}, or the index or manifest was changed since."
+    )
+
+
+_BAD_SET = "it must map axis names to integers or lists of integers and nulls"
+
+
+def _select_recorded(parent: str | Path, budget: str, index: str | Path | None, recorded_set: Any) -> _Selected:
+    """The parent opened and the budget an output was cut as: an index budget, or (when its manifest records --set
+    sizes) the base budget with those sizes, whose refusals say that they come from the manifest."""
+    if recorded_set is None or recorded_set == {}:
+        return _select(parent, [budget], index)
+    checkpoint = hub.open_source(parent)  # the parent's own errors, in their own words
+    try:
+        overrides = _manifest_overrides(recorded_set)
+        base = _custom_base(budget)
+        return _select(checkpoint, [base] if base is not None else [], index, overrides)
+    except InputError as exc:
+        raise InputError(
+            f"verify cannot rebuild budget {budget!r} from the --set sizes the output's manifest records "
+            f"(options.set): {str(exc).rstrip('.')}; verify without --parent, or give --size NAME."
+        ) from None
+
+
+def _manifest_overrides(recorded: Any) -> dict[str, Any]:
+    """The --set sizes a manifest records (untrusted: checked, then parsed as the command line's --set is)."""
     if not isinstance(recorded, dict) or not all(isinstance(axis, str) and axis.strip() for axis in recorded):
         raise InputError(_BAD_SET)
     return parse_set([f"{axis}={_set_value(value)}" for axis, value in recorded.items()])
@@ -727,8 +784,7 @@ def _custom_base(budget: str) -> str | None:
     if budget.endswith("-custom") and len(budget) > len("-custom"):
         return budget.removesuffix("-custom")
     raise InputError(
-        f"the manifest records --set sizes but names budget {budget!r}, not NAME-custom or custom; verify without "
-        "--parent, or give --size NAME."
+        "a budget made with --set is named NAME-custom or custom"
     )
 
 

@@ -216,11 +216,20 @@ def _render_report(report: api.InspectReport) -> None:
         _row(table, "total params", *(human_count(b.params_total) for b in report.budgets))
         _row(table, "active params", *(human_count(b.params_active) for b in report.budgets))
         for fmt in ("stored", "bf16", *SCHEMES):
-            _row(table, f"size {fmt}", *(human_bytes(b.bytes[fmt]) for b in report.budgets))
+            _row(table, f"size {fmt}", *("refused" if fmt in b.quantize_refused else human_bytes(b.bytes[fmt])
+                                         for b in report.budgets))
         _row(table, "tensors", *(str(b.tensors) for b in report.budgets))
         if report.hub is not None:
             _row(table, "download", *(human_bytes(b.download_bytes) for b in report.budgets))
         stdout.print(table)
+    refusals: dict[str, tuple[dict[str, None], dict[str, None]]] = {}  # reason -> (schemes, budgets), in order
+    for budget in report.budgets:
+        for scheme, reason in budget.quantize_refused.items():
+            schemes, budgets = refusals.setdefault(reason, ({}, {}))
+            schemes[scheme] = budgets[budget.name] = None
+    for reason, (schemes, budgets) in refusals.items():
+        say(stdout, (f"--quantize {'/'.join(schemes)} refused", "bold"),
+            f" for {', '.join(map(repr, budgets))}: {reason}")
     for problem in report.problems:
         say(stdout, ("problem: ", "bold red"), problem)
 

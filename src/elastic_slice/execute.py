@@ -4,10 +4,11 @@ Work is split into row chunks, so memory stays bounded by the chunks in flight w
 number of budgets: a chunk's rows, with every budget's cut of them, take at most `chunk_bytes` (or one row for
 every budget, when a single row is bigger). Reader threads read each chunk with positioned reads (never a memory
 map: a shard shortened by another process is a clean error, never SIGBUS), cut it with numpy and, only for ops
-that change values, convert it (`transform`, torch); the calling thread writes the results in plan order. In runs
-that only move bytes, each plain cut is read and cut straight into the shard writer's blocks instead: the calling
-thread reserves its bytes there when it hands the chunk out (in plan order) and commits them in order, so no output
-byte is copied twice. Several plans (budgets) of one parent share every read.
+that change values, convert it (the compiled quantization kernels where quant/kernels.py says they apply, else
+`transform`, torch); the calling thread writes the results in plan order. In runs that only move bytes, each plain
+cut is read and cut straight into the shard writer's blocks instead: the calling thread reserves its bytes there
+when it hands the chunk out (in plan order) and commits them in order, so no output byte is copied twice. Several
+plans (budgets) of one parent share every read.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import numpy as np
 from .checkpoint import Checkpoint, ShardFiles
 from .dtypes import itemsize
 from .plan import Plan, TensorOp
+from .quant import kernels
+from .quant.formats import KV_SCALE
 from .safetensors_header import TensorInfo
 from .selection import Ranges
 from .writer import Span
@@ -320,12 +323,15 @@ def _process(
     for position, (index, op) in enumerate(chunk.consumers):
         pieces = _pieces(op.selection[0], chunk.start, chunk.stop) if info.shape else ()
         if rows is not None and changes_values(op, info):
+            whole = not info.shape or (chunk.start, chunk.stop) == (0, info.shape[0])
+            selection = op.selection if whole else (pieces, *op.selection[1:])
+            if kernels.computes(op):
+                results.append([(index, op, _compiled_quantization(rows, op, selection, quantized, index))])
+                continue
             assert loader is not None
             loader.ready()
             from .transform import transformed  # torch, only for plans that need it
 
-            whole = not info.shape or (chunk.start, chunk.stop) == (0, info.shape[0])
-            selection = op.selection if whole else (pieces, *op.selection[1:])
             results.append([(index, op, transformed(rows, info.dtype, op, selection, files, quantized, index))])
         elif spans is not None and position in spans:
             span = spans[position]
@@ -356,6 +362,26 @@ def _process(
     if column_cuts:
         _cut_in_pieces(files, chunk, column_cuts)
     return [result for group in results for result in group]
+
+
+def _compiled_quantization(
+    rows: np.ndarray, op: TensorOp, selection: tuple[Ranges, ...], quantized: dict[int, Any], target: int
+) -> np.ndarray:
+    """`transform.transformed` of an op the compiled kernels compute, without torch: a KV-cache scale, or a part of
+    the quantized cut of the parent's whole bf16 tensor `rows` (every part of one target's weight computed once)."""
+    spec = op.quant
+    assert spec is not None
+    if spec.part == KV_SCALE:
+        return kernels.kv_scale(spec)
+    if target not in quantized:
+        if all(len(ranges) == 1 for ranges in selection):  # a view (copied by the kernels only if not contiguous)
+            child = rows[tuple(slice(start, stop) for ((start, stop),) in selection)]
+        else:
+            child = np.empty(tuple(sum(b - a for a, b in ranges) for ranges in selection), rows.dtype)
+            _cut_into(rows, selection, child)
+        quantized[target] = spec.scheme.quantize_bf16(rows, child, spec.fmt, spec.input_amax)
+    part: np.ndarray = quantized[target][spec.part]
+    return part.reshape(-1).view(np.uint8)
 
 
 class _TorchLoader:
@@ -425,8 +451,17 @@ class _ReadAhead:
             self._asked += ahead.nbytes
 
 
-def _needs_torch(checkpoint: Checkpoint, targets: list[Target]) -> bool:
+def _changes_values(checkpoint: Checkpoint, targets: list[Target]) -> bool:
+    """Whether some op of the run changes values (its results are written as they come, not in place)."""
     return any(changes_values(op, checkpoint.tensors[op.source]) for target in targets for op in target.plan.ops)
+
+
+def _needs_torch(checkpoint: Checkpoint, targets: list[Target]) -> bool:
+    """Whether some op changes values in a way the compiled kernels do not compute."""
+    return any(
+        changes_values(op, checkpoint.tensors[op.source]) and not kernels.computes(op)
+        for target in targets for op in target.plan.ops
+    )
 
 
 def execute(
@@ -445,7 +480,7 @@ def execute(
     # plain cuts go straight into the writers' blocks (one copy of every output byte fewer) when every writer can
     # take them so; a run that changes values writes its results in order as they come
     sinks = [target.writer for target in targets if isinstance(target.writer, ReservingSink)]
-    direct = loader is None and len(sinks) == len(targets)
+    direct = len(sinks) == len(targets) and not _changes_values(checkpoint, targets)
     with ShardFiles(checkpoint) as files, ThreadPoolExecutor(max(1, workers), "elastic-slice-read") as pool:
 
         def drain_one() -> None:

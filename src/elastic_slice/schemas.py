@@ -20,6 +20,8 @@ BUDGET_REPORT = _object({
     "params_total": _COUNT, "params_active": _COUNT,
     "bytes": _object({k: _COUNT for k in ("stored", "bf16", *SCHEMES)}), "tensors": _COUNT,
     "download_bytes": _COUNT,
+    "quantize_refused": {"type": "object", "additionalProperties": {"type": "string"},
+                         "propertyNames": {"enum": list(SCHEMES)}},
 })
 
 HUB_REPORT = _object({

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..checkpoint import HF_QUANT_CONFIG
 
 if TYPE_CHECKING:
@@ -84,6 +86,10 @@ class Format:
         import torch
 
         return torch.as_tensor(value, dtype=torch.float32).reshape(()).reshape(self.scalar_shape)
+
+    def scalar_array(self, value: float | np.floating[Any]) -> np.ndarray:
+        """`scalar` as a numpy array (the compiled kernels' path, without torch)."""
+        return np.full(self.scalar_shape, value, dtype=np.float32)
 
     def kv_scale_name(self, projection: str, which: str) -> str:
         """The name of the FP8 KV-cache scale of key or value (`which`: k or v) projection module `projection`."""

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-E4M3_MAX = 448.0
+from .kernels import E4M3_MAX
+
 _ZERO_SCALE = torch.finfo(torch.float32).eps
 #: elements quantized at a time: their fp32 copy (256 KiB) stays in the CPU's L2 cache from step to step
 CHUNK_ELEMENTS = 64 * 1024

@@ -13,10 +13,9 @@ from __future__ import annotations
 import torch
 
 from .fp8 import abs_max
+from .kernels import E2M1_MAX, E4M3_MAX, NVFP4_BLOCK
 
-BLOCK = 16
-E2M1_MAX = 6.0
-E4M3_MAX = 448.0
+BLOCK = NVFP4_BLOCK
 _ZERO_BLOCK_SCALE = 0.125
 _ZERO_BLOCK_CODE = int(torch.tensor(_ZERO_BLOCK_SCALE).to(torch.float8_e4m3fn).view(torch.uint8))
 #: blocks quantized at a time: their fp32 copy, int32 table indexes and codes (about 0.6 MiB) stay in the CPU's L2

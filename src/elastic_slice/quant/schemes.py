@@ -2,8 +2,9 @@
 
 A scheme carries everything that is its own: the module kinds it leaves alone by default, the parts a quantized
 weight is stored as (dtype and shape), how a cut of the dense weight becomes a cut of those parts, its bytes on disk,
-`verify --numerics`' tolerance, and the torch side (quantize with the parent's scales, dequantize, the rounding
-bound `verify` checks; torch is imported only there). How a part is named on disk and how scalars are stored belong
+`verify --numerics`' tolerance, and the tensor side: quantize with the parent's scales (torch's kernels, or the
+compiled bf16 kernels of quant/kernels.py on numpy arrays, the same bytes), dequantize and the rounding bound `verify`
+checks (torch, imported only there). How a part is named on disk and how scalars are stored belong
 to the format (formats.py). Adding a scheme is one subclass and one entry in SCHEMES.
 
 The per-kind defaults (the broad recipe, for every family) follow NVIDIA's Nemotron FP8/NVFP4 releases: only the
@@ -17,10 +18,13 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..arch.base import LINEAR_KINDS
 from ..errors import InputError
 from ..selection import Ranges, Selection
 from .formats import BLOCK_SCALE, GLOBAL_SCALE, INPUT_SCALE, TENSOR_SCALE, WEIGHT, Format
+from .kernels import E2M1_MAX, E4M3_MAX
 
 if TYPE_CHECKING:
     import torch
@@ -89,6 +93,16 @@ class Scheme:
         activation scale too when `input_amax` is given."""
         raise NotImplementedError
 
+    def quantize_bf16(self, parent: np.ndarray, child: np.ndarray, fmt: Format,
+                      input_amax: float | None) -> dict[str, np.ndarray]:
+        """`quantize` by the compiled kernels (quant/kernels.py) on bf16 bit patterns (uint16 arrays): the same
+        bytes, as numpy arrays, without torch."""
+        raise NotImplementedError
+
+    def input_scale(self, input_amax: float, fmt: Format) -> float:
+        """The stored activation scale of a calibrated input amax."""
+        raise NotImplementedError
+
     def dequantize(self, stored: torch.Tensor, scales: dict[str, torch.Tensor], fmt: Format) -> torch.Tensor:
         """The fp32 values of a stored weight."""
         raise NotImplementedError
@@ -118,8 +132,21 @@ class Fp8(Scheme):
         scale = fp8.tensor_scale(parent, fp8.abs_max(parent))
         result = {WEIGHT: fp8.quantize(child, scale), TENSOR_SCALE: fmt.scalar(scale)}
         if input_amax is not None:
-            result[INPUT_SCALE] = fmt.scalar(input_amax / fp8.E4M3_MAX)
+            result[INPUT_SCALE] = fmt.scalar(self.input_scale(input_amax, fmt))
         return result
+
+    def quantize_bf16(self, parent: np.ndarray, child: np.ndarray, fmt: Format,
+                      input_amax: float | None) -> dict[str, np.ndarray]:
+        from . import kernels
+
+        scale = kernels.fp8_scale(kernels.abs_max(parent))
+        result = {WEIGHT: kernels.fp8_codes(child, scale), TENSOR_SCALE: fmt.scalar_array(scale)}
+        if input_amax is not None:
+            result[INPUT_SCALE] = fmt.scalar_array(self.input_scale(input_amax, fmt))
+        return result
+
+    def input_scale(self, input_amax: float, fmt: Format) -> float:
+        return input_amax / E4M3_MAX
 
     def dequantize(self, stored: torch.Tensor, scales: dict[str, torch.Tensor], fmt: Format) -> torch.Tensor:
         import torch
@@ -191,13 +218,32 @@ class Nvfp4(Scheme):
             WEIGHT: nvfp4.quantize(child, scales, global_scale),
             BLOCK_SCALE: scales,
             # the step amax / (6 * 448), or its reciprocal (the global scale itself), as the format stores it
-            GLOBAL_SCALE: fmt.scalar(global_scale if fmt.inverts_global_scales
-                                     else amax / (nvfp4.E2M1_MAX * nvfp4.E4M3_MAX)),
+            GLOBAL_SCALE: fmt.scalar(global_scale if fmt.inverts_global_scales else amax / (E2M1_MAX * E4M3_MAX)),
         }
         if input_amax is not None:
-            step = input_amax / (nvfp4.E2M1_MAX * nvfp4.E4M3_MAX)
-            result[INPUT_SCALE] = fmt.scalar(1.0 / step if fmt.inverts_global_scales else step)
+            result[INPUT_SCALE] = fmt.scalar(self.input_scale(input_amax, fmt))
         return result
+
+    def quantize_bf16(self, parent: np.ndarray, child: np.ndarray, fmt: Format,
+                      input_amax: float | None) -> dict[str, np.ndarray]:
+        from . import kernels
+
+        amax = kernels.abs_max(parent)
+        global_scale = kernels.nvfp4_global_scale(amax)
+        packed, scales = kernels.nvfp4_codes(child, global_scale)
+        step = np.float32(amax) / np.float32(E2M1_MAX * E4M3_MAX)  # as in `quantize`, in fp32
+        result = {
+            WEIGHT: packed,
+            BLOCK_SCALE: scales,
+            GLOBAL_SCALE: fmt.scalar_array(global_scale if fmt.inverts_global_scales else step),
+        }
+        if input_amax is not None:
+            result[INPUT_SCALE] = fmt.scalar_array(self.input_scale(input_amax, fmt))
+        return result
+
+    def input_scale(self, input_amax: float, fmt: Format) -> float:
+        step = input_amax / (E2M1_MAX * E4M3_MAX)
+        return 1.0 / step if fmt.inverts_global_scales else step
 
     def dequantize(self, stored: torch.Tensor, scales: dict[str, torch.Tensor], fmt: Format) -> torch.Tensor:
         import torch

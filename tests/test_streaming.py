@@ -47,6 +47,51 @@ def test_tiny_chunks_and_threads_give_identical_bytes(tiny_parent: Path, tmp_pat
             assert writer.sha256[shard] == sha256_file(folder / shard)
 
 
+class _CopiedSink:
+    """A shard writer seen without `reserve`: the executor copies every cut into it, as for verify's sinks."""
+
+    def __init__(self, writer: ShardWriter) -> None:
+        self.write, self.close = writer.write, writer.close
+
+
+def test_cuts_written_in_place_equal_cuts_copied_in_any_block_size(
+    tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readers cut straight into spans of the writers' blocks, spans crossing block ends included: three budgets in
+    one pass give the bytes and sha256 of the copying path, for 4 KiB and 12 KiB blocks and several chunk sizes."""
+    plans = api.plan_extract_many(tiny_parent, ["30B", "23B", "12B"], max_shard_size="400KB")
+    crossings, real_views = [], writer_module.Span.views
+
+    def views(self: writer_module.Span, offset: int, nbytes: int) -> Any:
+        parts = real_views(self, offset, nbytes)
+        crossings.append(len(parts) > 1)
+        return parts
+
+    monkeypatch.setattr(writer_module.Span, "views", views)
+
+    def run(name: str, in_place: bool, chunk: int) -> dict[str, dict[str, str]]:
+        for plan in plans:
+            (tmp_path / name / plan.budget.name).mkdir(parents=True)
+        with WritePool(len(plans)) as pool:
+            writers = [ShardWriter(tmp_path / name / plan.budget.name, plan, pool) for plan in plans]
+            targets = [Target(plan, writer if in_place else _CopiedSink(writer))
+                       for plan, writer in zip(plans, writers, strict=True)]
+            execute(open_checkpoint(tiny_parent), targets, chunk_bytes=chunk, inflight_bytes=4 * chunk)
+        return {plan.budget.name: writer.sha256 for plan, writer in zip(plans, writers, strict=True)}
+
+    for block in (writer_module.DIRECT_ALIGN, 3 * writer_module.DIRECT_ALIGN):
+        monkeypatch.setattr(writer_module, "DIRECT_BLOCK", block)
+        monkeypatch.setattr(writer_module, "MIN_BLOCK", block)
+        copied = run(f"copied-{block}", False, 5000)
+        for chunk in (777, 2**20):
+            crossings.clear()
+            assert run(f"in-place-{block}-{chunk}", True, chunk) == copied
+            assert any(crossings)
+            for plan in plans:
+                assert _files(tmp_path / f"in-place-{block}-{chunk}" / plan.budget.name) == _files(
+                    tmp_path / f"copied-{block}" / plan.budget.name), (block, chunk, plan.budget.name)
+
+
 def test_direct_and_buffered_writes_in_any_block_size_give_identical_bytes(
     tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -169,33 +214,35 @@ def _run_threads() -> list[str]:
 def test_many_budgets_share_bounded_blocks_buffers_and_threads(
     tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One pass over 41 budgets: the writers' blocks fit in POOL_BYTES, the same few threads as for one budget serve
-    them all, each chunk's buffer stays within chunk_bytes (or one row), and the bytes equal separate runs."""
+    """One pass over 41 budgets: the writers' blocks fit in POOL_BYTES, the cuts in flight (which readers write into
+    them) and one block more per file, the same few threads as for one budget serve them all, each chunk's buffer stays within chunk_bytes
+    (or one row), and the bytes equal separate runs."""
     parent = tmp_path / "parent"
     shutil.copytree(tiny_parent, parent)
     add_budgets(parent, **{f"b{i:02d}": {"hidden_size": 64 + 16 * (i % 4), "mamba_num_heads": 8} for i in range(38)})
     plans = api.plan_extract_many(parent, [ALL_BUDGETS])
     assert len(plans) == 41
-    chunk_bytes, buffers, threads = 32 * 1024, [], []
-    real_process, real_write = execute_module._process, ShardWriter.write
+    chunk_bytes, inflight_bytes, buffers, threads = 32 * 1024, 128 * 1024, [], []
+    real_process, real_commit = execute_module._process, ShardWriter.commit
 
     def process(files: Any, chunk: Any, buffer: Any, *rest: Any) -> Any:
         buffers.append((chunk.buffer_bytes, chunk.stop - chunk.start))
         return real_process(files, chunk, buffer, *rest)
 
-    def write(self: ShardWriter, op: Any, data: Any) -> None:
+    def commit(self: ShardWriter, span: Any) -> None:
         threads.append(len(_run_threads()))
-        real_write(self, op, data)
+        real_commit(self, span)
 
     monkeypatch.setattr(execute_module, "_process", process)
-    monkeypatch.setattr(ShardWriter, "write", write)
+    monkeypatch.setattr(ShardWriter, "commit", commit)
     with WritePool(len(plans)) as pool:
         targets = []
         for plan in plans:
             (tmp_path / plan.budget.name).mkdir()
             targets.append(Target(plan, ShardWriter(tmp_path / plan.budget.name, plan, pool)))
-        execute(open_checkpoint(parent), targets, workers=2, chunk_bytes=chunk_bytes)
-    assert pool.made * pool.block_size <= writer_module.POOL_BYTES
+        execute(open_checkpoint(parent), targets, workers=2, chunk_bytes=chunk_bytes, inflight_bytes=inflight_bytes)
+    # a file whose next block is reserved before its last one is committed holds one block more
+    assert pool.made * pool.block_size <= writer_module.POOL_BYTES + (len(plans) * pool.block_size + inflight_bytes)
     assert pool.block_size < writer_module.DIRECT_BLOCK  # many small blocks were filled and written
     assert max(threads) <= 2 + writer_module.HASH_THREADS + 1 and _run_threads() == []  # readers, hashing, writing
     assert all(size <= chunk_bytes or rows == 1 for size, rows in buffers)
@@ -209,15 +256,15 @@ def test_many_budgets_share_bounded_blocks_buffers_and_threads(
 def test_interrupt_mid_write_releases_the_run(
     tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write, calls = ShardWriter.write, []
+    real_commit, calls = ShardWriter.commit, []
 
-    def interrupted(self: ShardWriter, op: Any, data: Any) -> None:
-        calls.append(op)
+    def interrupted(self: ShardWriter, span: Any) -> None:
+        calls.append(span)
         if len(calls) == 40:
-            raise KeyboardInterrupt
-        real_write(self, op, data)
+            raise KeyboardInterrupt  # reader threads are filling spans of the writers' blocks meanwhile
+        real_commit(self, span)
 
-    monkeypatch.setattr(ShardWriter, "write", interrupted)
+    monkeypatch.setattr(ShardWriter, "commit", interrupted)
     monkeypatch.setattr(writer_module, "MIN_BLOCK", writer_module.DIRECT_ALIGN)
     monkeypatch.setattr(writer_module, "POOL_BYTES", 4 * writer_module.DIRECT_ALIGN)  # blocks in flight when it stops
     with pytest.raises(KeyboardInterrupt):
@@ -238,3 +285,22 @@ def test_quantizing_run_restores_torch_threads_and_the_collector(tiny_parent: Pa
     api.extract(tiny_parent, "12B", tmp_path / "q", quantize=api.QuantOptions("nvfp4", "compressed-tensors"))
     assert torch.get_num_threads() == threads and gc.get_freeze_count() == 0
     assert not [t for t in threading.enumerate() if t.name.startswith("elastic-slice")]
+
+
+def test_read_ahead_asks_for_every_chunk_once_in_order_a_window_ahead(tiny_parent: Path) -> None:
+    plan = api.plan_extract(tiny_parent, "12B")
+    chunks = list(execute_module._chunks(open_checkpoint(tiny_parent), [Target(plan, Any)], 4096))
+    asked: list[tuple[str, int, int]] = []
+
+    class Files:
+        def prefetch(self, info: Any, start: int, size: int) -> None:
+            asked.append((info.name, start, size))
+
+    window, handed_out, total = 64 * 1024, 0, sum(chunk.nbytes for chunk in chunks)
+    read_ahead = execute_module._ReadAhead(Files(), chunks, window)  # type: ignore[arg-type]
+    for chunk in chunks:
+        read_ahead.advance(chunk)
+        handed_out += chunk.nbytes
+        assert min(total, handed_out + window) <= sum(size for *_, size in asked)
+        assert sum(size for *_, size in asked[:-1]) < handed_out + window
+    assert len(chunks) > 10 and asked == [(c.info.name, c.start * c.row_bytes, c.nbytes) for c in chunks]

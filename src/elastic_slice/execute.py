@@ -5,7 +5,9 @@ number of budgets: a chunk's rows, with every budget's cut of them, take at most
 every budget, when a single row is bigger). Reader threads read each chunk with positioned reads (never a memory
 map: a shard shortened by another process is a clean error, never SIGBUS), cut it with numpy and, only for ops
 that change values, convert it (the compiled quantization kernels where quant/kernels.py says they apply, else
-`transform`, torch); the calling thread writes the results in plan order. Several
+`transform`, torch); the calling thread writes the results in plan order. In runs that only move bytes, each plain
+cut is read and cut straight into the shard writer's blocks instead: the calling thread reserves its bytes there
+when it hands the chunk out (in plan order) and commits them in order, so no output byte is copied twice. Several
 plans (budgets) of one parent share every read.
 """
 
@@ -20,7 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -31,11 +33,16 @@ from .quant import kernels
 from .quant.formats import KV_SCALE
 from .safetensors_header import TensorInfo
 from .selection import Ranges
+from .writer import Span
 
 #: a chunk's buffer and the buffers in flight: each buffer is first touched once (page faults and zeroing, 8-18% of a
 #: run's samples under perf with 64 MiB chunks and 256 MiB in flight); 16/64 MiB ran as fast or faster, warm and cold
 DEFAULT_CHUNK_BYTES = 16 * 2**20
 DEFAULT_INFLIGHT_BYTES = 64 * 2**20
+#: source bytes the kernel is asked to read ahead of the chunk being handed out: with a cold page cache, 30B + 23B +
+#: 12B in one pass took 7.8-10.6 s with this window against 8.6-10.5 s reading each chunk's bytes only when a reader
+#: took it (3 alternating rounds at load 3.7-4.3); a 1 GiB window measured no better
+READAHEAD_BYTES = 256 * 2**20
 #: rows read at a time for a column cut: the read lands in the CPU cache and the cut copies it from there
 PIECE_BYTES = 256 * 1024
 #: stored elements are copied as unsigned integers of their width: a cut moves bytes, never values
@@ -48,6 +55,21 @@ class TensorSink(Protocol):
     def write(self, op: TensorOp, data: Any) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReservingSink(TensorSink, Protocol):
+    """A sink whose bytes reader threads write in place (the shard writer): `reserve` sets an op's next bytes aside,
+    in plan order, and `commit` hands them over once filled."""
+
+    def reserve(self, op: TensorOp, nbytes: int) -> Span: ...
+
+    def commit(self, span: Span) -> None: ...
+
+
+#: where a plain cut goes: a buffer of the chunk's, or a span of the writer's blocks
+_Destination = np.ndarray | Span
+_Results = list[tuple[int, TensorOp, np.ndarray | Span]]
 
 
 @dataclass(frozen=True)
@@ -104,13 +126,19 @@ class _Chunk:
         otherwise each plain cut is read into its own output, or cut from cache-sized pieces."""
         return not self.info.shape or any(changes_values(op, self.info) for _, op in self.consumers)
 
+    def cut_bytes(self, op: TensorOp) -> int:
+        """Bytes of a plain op's cut of these rows."""
+        if not self.info.shape:
+            return op.nbytes
+        rows = sum(b - a for a, b in _pieces(op.selection[0], self.start, self.stop))
+        return rows * _kept_row_bytes(op, self.info)
+
     def output_bytes(self, op: TensorOp) -> int:
         """Bytes of the buffer a plain op's cut of these rows is written into (0 when it needs none)."""
         info = self.info
         if changes_values(op, info) or not info.shape or (self.reads_whole and _cuts_rows_only(op, info)):
             return 0
-        rows = sum(b - a for a, b in _pieces(op.selection[0], self.start, self.stop))
-        return rows * _kept_row_bytes(op, info)
+        return self.cut_bytes(op)
 
     @property
     def buffer_bytes(self) -> int:
@@ -215,7 +243,23 @@ def _as_rows(raw: np.ndarray, info: TensorInfo, count: int) -> np.ndarray:
     return elements.reshape(count, *info.shape[1:]) if info.shape else elements.reshape(())
 
 
-def _cut_in_pieces(files: ShardFiles, chunk: _Chunk, cuts: list[tuple[TensorOp, np.ndarray]]) -> None:
+def _cut_piece(rows: np.ndarray, op: TensorOp, here: Ranges, dest: _Destination, filled: int, count: int) -> None:
+    """Cut one piece's rows `here` into rows [filled, filled + count) of `dest`."""
+    selection = (here, *op.selection[1:])
+    if isinstance(dest, np.ndarray):
+        _cut_into(rows, selection, dest[filled : filled + count])
+        return
+    shape = (count, *(sum(b - a for a, b in ranges) for ranges in op.selection[1:]))
+    row_bytes = math.prod(shape[1:]) * rows.itemsize
+    views = dest.views(filled * row_bytes, count * row_bytes)
+    # in place, unless the rows cross the end of a block of the writer's (then through a small array)
+    target = views[0].view(rows.dtype).reshape(shape) if len(views) == 1 else np.empty(shape, rows.dtype)
+    _cut_into(rows, selection, target)
+    if len(views) > 1:
+        dest.fill(filled * row_bytes, target.reshape(-1).view(np.uint8))
+
+
+def _cut_in_pieces(files: ShardFiles, chunk: _Chunk, cuts: list[tuple[TensorOp, _Destination]]) -> None:
     """Column cuts of a chunk: rows are read a cache-sized piece at a time and each piece cut into every output."""
     info = chunk.info
     step = max(1, PIECE_BYTES // max(1, chunk.row_bytes))
@@ -230,24 +274,36 @@ def _cut_in_pieces(files: ShardFiles, chunk: _Chunk, cuts: list[tuple[TensorOp, 
         rows = _as_rows(raw, info, last - first)
         for k, ((op, dest), here) in enumerate(zip(cuts, pieces, strict=True)):
             count = sum(b - a for a, b in here)
-            _cut_into(rows, (here, *op.selection[1:]), dest[filled[k] : filled[k] + count])
+            _cut_piece(rows, op, here, dest, filled[k], count)
             filled[k] += count
 
 
-def _read_rows(files: ShardFiles, chunk: _Chunk, pieces: Ranges, raw: np.ndarray) -> None:
-    """A row cut of a chunk: the kept rows (`pieces`, relative to the chunk) read straight into `raw`."""
+def _read_rows(files: ShardFiles, chunk: _Chunk, pieces: Ranges, dest: _Destination) -> None:
+    """A row cut of a chunk: the kept rows (`pieces`, relative to the chunk) read straight into `dest`."""
     written = 0
     for a, b in pieces:
+        start = (chunk.start + a) * chunk.row_bytes
         size = (b - a) * chunk.row_bytes
-        files.read_into(chunk.info, (chunk.start + a) * chunk.row_bytes, raw[written : written + size].data)
+        for view in [dest[written : written + size]] if isinstance(dest, np.ndarray) else dest.views(written, size):
+            files.read_into(chunk.info, start, view.data)
+            start += len(view)
         written += size
 
 
+def _reserve(chunk: _Chunk, sinks: list[ReservingSink]) -> dict[int, Span]:
+    """Spans of the writers' blocks for every cut of a chunk, by the consumer's position (in plan order)."""
+    spans = {}
+    for position, (index, op) in enumerate(chunk.consumers):
+        if nbytes := chunk.cut_bytes(op):
+            spans[position] = sinks[index].reserve(op, nbytes)
+    return spans
+
+
 def _process(
-    files: ShardFiles, chunk: _Chunk, buffer: np.ndarray, loader: _TorchLoader | None
-) -> list[tuple[int, TensorOp, np.ndarray]]:
-    """Read one chunk and cut it for each consumer, into `buffer` (`chunk.buffer_bytes` long); the ops that change values
-    wait for `loader`."""
+    files: ShardFiles, chunk: _Chunk, buffer: np.ndarray, loader: _TorchLoader | None, spans: dict[int, Span] | None
+) -> _Results:
+    """Read one chunk and cut it for each consumer, into `buffer` (`chunk.buffer_bytes` long) or, given `spans`, in
+    place into the writers' blocks; the ops that change values wait for `loader`."""
     info = chunk.info
     free = 0
 
@@ -261,12 +317,10 @@ def _process(
         raw = carve(chunk.nbytes)
         files.read_into(info, chunk.start * chunk.row_bytes, raw.data)
         rows = _as_rows(raw, info, chunk.stop - chunk.start)
-    else:
-        files.prefetch(info, chunk.start * chunk.row_bytes, chunk.nbytes)  # a cold cache: the pieces' reads overlap
-    results: list[list[tuple[int, TensorOp, np.ndarray]]] = []
-    column_cuts: list[tuple[TensorOp, np.ndarray]] = []
+    results: list[_Results] = []
+    column_cuts: list[tuple[TensorOp, _Destination]] = []
     quantized: dict[int, Any] = {}
-    for index, op in chunk.consumers:
+    for position, (index, op) in enumerate(chunk.consumers):
         pieces = _pieces(op.selection[0], chunk.start, chunk.stop) if info.shape else ()
         if rows is not None and changes_values(op, info):
             whole = not info.shape or (chunk.start, chunk.stop) == (0, info.shape[0])
@@ -279,6 +333,15 @@ def _process(
             from .transform import transformed  # torch, only for plans that need it
 
             results.append([(index, op, transformed(rows, info.dtype, op, selection, files, quantized, index))])
+        elif spans is not None and position in spans:
+            span = spans[position]
+            if not info.shape:
+                span.fill(0, raw)
+            elif _cuts_rows_only(op, info):
+                _read_rows(files, chunk, pieces, span)
+            else:
+                column_cuts.append((op, span))
+            results.append([(index, op, span)])
         elif rows is not None and not info.shape:
             results.append([(index, op, rows)])
         elif not pieces:
@@ -368,6 +431,31 @@ class _TorchLoader:
             torch.set_num_threads(self._saved)
 
 
+class _ReadAhead:
+    """Asks the kernel to read the parent's bytes of the chunks ahead (READAHEAD_BYTES beyond the chunk being
+    handed out), without waiting: with a cold page cache the disk then reads while the chunks before are cut,
+    hashed and written, instead of each reader waiting for its own chunk's reads."""
+
+    def __init__(self, files: ShardFiles, chunks: list[_Chunk], window: int) -> None:
+        self._files = files
+        self._ahead = iter(chunks)
+        self._window = window
+        self._asked = 0
+        self._handed_out = 0
+
+    def advance(self, chunk: _Chunk) -> None:
+        """`chunk` is being handed out: keep the window ahead of it asked for."""
+        self._handed_out += chunk.nbytes
+        while self._asked < self._handed_out + self._window and (ahead := next(self._ahead, None)) is not None:
+            self._files.prefetch(ahead.info, ahead.start * ahead.row_bytes, ahead.nbytes)
+            self._asked += ahead.nbytes
+
+
+def _changes_values(checkpoint: Checkpoint, targets: list[Target]) -> bool:
+    """Whether some op of the run changes values (its results are written as they come, not in place)."""
+    return any(changes_values(op, checkpoint.tensors[op.source]) for target in targets for op in target.plan.ops)
+
+
 def _needs_torch(checkpoint: Checkpoint, targets: list[Target]) -> bool:
     """Whether some op changes values in a way the compiled kernels do not compute."""
     return any(
@@ -386,9 +474,13 @@ def execute(
 ) -> None:
     """Write every target's plan; each source chunk is read once, cut for every target, written in order."""
     buffers = _BufferPool(chunk_bytes)
-    pending: deque[tuple[int, np.ndarray, Future[list[tuple[int, TensorOp, np.ndarray]]]]] = deque()
+    pending: deque[tuple[int, np.ndarray, Future[_Results]]] = deque()
     pending_bytes = 0
     loader = _TorchLoader(one_thread=workers > 1) if _needs_torch(checkpoint, targets) else None
+    # plain cuts go straight into the writers' blocks (one copy of every output byte fewer) when every writer can
+    # take them so; a run that changes values writes its results in order as they come
+    sinks = [target.writer for target in targets if isinstance(target.writer, ReservingSink)]
+    direct = len(sinks) == len(targets) and not _changes_values(checkpoint, targets)
     with ShardFiles(checkpoint) as files, ThreadPoolExecutor(max(1, workers), "elastic-slice-read") as pool:
 
         def drain_one() -> None:
@@ -396,18 +488,25 @@ def execute(
             cost, buffer, future = pending.popleft()
             pending_bytes -= cost
             for index, op, data in future.result():
-                targets[index].writer.write(op, data)
+                if isinstance(data, Span):
+                    sinks[index].commit(data)
+                else:
+                    targets[index].writer.write(op, data)
                 if on_bytes is not None:
                     on_bytes(data.nbytes)
             buffers.give(buffer)
 
         try:
-            for chunk in _chunks(checkpoint, targets, chunk_bytes):
+            chunks = list(_chunks(checkpoint, targets, chunk_bytes))
+            read_ahead = _ReadAhead(files, chunks, READAHEAD_BYTES)
+            for chunk in chunks:
+                read_ahead.advance(chunk)
                 cost = chunk.buffer_bytes
                 while pending and (pending_bytes + cost > inflight_bytes or len(pending) > 2 * workers):
                     drain_one()
-                buffer = buffers.take(cost)
-                pending.append((cost, buffer, pool.submit(_process, files, chunk, buffer, loader)))
+                spans = _reserve(chunk, sinks) if direct else None
+                buffer = buffers.take(chunk.nbytes if chunk.reads_whole else 0) if direct else buffers.take(cost)
+                pending.append((cost, buffer, pool.submit(_process, files, chunk, buffer, loader, spans)))
                 pending_bytes += cost
             while pending:
                 drain_one()

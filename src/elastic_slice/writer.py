@@ -13,6 +13,7 @@ import queue
 import shutil
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,10 @@ class WritePool:
     Every file being written holds one block, which it fills and hands over to be hashed and written, taking a free
     one (waiting for a write when none is free). Blocks are DIRECT_BLOCK bytes for up to a few files and smaller for
     many, so that the blocks of `writers` files and a few in flight fit in POOL_BYTES; past 500 files they stay at
-    MIN_BLOCK (64 KiB a file: smaller writes cost more in per-block overhead than they save). Used from one thread
-    (the executor's); use it as a context manager.
+    MIN_BLOCK (64 KiB a file: smaller writes cost more in per-block overhead than they save). Cuts that reader
+    threads write in place hold the blocks they are reserved in until committed, so a run holds at most the bytes
+    of the cuts in flight (the executor's bound) and one block per file more. Used from one thread (the
+    executor's); use it as a context manager.
     """
 
     def __init__(self, writers: int = 1) -> None:
@@ -99,7 +102,7 @@ class WritePool:
         except queue.Empty:
             if self.made < self.limit or self._held == self.made:
                 self.made += 1
-                block = mmap.mmap(-1, self.block_size)
+                block = _new_block(self.block_size)
             else:
                 block = self._free.get()
         self._held += 1
@@ -132,6 +135,18 @@ class WritePool:
         self._hasher.shutdown()
 
 
+def _new_block(size: int) -> mmap.mmap:
+    """Page-aligned private memory for a block, asked for transparent huge pages.
+
+    mmap's default (a shared anonymous mapping) never gets huge pages; hashing blocks of 4 KiB pages cost far more
+    CPU on the VM measured (TLB misses are two-level page walks there): 30B + 23B + 12B in one pass, user CPU
+    9.7-10.0 s with shared blocks, 9.2-9.3 s private, 7.7-8.0 s private with huge pages."""
+    block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):  # Linux only
+        block.madvise(mmap.MADV_HUGEPAGE)
+    return block
+
+
 def _hash_after(previous: Future[None] | None, digest: Any, data: memoryview) -> None:
     """Add a block to a file's sha256 once the file's previous block is in it (that block is being hashed already:
     the pool takes tasks in order)."""
@@ -140,15 +155,54 @@ def _hash_after(previous: Future[None] | None, digest: Any, data: memoryview) ->
     digest.update(data)
 
 
+class Span:
+    """Bytes of a shard file set aside before they arrive (`ShardWriter.reserve`): views of the pool's blocks, in
+    file order, that a reader thread fills in place; the writer hashes and writes them once the span is committed."""
+
+    def __init__(self, file: _ShardFile, parts: list[tuple[_Block, np.ndarray]]) -> None:
+        self.file = file
+        self.blocks = [block for block, _ in parts]
+        self._parts = [part for _, part in parts]
+        self.nbytes = sum(len(part) for part in self._parts)
+
+    def views(self, offset: int, nbytes: int) -> list[np.ndarray]:
+        """The span's bytes [offset, offset + nbytes), as views of one block or (across a block's end) of several."""
+        views = []
+        for part in self._parts:
+            if nbytes and offset < len(part):
+                views.append(part[offset : offset + nbytes])
+                nbytes -= len(views[-1])
+            offset = max(0, offset - len(part))
+        return views
+
+    def fill(self, offset: int, data: np.ndarray) -> None:
+        """Copy bytes into the span from `offset` on."""
+        done = 0
+        for view in self.views(offset, len(data)):
+            view[:] = data[done : done + len(view)]
+            done += len(view)
+
+
+@dataclass(eq=False)
+class _Block:
+    """A pool block of one file: where it starts in the file, how many of its bytes are reserved, and how many
+    spans holding some of them are not committed yet (it is hashed and written when none is and it is full)."""
+
+    memory: mmap.mmap
+    offset: int
+    reserved: int = 0
+    pending: int = 0
+
+
 class _ShardFile:
     """One shard file, written in aligned blocks of a WritePool, past the page cache (O_DIRECT) where the
     filesystem allows it; the file is opened only while a block is written, so a run holds no descriptor per file.
 
-    Bytes are gathered into page-aligned blocks; the pool's threads hash each full block and write it, so the caller
-    only copies. Measured on a 2-core VM (Linux 6.18, ext4), direct 8 MiB writes of 3.7 GB took 2.0-2.8 s
-    where buffered 8 MiB writes took 5.1-14 s (and `cp` of the same bytes 2.2-7 s): every buffered write fills newly
-    allocated page-cache memory, which that VM's host supplied slowly and unevenly. Filesystems without O_DIRECT get
-    buffered writes.
+    Bytes are reserved in page-aligned blocks, filled (by the caller, or in place by reader threads) and committed;
+    the pool's threads hash each full block, in file order, and write it. Measured on a 2-core VM (Linux 6.18, ext4),
+    direct 8 MiB writes of 3.7 GB took 2.0-2.8 s where buffered 8 MiB writes took 5.1-14 s (and `cp` of the same
+    bytes 2.2-7 s): every buffered write fills newly allocated page-cache memory, which that VM's host supplied
+    slowly and unevenly. Filesystems without O_DIRECT get buffered writes.
     """
 
     def __init__(self, path: Path, pool: WritePool) -> None:
@@ -160,9 +214,33 @@ class _ShardFile:
         #: the hashing of the file's last block handed over: the next one waits for it
         self.hashed: Future[None] | None = None
         self._tasks: deque[Future[None]] = deque()
-        self._block: mmap.mmap | None = None
-        self._filled = 0
-        self._offset = 0
+        #: blocks reserved and not handed over yet, in file order; the last one may have room left
+        self._blocks: deque[_Block] = deque()
+        self._end = 0
+        self.open_spans = 0
+
+    def reserve(self, nbytes: int) -> Span:
+        """Set aside the next `nbytes` bytes of the file."""
+        parts = []
+        while nbytes:
+            if not self._blocks or self._blocks[-1].reserved == self._pool.block_size:
+                self._blocks.append(_Block(self._pool.take(), self._end))
+            block = self._blocks[-1]
+            count = min(nbytes, self._pool.block_size - block.reserved)
+            parts.append((block, np.frombuffer(block.memory, np.uint8, count, block.reserved)))
+            block.reserved += count
+            block.pending += 1
+            self._end += count
+            nbytes -= count
+        self.open_spans += 1
+        return Span(self, parts)
+
+    def commit(self, span: Span) -> None:
+        """Mark a span's bytes as filled; hand over the blocks that are then complete."""
+        for block in span.blocks:
+            block.pending -= 1
+        self.open_spans -= 1
+        self._hand_over(last=False)
 
     def append(self, view: memoryview) -> None:
         """Add bytes at the end of the file.
@@ -170,27 +248,20 @@ class _ShardFile:
         The bytes are copied by numpy, which lets go of the GIL while it copies (an mmap slice assignment holds it:
         sampled with py-spy --gil, plain extract held the GIL 48% of the time in that copy, while the reader
         threads waited for it to cut)."""
-        source = np.frombuffer(view, np.uint8)
-        done = 0
-        while done < len(source):
-            if self._block is None:
-                self._block = self._pool.take()
-            block = np.frombuffer(self._block, np.uint8)
-            count = min(len(source) - done, len(block) - self._filled)
-            block[self._filled : self._filled + count] = source[done : done + count]
-            del block  # the block is handed over below: no view of it stays here
-            self._filled += count
-            done += count
-            if self._filled == len(self._block):
-                self._submit()
+        span = self.reserve(len(view))
+        span.fill(0, np.frombuffer(view, np.uint8))
+        self.commit(span)
 
-    def _submit(self) -> None:
-        while self._tasks and self._tasks[0].done():
-            self._tasks.popleft().result()  # a failed write (disk full) stops the run here
-        assert self._block is not None
-        self._tasks.append(self._pool.store(self, self._block, self._filled, self._offset))
-        self._offset += self._filled
-        self._block, self._filled = None, 0
+    def _hand_over(self, last: bool) -> None:
+        """Hash and write the leading blocks that are full (or, at the `last`, filled) and have no open span."""
+        while self._blocks and not self._blocks[0].pending:
+            block = self._blocks[0]
+            if block.reserved < self._pool.block_size and not last:
+                return
+            while self._tasks and self._tasks[0].done():
+                self._tasks.popleft().result()  # a failed write (disk full) stops the run here
+            self._blocks.popleft()
+            self._tasks.append(self._pool.store(self, block.memory, block.reserved, block.offset))
 
     def write_block(self, block: mmap.mmap, length: int, offset: int) -> None:
         """Write a block's first `length` bytes at `offset` (run by the pool's writing thread)."""
@@ -220,18 +291,18 @@ class _ShardFile:
 
     def finish(self) -> str:
         """Write what is left, wait for every block; the file's sha256."""
-        if self._filled:
-            self._submit()
+        assert not self.open_spans, "every reserved span is committed before its file is finished"
+        self._hand_over(last=True)
         while self._tasks:
             self._tasks.popleft().result()
-        os.truncate(self._path, self._offset)
+        os.truncate(self._path, self._end)
         return self.hash.hexdigest()
 
     def close(self) -> None:
-        """Stop without finishing: give the block back and wait for the blocks being written (errors ignored)."""
-        if self._block is not None:
-            self._pool.give(self._block)
-            self._block, self._filled = None, 0
+        """Stop without finishing: give the blocks not handed over back and wait for those being written (errors
+        ignored)."""
+        while self._blocks:
+            self._pool.give(self._blocks.popleft().memory)
         wait(self._tasks)
         self._tasks.clear()
 
@@ -251,7 +322,9 @@ def _open_for_writing(path: Path) -> tuple[int, bool]:
 class ShardWriter:
     """Streams tensor bytes into the planned shard files, strictly in plan order, hashing as it writes.
 
-    A tensor may arrive in several parts (row chunks); one shard file is written at a time, in blocks of `pool`.
+    A tensor may arrive in several parts (row chunks), either as data (`write`) or filled in place: `reserve` sets
+    the next bytes aside in the writer's blocks (in plan order) for a reader thread to fill, `commit` marks them
+    filled. Shard files are written in blocks of `pool`; a file is finished once all of its bytes are committed.
     """
 
     def __init__(self, folder: Path, plan: Plan, pool: WritePool) -> None:
@@ -265,29 +338,46 @@ class ShardWriter:
         self._remaining = 0
         self._file: _ShardFile | None = None
         self._shard = ""
+        #: files whose every byte is reserved, waiting for their last spans to be committed, by name
+        self._closing: dict[str, _ShardFile] = {}
         #: sha256 of every finished shard file, by file name
         self.sha256: dict[str, str] = {}
         self._start_op()
 
     def write(self, op: TensorOp, data: memoryview | bytes | Any) -> None:
         """Append the next bytes of `op`, which must be the tensor the plan expects now."""
+        view = memoryview(data).cast("B")
+        file = self._advance(op, len(view))
+        file.append(view)
+        self._finish_closed()
+
+    def reserve(self, op: TensorOp, nbytes: int) -> Span:
+        """Set aside the next `nbytes` bytes of `op` (the tensor the plan expects now), to be filled and committed."""
+        span = self._advance(op, nbytes).reserve(nbytes)
+        self._finish_closed()
+        return span
+
+    def commit(self, span: Span) -> None:
+        """The bytes of a reserved span are filled: they may be hashed and written."""
+        span.file.commit(span)
+        self._finish_closed()
+
+    def _advance(self, op: TensorOp, nbytes: int) -> _ShardFile:
+        """Take `nbytes` more of `op` (checked against the plan); the file they go to."""
         if self._next >= len(self._ops) or op.out_name != self._ops[self._next].out_name:
             raise RunFailure(f"internal error: {op.out_name} arrived out of plan order.")
-        view = memoryview(data).cast("B")
-        if len(view) > self._remaining:
-            raise RunFailure(f"internal error: {op.out_name} got {len(view)} bytes, {self._remaining} were left.")
-        self._write(view)
-        self._remaining -= len(view)
+        if nbytes > self._remaining:
+            raise RunFailure(f"internal error: {op.out_name} got {nbytes} bytes, {self._remaining} were left.")
+        file = self._file
+        assert file is not None
+        self._remaining -= nbytes
         if self._remaining == 0:
             self._next += 1
             self._start_op()
-
-    def _write(self, view: memoryview) -> None:
-        assert self._file is not None
-        self._file.append(view)
+        return file
 
     def _start_op(self) -> None:
-        """Open the shard of the next op with bytes, finishing shards (and empty tensors) on the way."""
+        """Open the shard of the next op with bytes, closing shards (and skipping empty tensors) on the way."""
         while self._next < len(self._ops):
             op = self._ops[self._next]
             if op.shard != self._shard:
@@ -296,31 +386,40 @@ class ShardWriter:
                 self._remaining = op.nbytes
                 return
             self._next += 1
-        self._finish_shard()
+        self._close_shard()
 
     def _open(self, shard: str) -> None:
-        self._finish_shard()
+        self._close_shard()
         self._file = _ShardFile(self._folder / shard, self._pool)
         self._shard = shard
-        self._write(memoryview(safetensors_header(self._by_shard[shard])))
+        self._file.append(memoryview(safetensors_header(self._by_shard[shard])))
 
-    def _finish_shard(self) -> None:
+    def _close_shard(self) -> None:
         if self._file is not None:
-            self.sha256[self._shard] = self._file.finish()
+            self._closing[self._shard] = self._file
             self._file = None
+
+    def _finish_closed(self) -> None:
+        """Finish the closed shard files whose spans are all committed."""
+        for shard, file in list(self._closing.items()):
+            if not file.open_spans:
+                del self._closing[shard]
+                self.sha256[shard] = file.finish()
 
     def close(self) -> None:
         """Finish the last shard; every planned byte must have been written."""
-        if self._next < len(self._ops):
+        self._finish_closed()
+        if self._next < len(self._ops) or self._closing:
             self.abort()
-            raise RunFailure(f"internal error: the run ended before tensor {self._ops[self._next].out_name} was written.")
-        self._finish_shard()
+            name = self._ops[min(self._next, len(self._ops) - 1)].out_name
+            raise RunFailure(f"internal error: the run ended before tensor {name} was written.")
 
     def abort(self) -> None:
         """Close without finishing (the staged folder is removed by its owner)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for file in [*self._closing.values(), *([self._file] if self._file is not None else [])]:
+            file.close()
+        self._closing.clear()
+        self._file = None
 
 
 def _weights_index(plan: Plan) -> dict[str, Any] | None:

@@ -161,8 +161,23 @@ def test_version() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     result = run_cli("--version")
     assert result.code == 0
-    assert result.stdout == f"elastic-slice {version('elastic-slice')}\n"
+    first, kernels = result.stdout.splitlines()
+    assert first == f"elastic-slice {version('elastic-slice')}"
+    assert kernels == "quantization kernels: compiled (elastic_slice.quant._kernels)"
     assert version("elastic-slice") == pyproject["project"]["version"]
+
+
+def test_version_names_forced_torch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ELASTIC_SLICE_KERNELS", "torch")
+    assert "quantization kernels: torch (ELASTIC_SLICE_KERNELS=torch" in run_cli("--version").stdout
+
+
+def test_version_says_when_the_compiled_kernels_were_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    from elastic_slice.quant import kernels
+
+    monkeypatch.setattr(kernels, "_extension", lambda: None)
+    assert "quantization kernels: torch (the compiled kernels were not built: reinstall with a C compiler" in (
+        run_cli("--version").stdout)
 
 
 def test_shell_completion(monkeypatch: pytest.MonkeyPatch) -> None:

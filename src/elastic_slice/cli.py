@@ -108,7 +108,10 @@ JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdo
 
 def _print_version(value: bool) -> None:
     if value:
+        from .quant import kernels
+
         say(stdout, f"elastic-slice {__version__}")
+        say(stdout, f"quantization kernels: {kernels.describe()}")
         raise typer.Exit()
 
 

@@ -51,6 +51,15 @@ def compiled() -> ModuleType | None:
     return _extension()
 
 
+def describe() -> str:
+    """Which kernels quantize bf16 weights in this install, for `elastic-slice --version`."""
+    if _extension() is None:
+        return "torch (the compiled kernels were not built: reinstall with a C compiler for faster quantization)"
+    if compiled() is None:
+        return f"torch ({KERNELS_ENV}=torch; the compiled kernels are installed)"
+    return "compiled (elastic_slice.quant._kernels)"
+
+
 def computes(op: TensorOp) -> bool:
     """Whether the compiled kernels compute `op`: a stored part of a bf16 weight quantized during the run, or a
     calibrated KV-cache scale, with nothing else (scale, padding, dequantizing) changing its values."""

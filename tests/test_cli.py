@@ -163,13 +163,24 @@ def test_version() -> None:
     assert result.code == 0
     first, kernels = result.stdout.splitlines()
     assert first == f"elastic-slice {version('elastic-slice')}"
-    assert kernels == "quantization kernels: compiled (elastic_slice.quant._kernels)"
+    from elastic_slice.quant.kernels import describe
+
+    assert kernels == f"quantization kernels: {describe()}"  # compiled where built: test_compiled_kernels.py
     assert version("elastic-slice") == pyproject["project"]["version"]
 
 
 def test_version_names_forced_torch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ELASTIC_SLICE_KERNELS", "torch")
     assert "quantization kernels: torch (ELASTIC_SLICE_KERNELS=torch" in run_cli("--version").stdout
+
+
+def test_a_mistyped_kernels_setting_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ELASTIC_SLICE_KERNELS", "pytorch")
+    assert "none chosen: ELASTIC_SLICE_KERNELS='pytorch' is not understood" in run_cli("--version").stdout
+    result = run_cli("extract", str(ROOT / "examples" / "tiny-elastic"), "--size", "12B", "--quantize", "fp8",
+                     "--quant-format", "compressed-tensors", "--out", str(tmp_path / "out"))
+    assert result.code == 2 and "ELASTIC_SLICE_KERNELS='pytorch' is not understood" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_version_says_when_the_compiled_kernels_were_not_built(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -304,3 +304,21 @@ def test_read_ahead_asks_for_every_chunk_once_in_order_a_window_ahead(tiny_paren
         assert min(total, handed_out + window) <= sum(size for *_, size in asked)
         assert sum(size for *_, size in asked[:-1]) < handed_out + window
     assert len(chunks) > 10 and asked == [(c.info.name, c.start * c.row_bytes, c.nbytes) for c in chunks]
+
+
+def test_a_kernel_without_huge_pages_still_writes(
+    tiny_parent: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Huge pages for the write blocks are only asked for: a kernel that refuses the advice (EINVAL, as one built
+    without transparent huge pages does) gets 4 KiB pages and the same bytes."""
+    expected = tmp_path / "expected"
+    api.extract(tiny_parent, "12B", expected)
+    shim = type("MmapWithoutHugePages", (), {name: getattr(writer_module.mmap, name)
+                                             for name in dir(writer_module.mmap) if not name.startswith("__")})
+    shim.MADV_HUGEPAGE = 0x7FFF  # advice no kernel knows: madvise fails with EINVAL
+    monkeypatch.setattr(writer_module, "mmap", shim)
+    with pytest.raises(OSError):
+        writer_module.mmap.mmap(-1, 4096, flags=shim.MAP_PRIVATE | shim.MAP_ANONYMOUS).madvise(shim.MADV_HUGEPAGE)
+    out = tmp_path / "out"
+    api.extract(tiny_parent, "12B", out)
+    assert sha256_file(out / "model.safetensors") == sha256_file(expected / "model.safetensors")

@@ -38,7 +38,8 @@ static inline float clamp(float value, float low, float high) {
 }
 
 /* The kernels are built for the baseline ISA and, on x86-64 with GCC, also for AVX2 and AVX-512 (x86-64-v3, v4),
- * chosen at load time by the CPU (the same operations, so the same bits; about 2x and 3x faster than SSE2). */
+ * chosen at load time by the CPU (the same operations, so the same bits). Measured on one 1856 x 2688 expert, each
+ * version built alone: AVX2 and AVX-512 ran FP8 at 1.9x and 3.0x, NVFP4 at 1.16x and 2.0x the SSE2 version's speed. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 #define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else

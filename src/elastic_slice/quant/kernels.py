@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import InputError
 from .formats import KV_SCALE
 
 if TYPE_CHECKING:
@@ -46,16 +47,24 @@ def _extension() -> ModuleType | None:
 
 def compiled() -> ModuleType | None:
     """The compiled kernels, or None when they are absent or switched off by the environment."""
-    if os.environ.get(KERNELS_ENV, "").strip().lower() == "torch":
-        return None
-    return _extension()
+    setting = os.environ.get(KERNELS_ENV, "").strip().lower()
+    if setting not in ("", "compiled", "torch"):
+        raise InputError(
+            f"{KERNELS_ENV}={os.environ[KERNELS_ENV]!r} is not understood; set it to torch (torch's kernels) or "
+            "compiled (the default), or unset it."
+        )
+    return None if setting == "torch" else _extension()
 
 
 def describe() -> str:
     """Which kernels quantize bf16 weights in this install, for `elastic-slice --version`."""
     if _extension() is None:
         return "torch (the compiled kernels were not built: reinstall with a C compiler for faster quantization)"
-    if compiled() is None:
+    try:
+        chosen = compiled()
+    except InputError as exc:
+        return f"none chosen: {exc}"
+    if chosen is None:
         return f"torch ({KERNELS_ENV}=torch; the compiled kernels are installed)"
     return "compiled (elastic_slice.quant._kernels)"
 
@@ -92,6 +101,8 @@ def fp8_codes(values: np.ndarray, scale: np.float32) -> np.ndarray:
 def nvfp4_codes(values: np.ndarray, global_scale: np.float32) -> tuple[np.ndarray, np.ndarray]:
     """nvfp4.quantize and nvfp4.block_scales of bf16 bit patterns [out, in]: packed codes [out, in / 2] and E4M3
     block scales (uint8 codes) [out, in / 16]."""
+    if values.ndim != 2:
+        raise ValueError(f"NVFP4 quantizes 2-D weights [out, in]; this one has shape {values.shape}")
     rows, cols = values.shape
     if cols % NVFP4_BLOCK:
         raise ValueError(f"NVFP4 needs whole blocks of {NVFP4_BLOCK} inputs in a row; this weight has {cols}")

@@ -171,7 +171,11 @@ def test_version() -> None:
 
 def test_version_names_forced_torch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ELASTIC_SLICE_KERNELS", "torch")
-    assert "quantization kernels: torch (ELASTIC_SLICE_KERNELS=torch" in run_cli("--version").stdout
+    from elastic_slice.quant import kernels
+
+    shown = run_cli("--version").stdout
+    assert "quantization kernels: torch (" in shown
+    assert ("ELASTIC_SLICE_KERNELS=torch" in shown) == (kernels._extension() is not None), shown
 
 
 def test_a_mistyped_kernels_setting_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

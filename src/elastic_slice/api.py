@@ -75,9 +75,10 @@ class BudgetReport:
     tensors: int
     #: bytes of weight shards this budget reads that are not downloaded yet (Hub repo ids; 0 for a local folder)
     download_bytes: int = 0
-    #: scheme -> the sentence `extract --quantize SCHEME` refuses this budget with (its size in `bytes` is then an
-    #: estimate of nothing extract writes); empty when every scheme can be extracted
-    quantize_refused: dict[str, str] = field(default_factory=dict)
+    #: scheme -> format -> the sentence `extract --quantize SCHEME --quant-format FORMAT` refuses this budget with
+    #: (refused in every format, the scheme's size in `bytes` is an estimate of nothing extract writes); empty when
+    #: every scheme and format can be extracted
+    quantize_refused: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -299,16 +300,21 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
     return report
 
 
-def _quantize_refusals(ckpt: Checkpoint, arch: BoundArchitecture, plan: Plan) -> dict[str, str]:
-    """Scheme -> why `extract --quantize SCHEME` refuses the budget of `plan` in every format (a quantized parent, a
-    per-layer budget, a cut off NVFP4's blocks): the same planning extract does, without calibration."""
-    refused = {}
+def _quantize_refusals(ckpt: Checkpoint, arch: BoundArchitecture, plan: Plan) -> dict[str, dict[str, str]]:
+    """Scheme -> format -> why `extract --quantize SCHEME --quant-format FORMAT` refuses the budget of `plan` (a
+    quantized parent, a per-layer budget, a cut off NVFP4's blocks, a family that cannot calibrate for ModelOpt):
+    the planning extract does, with placeholders for what calibration would record."""
+    refused: dict[str, dict[str, str]] = {}
     for scheme in SCHEMES:
-        try:
-            request = QuantOptions(scheme, fmt=COMPRESSED_TENSORS.name).request(ckpt, arch, calibrated=False)
-            build_plan(ckpt, arch, plan.budget, quantize=request)
-        except InputError as exc:
-            refused[scheme] = str(exc)
+        for fmt in FORMATS:
+            try:
+                options = QuantOptions(scheme, fmt=fmt)
+                if options.calibration_source() is not None:
+                    require_calibration(arch)
+                request = options.request(ckpt, arch, calibrated=False, placeholder_scales=True)
+                build_plan(ckpt, arch, plan.budget, quantize=request)
+            except InputError as exc:
+                refused.setdefault(scheme, {})[fmt] = str(exc)
     return refused
 
 

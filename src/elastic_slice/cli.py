@@ -30,6 +30,7 @@ from . import __version__, api, defaults
 from .errors import ElasticSliceError, InputError
 from .nesting import axis_summary, parse_set
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan
+from .quant.formats import FORMATS
 from .quant.schemes import SCHEMES
 from .text import literal, say, styled
 from .units import human_bytes, human_count
@@ -219,19 +220,22 @@ def _render_report(report: api.InspectReport) -> None:
         _row(table, "total params", *(human_count(b.params_total) for b in report.budgets))
         _row(table, "active params", *(human_count(b.params_active) for b in report.budgets))
         for fmt in ("stored", "bf16", *SCHEMES):
-            _row(table, f"size {fmt}", *("refused" if fmt in b.quantize_refused else human_bytes(b.bytes[fmt])
-                                         for b in report.budgets))
+            _row(table, f"size {fmt}", *("refused" if len(b.quantize_refused.get(fmt, ())) == len(FORMATS)
+                                         else human_bytes(b.bytes[fmt]) for b in report.budgets))
         _row(table, "tensors", *(str(b.tensors) for b in report.budgets))
         if report.hub is not None:
             _row(table, "download", *(human_bytes(b.download_bytes) for b in report.budgets))
         stdout.print(table)
-    refusals: dict[str, tuple[dict[str, None], dict[str, None]]] = {}  # reason -> (schemes, budgets), in order
+    # reason -> (schemes, formats, budgets), each in order of first appearance
+    refusals: dict[str, tuple[dict[str, None], dict[str, None], dict[str, None]]] = {}
     for budget in report.budgets:
-        for scheme, reason in budget.quantize_refused.items():
-            schemes, budgets = refusals.setdefault(reason, ({}, {}))
-            schemes[scheme] = budgets[budget.name] = None
-    for reason, (schemes, budgets) in refusals.items():
-        say(stdout, (f"--quantize {'/'.join(schemes)} refused", "bold"),
+        for scheme, by_format in budget.quantize_refused.items():
+            for fmt, reason in by_format.items():
+                schemes, formats, budgets = refusals.setdefault(reason, ({}, {}, {}))
+                schemes[scheme] = formats[fmt] = budgets[budget.name] = None
+    for reason, (schemes, formats, budgets) in refusals.items():
+        fmt_flag = "" if len(formats) == len(FORMATS) else f" --quant-format {'/'.join(formats)}"
+        say(stdout, (f"--quantize {'/'.join(schemes)}{fmt_flag} refused", "bold"),
             f" for {', '.join(map(repr, budgets))}: {reason}")
     for problem in report.problems:
         say(stdout, ("problem: ", "bold red"), problem)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .quant.formats import FORMATS
 from .quant.schemes import SCHEMES
 
 _SIZES = {"type": "object", "additionalProperties": {"type": ["integer", "array"]}}
@@ -20,8 +21,8 @@ BUDGET_REPORT = _object({
     "params_total": _COUNT, "params_active": _COUNT,
     "bytes": _object({k: _COUNT for k in ("stored", "bf16", *SCHEMES)}), "tensors": _COUNT,
     "download_bytes": _COUNT,
-    "quantize_refused": {"type": "object", "additionalProperties": {"type": "string"},
-                         "propertyNames": {"enum": list(SCHEMES)}},
+    "quantize_refused": {"type": "object", "propertyNames": {"enum": list(SCHEMES)}, "additionalProperties": {
+        "type": "object", "propertyNames": {"enum": list(FORMATS)}, "additionalProperties": {"type": "string"}}},
 })
 
 HUB_REPORT = _object({

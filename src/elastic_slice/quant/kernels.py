@@ -58,15 +58,15 @@ def compiled() -> ModuleType | None:
 
 def describe() -> str:
     """Which kernels quantize bf16 weights in this install, for `elastic-slice --version`."""
-    if _extension() is None:
-        return "torch (the compiled kernels were not built: reinstall with a C compiler for faster quantization)"
     try:
         chosen = compiled()
     except InputError as exc:
         return f"none chosen: {exc}"
-    if chosen is None:
-        return f"torch ({KERNELS_ENV}=torch; the compiled kernels are installed)"
-    return "compiled (elastic_slice.quant._kernels)"
+    if chosen is not None:
+        return "compiled (elastic_slice.quant._kernels)"
+    if _extension() is None:
+        return "torch (the compiled kernels were not built: reinstall with a C compiler for faster quantization)"
+    return f"torch ({KERNELS_ENV}=torch; the compiled kernels are installed)"
 
 
 def computes(op: TensorOp) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_cli
 from elastic_slice import api
 from elastic_slice.arch.nemotron_h_fixture import TinySpec, build_tiny_elastic
 
@@ -91,6 +92,20 @@ def test_full_disk_leaves_no_output(tmp_path: Path) -> None:
     assert not out.exists() and _staging(out) == []
 
 
+@pytest.mark.parametrize("sizes", [["--size", "12B"], ["--all"]])
+def test_a_failed_run_removes_the_folders_it_created(tmp_path: Path, sizes: list[str]) -> None:
+    """--out under folders that do not exist yet: a run that fails removes every folder it made (the lock file it
+    keeps in the innermost one goes first), for one budget and for --all's container."""
+    out = tmp_path / "new" / "deeper" / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "elastic_slice", "extract", str(ROOT / "examples" / "tiny-elastic"), *sizes,
+         "--out", str(out)],
+        capture_output=True, preexec_fn=_limit_file_size, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert result.returncode == 1, result.stderr.decode()
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.02, 0.08])
 def test_shard_shortened_by_another_process_mid_run_is_a_clear_error(
     medium_parent: Path, tmp_path: Path, delay: float
@@ -113,3 +128,15 @@ def test_shard_shortened_by_another_process_mid_run_is_a_clear_error(
     assert "ended early while reading tensor" in message and "was it changed during the run?" in message
     assert "Traceback" not in message
     assert not out.exists() and _staging(out) == []
+
+
+def test_a_sigterm_after_the_command_ended_is_ignored() -> None:
+    """A SIGTERM while the interpreter shuts down after a finished command would otherwise print a KeyboardInterrupt
+    from threading's shutdown over a run whose outputs are complete."""
+    from elastic_slice import cli
+
+    cli._command_ended.clear()
+    with pytest.raises(KeyboardInterrupt):
+        cli._raise_interrupt(signal.SIGTERM, None)
+    assert run_cli("--version").code == 0  # main() marks the command ended when it returns
+    cli._raise_interrupt(signal.SIGTERM, None)

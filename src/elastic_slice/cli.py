@@ -7,6 +7,7 @@ import json
 import shlex
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -149,7 +150,7 @@ def _reports_errors(command: Callable[..., None]) -> Callable[..., None]:
             say(stderr, ("error: ", "bold red"), str(exc))
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
-            say(stderr, ("interrupted: ", "bold red"), "stopped; no partial output was left behind.")
+            say(stderr, ("interrupted: ", "bold red"), "stopped; no unfinished output was left behind.")
             raise typer.Exit(code=130) from None
 
     return wrapper
@@ -580,8 +581,14 @@ def _render_plan(plan: Plan) -> None:
     sys.stdout.write("\n".join(map(literal, lines)) + "\n")
 
 
+#: set once the command has returned, its outputs complete or cleaned up: a SIGTERM then (while the interpreter shuts
+#: down its threads) is ignored instead of printing a KeyboardInterrupt from the shutdown
+_command_ended = threading.Event()
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    if not _command_ended.is_set():
+        raise KeyboardInterrupt
 
 
 def main() -> None:
@@ -589,4 +596,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     if hasattr(signal, "SIGXFSZ"):  # a file-size limit then fails the write with EFBIG instead of killing us
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    app(prog_name="elastic-slice")  # also under `python -m elastic_slice`: usage lines and completion name the command
+    _command_ended.clear()
+    try:
+        app(prog_name="elastic-slice")  # also under `python -m elastic_slice`: usage lines and completion name the command
+    finally:
+        _command_ended.set()

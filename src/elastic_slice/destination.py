@@ -413,18 +413,19 @@ class _Claim:
             self.retired = None
 
     def release(self, finished: bool) -> None:
-        """Remove the staging path unless it was moved into place, folders created for nothing, and the lock."""
+        """Remove the staging path unless it was moved into place, the lock, and folders created for nothing (the
+        lock file is in the innermost of them, so it goes first)."""
         if self.staging is not None and not self.installed:
             _remove(self.staging)
+        if self.lock >= 0:
+            _unlock(self.lock, self.path.parent / f".{self.stem}.lock")
+            self.lock = -1
         if not finished:
             for folder in reversed(self.created):
                 try:
                     folder.rmdir()
                 except OSError:
                     break
-        if self.lock >= 0:
-            _unlock(self.lock, self.path.parent / f".{self.stem}.lock")
-            self.lock = -1
 
 
 def _stem(name: str) -> str:

@@ -269,7 +269,8 @@ def test_interrupt_mid_write_releases_the_run(
     monkeypatch.setattr(writer_module, "POOL_BYTES", 4 * writer_module.DIRECT_ALIGN)  # blocks in flight when it stops
     with pytest.raises(KeyboardInterrupt):
         api.extract_many(tiny_parent, ["30B", "23B", "12B"], tmp_path / "out")
-    assert list((tmp_path / "out").iterdir()) == [] and _run_threads() == []  # no budget, no staging folder
+    # no budget, no staging folder, and not the container the run created for them
+    assert not (tmp_path / "out").exists() and _run_threads() == []
 
 
 def test_quantizing_run_restores_torch_threads_and_the_collector(tiny_parent: Path, tmp_path: Path,

@@ -266,3 +266,19 @@ def test_compiled_quantization_never_imports_torch(tiny_parent: Path, tmp_path: 
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert f"torch imported: {kernel == 'torch'}" in result.stdout
+
+
+def test_the_amax_of_an_all_zero_weight_is_positive_zero_in_both_paths() -> None:
+    """Its sign would reach ModelOpt NVFP4's weight_scale_2; torch's maximum over zeros of both signs follows its
+    reduction order and thread count, so both paths give +0 whatever the zeros' signs."""
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            for first_half in (0x8000, 0x0000):
+                bits = np.zeros((300, 160), np.uint16)
+                bits[:150] = first_half
+                assert not torch.signbit(fp8.abs_max(as_torch(bits)))
+                assert not np.signbit(kernels.abs_max(bits))
+    finally:
+        torch.set_num_threads(threads)

@@ -144,10 +144,8 @@ static int check_length(const Py_buffer *view, Py_ssize_t expected, const char *
 
 /* ----- abs_max ----------------------------------------------------------------------------------------------- */
 
-/* fp8.abs_max: the largest magnitude of bf16 values as fp32; NaN (the canonical quiet NaN) when any value is NaN.
- * An all-zero tensor gives the negated sign of torch's minimum, which for one sign of zero throughout is the
- * opposite of that sign; for mixed signs torch's answer depends on its reduction order, and this takes the last
- * value's. */
+/* fp8.abs_max: the largest magnitude of bf16 values as fp32; NaN (the canonical quiet NaN) when any value is NaN;
+ * +0 for an all-zero tensor, whatever the signs of its zeros (as fp8.abs_max gives it). */
 VECTOR_CLONES static float abs_max(const uint16_t *values, Py_ssize_t count) {
     int16_t largest = 0; /* magnitudes fit in int16: SSE2 has a signed 16-bit max */
     for (Py_ssize_t i = 0; i < count; i++) {
@@ -156,9 +154,6 @@ VECTOR_CLONES static float abs_max(const uint16_t *values, Py_ssize_t count) {
     }
     if (largest > 0x7F80) {
         return from_bits(UINT32_C(0x7FC00000));
-    }
-    if (largest == 0 && count > 0) {
-        return (values[count - 1] & 0x8000) ? 0.0f : -0.0f;
     }
     return bf16_value((uint16_t)largest);
 }

@@ -23,9 +23,11 @@ def tensor_scale(weight: torch.Tensor, amax: torch.Tensor | None = None) -> torc
 
 
 def abs_max(weight: torch.Tensor) -> torch.Tensor:
-    """The largest magnitude of a tensor as fp32, without an absolute-value copy."""
+    """The largest magnitude of a tensor as fp32, without an absolute-value copy; +0 for an all-zero tensor, whatever
+    the signs of its zeros (the sign of `maximum` over zeros follows torch's reduction order and thread count: it
+    would reach ModelOpt NVFP4's weight_scale_2 = amax / 2688)."""
     low, high = torch.aminmax(weight.detach())
-    return torch.maximum(low.neg(), high).to(torch.float32)
+    return torch.maximum(low.neg(), high).to(torch.float32) + 0.0  # -0 + 0 is +0
 
 
 def quantize(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -302,19 +302,30 @@ def inspect(checkpoint: str | Path, index: str | Path | None = None, revision: s
 
 def _quantize_refusals(ckpt: Checkpoint, arch: BoundArchitecture, plan: Plan) -> dict[str, dict[str, str]]:
     """Scheme -> format -> why `extract --quantize SCHEME --quant-format FORMAT` refuses the budget of `plan` (a
-    quantized parent, a per-layer budget, a cut off NVFP4's blocks, a family that cannot calibrate for ModelOpt):
-    the planning extract does, with placeholders for what calibration would record."""
-    refused: dict[str, dict[str, str]] = {}
+    quantized parent, a per-layer budget, a cut off NVFP4's blocks, a family that cannot calibrate for ModelOpt).
+
+    Formats differ at planning only in the parts they store and in whether they need calibration, which extract
+    checks before it plans: so one plan per scheme (uncalibrated, as extract plans it) and each format's calibration
+    check give every format's answer (a plan of the real parent takes a few tenths of a second)."""
+    uncalibrated: dict[str, str | None] = {}
     for scheme in SCHEMES:
+        try:
+            request = QuantOptions(scheme, fmt=COMPRESSED_TENSORS.name).request(ckpt, arch, calibrated=False)
+            build_plan(ckpt, arch, plan.budget, quantize=request)
+            uncalibrated[scheme] = None
+        except InputError as exc:
+            uncalibrated[scheme] = str(exc)
+    refused: dict[str, dict[str, str]] = {}
+    for scheme, planned in uncalibrated.items():
         for fmt in FORMATS:
             try:
-                options = QuantOptions(scheme, fmt=fmt)
-                if options.calibration_source() is not None:
+                if QuantOptions(scheme, fmt=fmt).calibration_source() is not None:
                     require_calibration(arch)
-                request = options.request(ckpt, arch, calibrated=False, placeholder_scales=True)
-                build_plan(ckpt, arch, plan.budget, quantize=request)
+                reason = planned
             except InputError as exc:
-                refused.setdefault(scheme, {})[fmt] = str(exc)
+                reason = str(exc)
+            if reason is not None:
+                refused.setdefault(scheme, {})[fmt] = reason
     return refused
 
 

@@ -598,6 +598,7 @@ def main() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     _command_ended.clear()
     try:
-        app(prog_name="elastic-slice")  # also under `python -m elastic_slice`: usage lines and completion name the command
+        # also under `python -m elastic_slice`: usage lines and completion name the command
+        app(prog_name="elastic-slice")
     finally:
         _command_ended.set()

@@ -14,7 +14,7 @@ linear kinds of `arch.base.LINEAR_KINDS` are quantized, and NVFP4 also keeps att
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +103,14 @@ class Scheme:
         """The stored activation scale of a calibrated input amax."""
         raise NotImplementedError
 
+    def _with_input_scale(self, parts: dict[str, Any], scalar: Callable[[float], Any], fmt: Format,
+                          input_amax: float | None) -> dict[str, Any]:
+        """`parts`, with the activation scale of `input_amax` when given, stored by `scalar` (the format's torch
+        `scalar` or numpy `scalar_array`)."""
+        if input_amax is not None:
+            parts[INPUT_SCALE] = scalar(self.input_scale(input_amax, fmt))
+        return parts
+
     def dequantize(self, stored: torch.Tensor, scales: dict[str, torch.Tensor], fmt: Format) -> torch.Tensor:
         """The fp32 values of a stored weight."""
         raise NotImplementedError
@@ -130,20 +138,16 @@ class Fp8(Scheme):
         from . import fp8
 
         scale = fp8.tensor_scale(parent, fp8.abs_max(parent))
-        result = {WEIGHT: fp8.quantize(child, scale), TENSOR_SCALE: fmt.scalar(scale)}
-        if input_amax is not None:
-            result[INPUT_SCALE] = fmt.scalar(self.input_scale(input_amax, fmt))
-        return result
+        return self._with_input_scale({WEIGHT: fp8.quantize(child, scale), TENSOR_SCALE: fmt.scalar(scale)},
+                                      fmt.scalar, fmt, input_amax)
 
     def quantize_bf16(self, parent: np.ndarray, child: np.ndarray, fmt: Format,
                       input_amax: float | None) -> dict[str, np.ndarray]:
         from . import kernels
 
         scale = kernels.fp8_scale(kernels.abs_max(parent))
-        result = {WEIGHT: kernels.fp8_codes(child, scale), TENSOR_SCALE: fmt.scalar_array(scale)}
-        if input_amax is not None:
-            result[INPUT_SCALE] = fmt.scalar_array(self.input_scale(input_amax, fmt))
-        return result
+        return self._with_input_scale({WEIGHT: kernels.fp8_codes(child, scale), TENSOR_SCALE: fmt.scalar_array(scale)},
+                                      fmt.scalar_array, fmt, input_amax)
 
     def input_scale(self, input_amax: float, fmt: Format) -> float:
         return input_amax / E4M3_MAX
@@ -214,15 +218,12 @@ class Nvfp4(Scheme):
         amax = fp8.abs_max(parent)
         global_scale = nvfp4.global_scale(parent, amax)
         scales = nvfp4.block_scales(child, global_scale)
-        result = {
+        return self._with_input_scale({
             WEIGHT: nvfp4.quantize(child, scales, global_scale),
             BLOCK_SCALE: scales,
             # the step amax / (6 * 448), or its reciprocal (the global scale itself), as the format stores it
             GLOBAL_SCALE: fmt.scalar(global_scale if fmt.inverts_global_scales else amax / (E2M1_MAX * E4M3_MAX)),
-        }
-        if input_amax is not None:
-            result[INPUT_SCALE] = fmt.scalar(self.input_scale(input_amax, fmt))
-        return result
+        }, fmt.scalar, fmt, input_amax)
 
     def quantize_bf16(self, parent: np.ndarray, child: np.ndarray, fmt: Format,
                       input_amax: float | None) -> dict[str, np.ndarray]:
@@ -232,14 +233,11 @@ class Nvfp4(Scheme):
         global_scale = kernels.nvfp4_global_scale(amax)
         packed, scales = kernels.nvfp4_codes(child, global_scale)
         step = np.float32(amax) / np.float32(E2M1_MAX * E4M3_MAX)  # as in `quantize`, in fp32
-        result = {
+        return self._with_input_scale({
             WEIGHT: packed,
             BLOCK_SCALE: scales,
             GLOBAL_SCALE: fmt.scalar_array(global_scale if fmt.inverts_global_scales else step),
-        }
-        if input_amax is not None:
-            result[INPUT_SCALE] = fmt.scalar_array(self.input_scale(input_amax, fmt))
-        return result
+        }, fmt.scalar_array, fmt, input_amax)
 
     def input_scale(self, input_amax: float, fmt: Format) -> float:
         step = input_amax / (E2M1_MAX * E4M3_MAX)
